@@ -1,0 +1,152 @@
+//! `/api/v1` request and response bodies.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateRunnerRequest {
+    pub name: String,
+    pub platform: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// A runner as the API shows it. Never carries a secret.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Runner {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub platform: String,
+    pub status: String,
+    pub status_reason: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub status_since: OffsetDateTime,
+    pub client_id: String,
+    pub credential_generation: u32,
+    pub instances: Vec<Instance>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub paused_until: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_seen_at: Option<OffsetDateTime>,
+}
+
+/// One live process of a runner.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Instance {
+    pub instance_id: String,
+    pub hostname: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub connected_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub last_heartbeat_at: OffsetDateTime,
+    pub credential_generation: u32,
+    pub running_tasks: u32,
+}
+
+/// A runner's OAuth client credentials. Returned unasked only when the runner is created.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct ClientCredentials {
+    pub client_id: String,
+    pub client_secret: String,
+}
+
+impl std::fmt::Debug for ClientCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientCredentials")
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"[redacted]")
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreatedRunner {
+    #[serde(flatten)]
+    pub runner: Runner,
+    pub credentials: ClientCredentials,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunnerList {
+    pub runners: Vec<Runner>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+pub struct CreateUserRequest {
+    pub username: String,
+    pub password: String,
+    pub role: String,
+}
+
+impl std::fmt::Debug for CreateUserRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreateUserRequest")
+            .field("username", &self.username)
+            .field("password", &"[redacted]")
+            .field("role", &self.role)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct User {
+    pub username: String,
+    pub role: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateTokenRequest {
+    pub name: String,
+}
+
+/// A personal API token, shown once when created.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct CreatedToken {
+    pub token: String,
+    pub name: String,
+    pub username: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+impl std::fmt::Debug for CreatedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreatedToken")
+            .field("token", &"[redacted]")
+            .field("name", &self.name)
+            .field("username", &self.username)
+            .finish()
+    }
+}
+
+/// Who the caller is (`GET /api/v1/me`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Me {
+    pub username: String,
+    pub role: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditEvent {
+    pub id: i64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    pub actor: String,
+    pub action: String,
+    pub runner: Option<String>,
+    pub target: Option<String>,
+    pub source_ip: Option<String>,
+    pub detail: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditList {
+    pub events: Vec<AuditEvent>,
+    pub next_cursor: Option<String>,
+}

@@ -1,0 +1,152 @@
+//! Server settings: command-line flags with `TETHER_*` environment twins, validated once at start-up
+//! into a [`ServerConfig`]. Secrets supplied here are wrapped so `Debug` never prints them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use tether_domain::{ApiToken, Password};
+use url::Url;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Run the tether control plane: the REST API, the OAuth token endpoint and runner sessions.
+#[derive(Debug, Clone, clap::Args)]
+#[command(after_help = "Examples:\n  \
+    tether server --dev                      # throwaway SQLite, an admin and its token printed\n  \
+    tether server --data-dir /var/lib/tether --listen 0.0.0.0:8080 \\\n         --public-url https://tether.example.com")]
+pub struct ServerArgs {
+    /// Address and port to listen on.
+    #[arg(long, env = "TETHER_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Directory for the SQLite database and the generated key material (created if missing).
+    #[arg(long, env = "TETHER_DATA_DIR", default_value = "./tether-data")]
+    pub data_dir: PathBuf,
+
+    /// Database URL; defaults to SQLite in the data directory (`sqlite://<data-dir>/tether.db`).
+    #[arg(long, env = "TETHER_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// The URL runners and clients use to reach this server; the OAuth issuer. Defaults to http://<listen>.
+    #[arg(long, env = "TETHER_PUBLIC_URL")]
+    pub public_url: Option<Url>,
+
+    /// Development mode: a fresh SQLite database in a temporary directory (deleted on exit) and an
+    /// admin whose password and API token are printed.
+    #[arg(long)]
+    pub dev: bool,
+
+    /// On first start, create the admin's API token with exactly this value (32+ characters).
+    #[arg(
+        long,
+        env = "TETHER_BOOTSTRAP_TOKEN",
+        hide_env_values = true,
+        hide = true
+    )]
+    pub bootstrap_token: Option<String>,
+
+    /// On first start, set the admin's password to this value instead of generating one.
+    #[arg(
+        long,
+        env = "TETHER_ADMIN_PASSWORD",
+        hide_env_values = true,
+        hide = true
+    )]
+    pub admin_password: Option<String>,
+
+    /// Interval at which runner instances send heartbeats.
+    #[arg(long, env = "TETHER_HEARTBEAT_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub heartbeat_seconds: u64,
+
+    /// Lifetime of access tokens issued at /oauth/token.
+    #[arg(long, env = "TETHER_ACCESS_TOKEN_TTL_SECONDS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(10..=86400))]
+    pub access_token_ttl_seconds: u64,
+
+    /// How long a refreshed client secret can be revealed again.
+    #[arg(long, env = "TETHER_REVEAL_WINDOW_SECONDS", default_value_t = 900, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub reveal_window_seconds: u64,
+
+    /// How often in-memory usage data (last use, refused-token bursts) is written to the database.
+    #[arg(long, env = "TETHER_FLUSH_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub flush_seconds: u64,
+
+    /// Log format on stderr.
+    #[arg(long, env = "TETHER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// Validated settings.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub database_url: Option<String>,
+    pub public_url: Option<Url>,
+    pub bootstrap_token: Option<ApiToken>,
+    pub admin_password: Option<Password>,
+    pub heartbeat: Duration,
+    pub access_token_ttl: Duration,
+    pub reveal_window: Duration,
+    pub flush_interval: Duration,
+}
+
+impl ServerConfig {
+    /// Defaults suitable for tests and embedding: loopback, port 0, everything else as documented.
+    pub fn new(data_dir: PathBuf) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir,
+            database_url: None,
+            public_url: None,
+            bootstrap_token: None,
+            admin_password: None,
+            heartbeat: Duration::from_secs(10),
+            access_token_ttl: Duration::from_secs(600),
+            reveal_window: Duration::from_secs(900),
+            flush_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+impl ServerArgs {
+    pub fn into_config(self, data_dir: PathBuf) -> anyhow::Result<ServerConfig> {
+        let bootstrap_token = self
+            .bootstrap_token
+            .map(|t| ApiToken::parse_supplied(&t))
+            .transpose()
+            .context("TETHER_BOOTSTRAP_TOKEN is not usable")?;
+        let admin_password = self
+            .admin_password
+            .map(|p| Password::parse(&p))
+            .transpose()
+            .context("TETHER_ADMIN_PASSWORD is not usable")?;
+        if let Some(url) = &self.public_url {
+            if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+                bail!("TETHER_PUBLIC_URL must be an http(s) URL with a host, got {url}");
+            }
+        }
+        if let Some(db) = &self.database_url {
+            if !db.starts_with("sqlite:") {
+                bail!("TETHER_DATABASE_URL: only sqlite: URLs are supported by this build");
+            }
+        }
+        Ok(ServerConfig {
+            listen: self.listen,
+            data_dir,
+            database_url: self.database_url,
+            public_url: self.public_url,
+            bootstrap_token,
+            admin_password,
+            heartbeat: Duration::from_secs(self.heartbeat_seconds),
+            access_token_ttl: Duration::from_secs(self.access_token_ttl_seconds),
+            reveal_window: Duration::from_secs(self.reveal_window_seconds),
+            flush_interval: Duration::from_secs(self.flush_seconds),
+        })
+    }
+}

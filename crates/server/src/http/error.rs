@@ -1,0 +1,158 @@
+//! The one place API errors become HTTP responses: RFC 9457 problem+json with a stable `code`.
+//! Internal causes are logged here, once, and never returned to the caller.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use tether_protocol::problem::{Problem, CONTENT_TYPE};
+
+use crate::services::ServiceError;
+
+#[derive(Debug)]
+pub enum ApiError {
+    /// No credentials presented.
+    Unauthenticated,
+    /// Credentials presented but not valid.
+    InvalidToken,
+    Forbidden(String),
+    NotFound {
+        code: &'static str,
+        detail: String,
+    },
+    Conflict {
+        code: &'static str,
+        detail: String,
+    },
+    /// A field failed validation (422).
+    InvalidField {
+        field: String,
+        detail: String,
+    },
+    /// The body is not JSON at all (400).
+    MalformedJson(String),
+    UnsupportedMediaType,
+    PayloadTooLarge,
+    MethodNotAllowed,
+    RouteNotFound,
+    Internal(anyhow::Error),
+}
+
+impl ApiError {
+    pub fn invalid_field(field: impl Into<String>, detail: impl std::fmt::Display) -> Self {
+        let field = field.into();
+        ApiError::InvalidField {
+            detail: format!("{field} {detail}"),
+            field,
+        }
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::NotFound { code, detail, .. } => ApiError::NotFound { code, detail },
+            ServiceError::Conflict { code, detail } => ApiError::Conflict { code, detail },
+            ServiceError::Forbidden { detail } => ApiError::Forbidden(detail),
+            ServiceError::Internal(e) => ApiError::Internal(e),
+        }
+    }
+}
+
+impl From<tether_store::StoreError> for ApiError {
+    fn from(e: tether_store::StoreError) -> Self {
+        ApiError::Internal(e.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, title, detail, field) = match self {
+            ApiError::Unauthenticated => (
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "Authentication required",
+                "send an API token as `Authorization: Bearer <token>` (create one with `tether tokens create` or use the admin token printed at first start)".to_owned(),
+                None,
+            ),
+            ApiError::InvalidToken => (
+                StatusCode::UNAUTHORIZED,
+                "invalid_token",
+                "Invalid API token",
+                "the API token is malformed, unknown or revoked".to_owned(),
+                None,
+            ),
+            ApiError::Forbidden(detail) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden", detail, None),
+            ApiError::NotFound { code, detail } => (StatusCode::NOT_FOUND, code, "Not found", detail, None),
+            ApiError::Conflict { code, detail } => (StatusCode::CONFLICT, code, "Conflict", detail, None),
+            ApiError::InvalidField { field, detail } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_field",
+                "Invalid field",
+                detail,
+                Some(field),
+            ),
+            ApiError::MalformedJson(detail) => (
+                StatusCode::BAD_REQUEST,
+                "malformed_json",
+                "Malformed JSON",
+                format!("the request body is not valid JSON: {detail}"),
+                None,
+            ),
+            ApiError::UnsupportedMediaType => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "Unsupported media type",
+                "send the body as JSON with `Content-Type: application/json`".to_owned(),
+                None,
+            ),
+            ApiError::PayloadTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "Payload too large",
+                format!("the request body exceeds {} bytes", super::MAX_BODY_BYTES),
+                None,
+            ),
+            ApiError::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "Method not allowed",
+                "this path does not support that HTTP method; see /api/v1/openapi.json".to_owned(),
+                None,
+            ),
+            ApiError::RouteNotFound => (
+                StatusCode::NOT_FOUND,
+                "route_not_found",
+                "Not found",
+                "no such endpoint; see /api/v1/openapi.json".to_owned(),
+                None,
+            ),
+            ApiError::Internal(e) => {
+                tracing::error!(error = format!("{e:#}"), "request failed");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "Internal error",
+                    "the server failed to handle the request; the cause is in its log".to_owned(),
+                    None,
+                )
+            }
+        };
+        let problem = Problem {
+            kind: format!("urn:tether:problem:{code}"),
+            title: title.to_owned(),
+            status: status.as_u16(),
+            detail,
+            code: code.to_owned(),
+            field,
+        };
+        let mut response = (status, axum::Json(problem)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+        if status == StatusCode::UNAUTHORIZED {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"tether\""),
+            );
+        }
+        response
+    }
+}

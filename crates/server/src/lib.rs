@@ -1,0 +1,244 @@
+//! The tether control plane as a library: [`start`] binds and serves (tests and `--dev` use it
+//! in-process); [`run`] is what `tether server` calls: telemetry, start, wait for a signal, drain.
+
+pub mod auth;
+pub mod config;
+pub mod http;
+pub mod jwt;
+pub mod keys;
+pub mod metrics;
+pub mod services;
+pub mod state;
+pub mod telemetry;
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tether_store::sqlite::SqliteStore;
+use tether_store::Store;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use config::{LogFormat, ServerArgs, ServerConfig};
+pub use services::bootstrap::Bootstrapped;
+use state::{AppState, Inner};
+
+/// A control plane serving in the background.
+#[derive(Debug)]
+pub struct RunningServer {
+    pub local_addr: SocketAddr,
+    pub public_url: String,
+    /// Set on the first start of a fresh database: what was created, for printing once.
+    pub bootstrapped: Option<Bootstrapped>,
+    state: AppState,
+    shutdown: watch::Sender<bool>,
+    serve: JoinHandle<std::io::Result<()>>,
+    background: JoinHandle<()>,
+}
+
+/// Opens the database, loads or creates key material, binds the listener and starts serving.
+pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("restricting permissions of {}", config.data_dir.display()))?;
+    let keys = keys::KeyMaterial::load_or_generate(&config.data_dir)?;
+    let store: Arc<dyn Store> = match &config.database_url {
+        Some(url) => Arc::new(
+            SqliteStore::open_url(url)
+                .await
+                .context("opening the database")?,
+        ),
+        None => {
+            let path = config.data_dir.join("tether.db");
+            Arc::new(
+                SqliteStore::open(&path)
+                    .await
+                    .with_context(|| format!("opening the database {}", path.display()))?,
+            )
+        }
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.listen))?;
+    let local_addr = listener.local_addr()?;
+    let public_url = config.public_url.as_ref().map_or_else(
+        || format!("http://{local_addr}"),
+        |u| u.as_str().trim_end_matches('/').to_owned(),
+    );
+    let signer = jwt::TokenSigner::new(keys.signing, public_url.clone(), public_url.clone());
+    let state = AppState::new(Inner {
+        config,
+        store,
+        signer,
+        pepper: keys.pepper,
+        clients: Default::default(),
+        usage: Default::default(),
+        revoked: Default::default(),
+        metrics: Default::default(),
+        public_url: public_url.clone(),
+    });
+    let now = time::OffsetDateTime::now_utc();
+    state.revoked.load(
+        state
+            .store
+            .revoked_access_tokens(tether_store::to_ms(now))
+            .await?,
+    );
+    let bootstrapped = services::bootstrap::ensure_admin(&state).await?;
+
+    let (shutdown, mut stop) = watch::channel(false);
+    let app = http::router(state.clone());
+    let serve = tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await
+    });
+    let background = tokio::spawn(background_loop(state.clone(), shutdown.subscribe()));
+    tracing::info!(listen = %local_addr, public_url = %public_url, "tether control plane started");
+    Ok(RunningServer {
+        local_addr,
+        public_url,
+        bootstrapped,
+        state,
+        shutdown,
+        serve,
+        background,
+    })
+}
+
+/// Periodic housekeeping: flush usage aggregates and forget expired token revocations.
+async fn background_loop(state: AppState, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(state.config.flush_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => break,
+        }
+        if let Err(e) = state
+            .usage
+            .flush(state.store.as_ref(), &state.clients)
+            .await
+        {
+            tracing::error!(error = %e, "flushing usage data failed");
+        }
+        let now = time::OffsetDateTime::now_utc();
+        state.revoked.purge(now.unix_timestamp());
+    }
+}
+
+impl RunningServer {
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Stops accepting connections, lets in-flight requests finish and writes pending usage data.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(true);
+        self.serve
+            .await
+            .context("server task panicked")?
+            .context("serving HTTP")?;
+        let _ = self.background.await;
+        self.state
+            .usage
+            .flush(self.state.store.as_ref(), &self.state.clients)
+            .await
+            .context("flushing usage data at shutdown")?;
+        tracing::info!("tether control plane stopped");
+        Ok(())
+    }
+}
+
+/// `tether server`: runs until SIGINT or SIGTERM, then shuts down gracefully.
+pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    telemetry::init(args.log_format);
+    let dev = args.dev;
+    let (data_dir, _dev_dir) = if dev {
+        let dir = tempfile::Builder::new()
+            .prefix("tether-dev-")
+            .tempdir()
+            .context("creating a temporary data directory")?;
+        (dir.path().to_path_buf(), Some(dir))
+    } else {
+        (args.data_dir.clone(), None)
+    };
+    let config = args.into_config(data_dir.clone())?;
+    let server = start(config).await?;
+    print_banner(&server, &data_dir, dev);
+    shutdown_signal().await;
+    tracing::info!("shutdown requested; finishing in-flight requests");
+    server.shutdown().await
+}
+
+/// Tells the operator where tether is and, on first start, the admin login. Printed to stdout,
+/// deliberately not through the logger: these values must never end up in log storage.
+fn print_banner(server: &RunningServer, data_dir: &std::path::Path, dev: bool) {
+    let url = &server.public_url;
+    println!("tether control plane listening on {}", server.local_addr);
+    println!("  API:       {url}/api/v1   (OpenAPI: {url}/api/v1/openapi.json)");
+    println!(
+        "  OAuth:     {url}/oauth/token   (metadata: {url}/.well-known/oauth-authorization-server)"
+    );
+    if dev {
+        println!(
+            "  data dir:  {} (development mode: deleted on exit)",
+            data_dir.display()
+        );
+    } else {
+        println!("  data dir:  {}", data_dir.display());
+    }
+    if let Some(b) = &server.bootstrapped {
+        println!();
+        println!(
+            "First start: created the admin user '{}'. These are shown only once:",
+            b.username
+        );
+        if let Some(p) = &b.generated_password {
+            println!("  admin password:  {}", p.expose());
+        }
+        match &b.generated_token {
+            Some(t) => {
+                println!("  admin API token: {}", t.expose());
+                println!();
+                println!("Use it from the CLI:");
+                println!("  export TETHER_URL={url} TETHER_TOKEN={}", t.expose());
+            }
+            None => {
+                println!("  admin API token: the value of TETHER_BOOTSTRAP_TOKEN");
+                println!();
+                println!("Use it from the CLI:");
+                println!("  export TETHER_URL={url} TETHER_TOKEN=\"$TETHER_BOOTSTRAP_TOKEN\"");
+            }
+        }
+        println!("  tether runners create my-runner --platform local");
+    }
+    println!();
+    println!("Press Ctrl-C to stop.");
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

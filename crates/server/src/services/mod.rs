@@ -1,0 +1,35 @@
+//! Use cases of the control plane. Handlers parse input into domain types and call these; these
+//! talk to the store and the in-memory caches and return domain or store records.
+
+pub mod audit;
+pub mod bootstrap;
+pub mod clients;
+pub mod oauth;
+pub mod runners;
+pub mod usage;
+pub mod users;
+
+use tether_store::StoreError;
+
+/// Errors of the service layer. The HTTP layer maps each to one problem type.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("{what} not found")]
+    NotFound {
+        what: &'static str,
+        code: &'static str,
+        detail: String,
+    },
+    #[error("conflict")]
+    Conflict { code: &'static str, detail: String },
+    #[error("forbidden")]
+    Forbidden { detail: String },
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl From<StoreError> for ServiceError {
+    fn from(e: StoreError) -> Self {
+        ServiceError::Internal(anyhow::Error::new(e))
+    }
+}

@@ -1,0 +1,248 @@
+//! OAuth 2.0 client credentials (RFC 6749 §4.4), revocation (RFC 7009) and introspection (RFC 7662).
+//! The hot path (authenticate, sign) touches only memory; the database sees the first token of
+//! each credential generation and periodic, aggregated usage.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::Engine;
+use serde_json::json;
+use tether_domain::{random_bytes, ClientId, ClientSecret};
+use time::OffsetDateTime;
+
+use super::audit::{self, AuditEventExt};
+use super::clients::CachedClient;
+use crate::jwt::Claims;
+use crate::state::AppState;
+
+/// Why client authentication failed. The reason is logged and counted, never told to the client
+/// beyond `invalid_client`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuthFailure {
+    MalformedClientId,
+    MalformedSecret,
+    UnknownClient,
+    WrongSecret,
+}
+
+impl ClientAuthFailure {
+    pub fn reason(self) -> &'static str {
+        match self {
+            ClientAuthFailure::MalformedClientId => "malformed_client_id",
+            ClientAuthFailure::MalformedSecret => "malformed_secret",
+            ClientAuthFailure::UnknownClient => "unknown_client",
+            ClientAuthFailure::WrongSecret => "wrong_secret",
+        }
+    }
+
+    /// A sentence for the `error_description`; says what to check without confirming which part matched.
+    pub fn description(self) -> &'static str {
+        match self {
+            ClientAuthFailure::MalformedClientId => "client_id is not a tether client id",
+            ClientAuthFailure::MalformedSecret => {
+                "client_secret is malformed (truncated, altered or not a tether secret)"
+            }
+            ClientAuthFailure::UnknownClient | ClientAuthFailure::WrongSecret => {
+                "client authentication failed: unknown client or wrong, revoked or expired client_secret"
+            }
+        }
+    }
+}
+
+/// Checks a client id and secret against the runner's accepted credential generations.
+pub async fn authenticate_client(
+    state: &AppState,
+    client_id: &str,
+    client_secret: &str,
+    source_ip: Option<String>,
+) -> Result<(Arc<CachedClient>, u32), ClientAuthFailure> {
+    let result = try_authenticate(state, client_id, client_secret).await;
+    if let Err((failure, client)) = &result {
+        state.metrics.refused(failure.reason());
+        let runner = client
+            .as_ref()
+            .map(|c| (c.runner_id, c.runner_name.as_str().to_owned()));
+        state
+            .usage
+            .refused(Some(client_id), runner, failure.reason(), source_ip);
+        // Only a well-formed client id is logged: a malformed one may be a secret pasted in the wrong field.
+        let logged_id = client.as_ref().map_or("-", |c| c.client_id.as_str());
+        tracing::debug!(
+            client_id = logged_id,
+            reason = failure.reason(),
+            "client authentication failed"
+        );
+    }
+    result.map_err(|(f, _)| f)
+}
+
+async fn try_authenticate(
+    state: &AppState,
+    client_id: &str,
+    client_secret: &str,
+) -> Result<(Arc<CachedClient>, u32), (ClientAuthFailure, Option<Arc<CachedClient>>)> {
+    let id =
+        ClientId::parse(client_id).map_err(|_| (ClientAuthFailure::MalformedClientId, None))?;
+    let client = match state.clients.get(state.store.as_ref(), &id).await {
+        Ok(Some(c)) => c,
+        Ok(None) => return Err((ClientAuthFailure::UnknownClient, None)),
+        Err(e) => {
+            tracing::error!(error = %e, "loading client credentials failed");
+            return Err((ClientAuthFailure::UnknownClient, None));
+        }
+    };
+    let Ok(secret) = ClientSecret::parse(client_secret) else {
+        return Err((ClientAuthFailure::MalformedSecret, Some(client)));
+    };
+    let candidate = state.pepper.verifier(secret.expose());
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    let generation = client.authenticate(&candidate, now).map(|g| g.generation.0);
+    match generation {
+        Some(g) => Ok((client, g)),
+        None => Err((ClientAuthFailure::WrongSecret, Some(client))),
+    }
+}
+
+/// Mints an access token for an authenticated client and notes the use.
+pub fn issue_token(
+    state: &AppState,
+    client: &Arc<CachedClient>,
+    generation: u32,
+) -> (String, Claims) {
+    let now = OffsetDateTime::now_utc();
+    let iat = now.unix_timestamp();
+    let claims = Claims {
+        iss: state.signer.issuer.clone(),
+        sub: client.runner_id.to_string(),
+        aud: state.signer.audience.clone(),
+        client_id: client.client_id.as_str().to_owned(),
+        gen: generation,
+        jti: B64.encode(random_bytes::<16>()),
+        iat,
+        exp: iat + state.config.access_token_ttl.as_secs() as i64,
+    };
+    let token = state.signer.sign(&claims);
+    state.metrics.tokens_issued.inc();
+    if let Some(g) = client.generation(generation) {
+        g.unflushed_use_ms
+            .store(tether_store::to_ms(now), Ordering::Relaxed);
+        if !g.first_token_recorded.swap(true, Ordering::Relaxed) {
+            record_first_token(state, client, generation, now);
+        }
+    }
+    (token, claims)
+}
+
+/// The first token of a generation is audited (it proves the new secret reached the runner).
+/// Written off the request path.
+fn record_first_token(
+    state: &AppState,
+    client: &Arc<CachedClient>,
+    generation: u32,
+    at: OffsetDateTime,
+) {
+    let state = state.clone();
+    let client = client.clone();
+    tokio::spawn(async move {
+        let ev = audit::event(
+            format!("client:{}", client.client_id),
+            "credential.first_token",
+        )
+        .runner(client.runner_id, client.runner_name.as_str())
+        .detail(json!({"generation": generation}));
+        let res = state
+            .store
+            .record_first_token(
+                client.runner_id,
+                tether_domain::Generation(generation),
+                tether_store::to_ms(at),
+                ev,
+            )
+            .await;
+        if let Err(e) = res {
+            tracing::error!(error = %e, runner.id = %client.runner_id, "recording first token failed");
+        }
+    });
+}
+
+/// A valid, unrevoked access token whose credential generation is still accepted.
+pub async fn validate_access_token(
+    state: &AppState,
+    token: &str,
+) -> Option<(Claims, Arc<CachedClient>)> {
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    let claims = state.signer.verify(token, now).ok()?;
+    if state.revoked.contains(&claims.jti) {
+        return None;
+    }
+    let client_id = ClientId::parse(&claims.client_id).ok()?;
+    let client = state
+        .clients
+        .get(state.store.as_ref(), &client_id)
+        .await
+        .ok()??;
+    if client.runner_id.to_string() != claims.sub {
+        return None;
+    }
+    let accepted = client
+        .generation(claims.gen)
+        .is_some_and(|g| g.accepts(now));
+    accepted.then_some((claims, client))
+}
+
+/// Revokes an access token (RFC 7009) until it would have expired.
+pub async fn revoke_access_token(
+    state: &AppState,
+    claims: &Claims,
+    client: &CachedClient,
+) -> anyhow::Result<()> {
+    state.revoked.insert(claims.jti.clone(), claims.exp);
+    let ev = audit::event(
+        format!("client:{}", client.client_id),
+        "oauth.token_revoked",
+    )
+    .runner(client.runner_id, client.runner_name.as_str())
+    .detail(json!({"jti": claims.jti, "generation": claims.gen}));
+    state
+        .store
+        .revoke_access_token(&claims.jti, claims.exp * 1000, ev)
+        .await?;
+    Ok(())
+}
+
+/// Ids (`jti`) of access tokens revoked before expiry, with their expiry (unix seconds).
+#[derive(Debug, Default)]
+pub struct RevokedTokens {
+    set: RwLock<HashMap<String, i64>>,
+}
+
+impl RevokedTokens {
+    pub fn contains(&self, jti: &str) -> bool {
+        self.set
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(jti)
+    }
+
+    pub fn insert(&self, jti: String, exp: i64) {
+        self.set
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(jti, exp);
+    }
+
+    pub fn load(&self, revoked: Vec<(String, i64)>) {
+        let mut set = self.set.write().unwrap_or_else(|p| p.into_inner());
+        set.extend(revoked);
+    }
+
+    /// Forgets tokens that have expired anyway.
+    pub fn purge(&self, now: i64) {
+        self.set
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, exp| *exp > now);
+    }
+}

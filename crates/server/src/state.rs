@@ -1,0 +1,43 @@
+//! Shared application state handed to every handler.
+
+use std::sync::Arc;
+
+use tether_domain::Pepper;
+use tether_store::Store;
+
+use crate::config::ServerConfig;
+use crate::jwt::TokenSigner;
+use crate::metrics::Metrics;
+use crate::services::clients::ClientCache;
+use crate::services::oauth::RevokedTokens;
+use crate::services::usage::UsageTracker;
+
+#[derive(Clone, Debug)]
+pub struct AppState(Arc<Inner>);
+
+#[derive(Debug)]
+pub struct Inner {
+    pub config: ServerConfig,
+    pub store: Arc<dyn Store>,
+    pub signer: TokenSigner,
+    pub pepper: Pepper,
+    pub clients: ClientCache,
+    pub usage: UsageTracker,
+    pub revoked: RevokedTokens,
+    pub metrics: Metrics,
+    pub public_url: String,
+}
+
+impl AppState {
+    pub fn new(inner: Inner) -> Self {
+        Self(Arc::new(inner))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}

@@ -1,0 +1,12 @@
+//! Integration tests of the control plane: the real server on a loopback port, its own SQLite
+//! database per test, driven over HTTP.
+
+mod audit;
+mod interop;
+mod logs;
+mod oauth;
+mod ops;
+mod restart;
+mod roles;
+mod runners;
+mod users;

@@ -1,0 +1,113 @@
+use reqwest::Method;
+use serde_json::Value;
+use tether_testkit::spawn_app;
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let app = spawn_app().await;
+    let h = app.get("/healthz", None).await;
+    assert_eq!(h.status, 200);
+    let r = app.get("/readyz", None).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["status"], "ready");
+}
+
+#[tokio::test]
+async fn metrics_count_requests_and_tokens() {
+    let app = spawn_app().await;
+    let c = app.create_runner("m", "local").await;
+    let (id, secret) = (
+        c["credentials"]["client_id"].as_str().expect("id"),
+        c["credentials"]["client_secret"].as_str().expect("secret"),
+    );
+    app.access_token(id, secret).await;
+    app.access_token(id, secret).await;
+    assert_eq!(app.token_basic(id, "tcs_bad").await.status, 401);
+    let m = app.get("/metrics", None).await;
+    assert_eq!(m.status, 200);
+    let text = m.body;
+    assert!(
+        text.contains("tether_oauth_tokens_issued_total 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"tether_oauth_tokens_refused_total{reason="malformed_secret"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            r#"tether_http_requests_total{method="POST",route="/oauth/token",status="200"} 2"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.lines().any(
+            |l| l.starts_with("tether_http_request_duration_seconds_bucket{")
+                && l.contains(r#"route="/api/v1/runners""#)
+        ),
+        "{text}"
+    );
+    assert!(!text.contains(secret));
+}
+
+/// The OpenAPI document and the router agree: every documented operation is routed, with the
+/// documented auth, and nothing undocumented under /api/v1 answers.
+#[tokio::test]
+async fn openapi_document_matches_the_routes() {
+    let app = spawn_app().await;
+    let doc = app.get("/api/v1/openapi.json", None).await;
+    assert_eq!(doc.status, 200);
+    let doc: Value = doc.json();
+    assert_eq!(
+        doc["openapi"].as_str().map(|v| v.starts_with("3.1")),
+        Some(true)
+    );
+    let paths = doc["paths"].as_object().expect("paths");
+    let mut operations = 0;
+    for (path, item) in paths {
+        let concrete = path
+            .replace("{runner}", "some-runner")
+            .replace("{username}", "someone");
+        for (method, op) in item.as_object().expect("path item") {
+            let Ok(m) = Method::from_bytes(method.to_uppercase().as_bytes()) else {
+                continue;
+            };
+            if !["get", "post", "put", "delete", "patch"].contains(&method.as_str()) {
+                continue;
+            }
+            operations += 1;
+            let r = app.request(m, &concrete, None, None).await;
+            let label = format!("{method} {path}");
+            assert_ne!(r.status, 405, "{label} is documented but not routed");
+            if r.status == 404 {
+                assert_ne!(
+                    r.json()["code"],
+                    "route_not_found",
+                    "{label} is documented but not routed"
+                );
+            }
+            let secured = op
+                .get("security")
+                .is_none_or(|s| s.as_array().is_none_or(|a| !a.is_empty()));
+            let uses_api_auth = path.starts_with("/api/v1/") && path != "/api/v1/openapi.json";
+            if uses_api_auth && secured {
+                assert_eq!(r.status, 401, "{label} must require authentication");
+            }
+            assert!(
+                op["responses"].is_object(),
+                "{label} documents its responses"
+            );
+        }
+    }
+    assert!(operations >= 15, "only {operations} operations documented");
+    for (method, path) in [
+        ("get", "/api/v1/runners"),
+        ("post", "/oauth/token"),
+        ("delete", "/api/v1/runners/{runner}"),
+    ] {
+        assert!(
+            paths[path][method].is_object(),
+            "{method} {path} must be documented"
+        );
+    }
+}

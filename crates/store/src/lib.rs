@@ -1,0 +1,94 @@
+//! Storage for tether: capability traits the server depends on, and their SQLite implementation.
+//! Every method that changes state takes the audit event describing the change and writes both in
+//! one transaction, so the audit trail can never disagree with the data.
+//!
+//! Errors: backends map their errors into [`StoreError`]; callers never see a driver type.
+
+mod error;
+mod records;
+pub mod sqlite;
+
+use async_trait::async_trait;
+use tether_domain::{ClientId, Generation, RunnerId, RunnerName, Username, Verifier};
+
+pub use error::StoreError;
+pub use records::*;
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[async_trait]
+pub trait RunnerStore: Send + Sync {
+    /// Creates the runner with its first credential generation.
+    async fn create_runner(
+        &self,
+        new: NewRunner,
+        audit: NewAuditEvent,
+    ) -> StoreResult<RunnerRecord>;
+    /// Runners in creation order, strictly after `after`.
+    async fn list_runners(
+        &self,
+        after: Option<RunnerId>,
+        limit: u32,
+    ) -> StoreResult<Vec<RunnerRecord>>;
+    async fn runner_by_id(&self, id: RunnerId) -> StoreResult<Option<RunnerRecord>>;
+    async fn runner_by_name(&self, name: &RunnerName) -> StoreResult<Option<RunnerRecord>>;
+    /// Deletes the runner and, with it, every credential generation. False if it did not exist.
+    async fn delete_runner(&self, id: RunnerId, audit: NewAuditEvent) -> StoreResult<bool>;
+}
+
+#[async_trait]
+pub trait CredentialStore: Send + Sync {
+    /// The runner a client id belongs to and all its credential generations.
+    async fn client_by_id(&self, client_id: &ClientId) -> StoreResult<Option<ClientRecord>>;
+    /// Records when generations were last used (flushed in batches from memory).
+    async fn record_credential_use(&self, uses: &[CredentialUse]) -> StoreResult<()>;
+    /// Marks the first access token issued to a generation. Returns false (and writes no audit
+    /// event) if one was already recorded.
+    async fn record_first_token(
+        &self,
+        runner_id: RunnerId,
+        generation: Generation,
+        at_ms: i64,
+        audit: NewAuditEvent,
+    ) -> StoreResult<bool>;
+    /// Remembers a revoked access token until `expires_at_ms`.
+    async fn revoke_access_token(
+        &self,
+        jti: &str,
+        expires_at_ms: i64,
+        audit: NewAuditEvent,
+    ) -> StoreResult<()>;
+    /// Revoked access tokens (`jti`, expiry in unix seconds) not yet expired at `now_ms`;
+    /// expired ones are purged.
+    async fn revoked_access_tokens(&self, now_ms: i64) -> StoreResult<Vec<(String, i64)>>;
+}
+
+#[async_trait]
+pub trait UserStore: Send + Sync {
+    /// Creates the first admin and their token, only if no user exists yet. False if users exist.
+    async fn bootstrap_admin(
+        &self,
+        admin: NewUser,
+        token: NewApiToken,
+        audit: NewAuditEvent,
+    ) -> StoreResult<bool>;
+    async fn create_user(&self, new: NewUser, audit: NewAuditEvent) -> StoreResult<UserRecord>;
+    async fn user_by_name(&self, username: &Username) -> StoreResult<Option<UserRecord>>;
+    async fn create_api_token(&self, new: NewApiToken, audit: NewAuditEvent) -> StoreResult<()>;
+    /// The owner of the API token with this verifier.
+    async fn user_by_token(&self, verifier: &Verifier) -> StoreResult<Option<UserRecord>>;
+}
+
+#[async_trait]
+pub trait AuditStore: Send + Sync {
+    async fn append_audit(&self, event: NewAuditEvent) -> StoreResult<()>;
+    /// Newest first.
+    async fn list_audit(&self, filter: AuditFilter) -> StoreResult<Vec<AuditRecord>>;
+}
+
+/// Everything the control plane needs from its database.
+#[async_trait]
+pub trait Store: RunnerStore + CredentialStore + UserStore + AuditStore + std::fmt::Debug {
+    /// Cheap round trip for readiness checks.
+    async fn ping(&self) -> StoreResult<()>;
+}

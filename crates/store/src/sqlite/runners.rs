@@ -1,0 +1,275 @@
+use async_trait::async_trait;
+use sqlx::sqlite::SqliteRow;
+use sqlx::Row;
+use tether_domain::{
+    ClientId, CredentialState, Description, Generation, Platform, RunnerId, RunnerName, Verifier,
+};
+
+use super::{backend, corrupt, insert_audit, SqliteStore};
+use crate::{
+    from_ms, to_ms, ClientRecord, CredentialRecord, CredentialStore, CredentialUse, NewAuditEvent,
+    NewRunner, RunnerRecord, RunnerStore, StoreResult,
+};
+
+const RUNNER_COLUMNS: &str = "r.id, r.name, r.description, r.platform, r.client_id, r.created_at, r.created_by,
+     (SELECT c.generation FROM credentials c WHERE c.runner_id = r.id AND c.state = 'active') AS generation";
+
+fn runner_from_row(row: &SqliteRow) -> StoreResult<RunnerRecord> {
+    let get = |col: &str| row.try_get::<String, _>(col).map_err(backend);
+    Ok(RunnerRecord {
+        id: get("id")?.parse().map_err(|e| corrupt("runners.id", e))?,
+        name: RunnerName::parse(&get("name")?).map_err(|e| corrupt("runners.name", e))?,
+        description: Description::parse(&get("description")?)
+            .map_err(|e| corrupt("runners.description", e))?,
+        platform: Platform::parse(&get("platform")?).map_err(|e| corrupt("runners.platform", e))?,
+        client_id: ClientId::parse(&get("client_id")?)
+            .map_err(|e| corrupt("runners.client_id", e))?,
+        generation: Generation(
+            row.try_get::<Option<u32>, _>("generation")
+                .map_err(backend)?
+                .unwrap_or(0),
+        ),
+        created_at: from_ms(row.try_get("created_at").map_err(backend)?),
+        created_by: get("created_by")?,
+    })
+}
+
+impl SqliteStore {
+    async fn fetch_runner(&self, clause: &str, key: &str) -> StoreResult<Option<RunnerRecord>> {
+        let sql = format!("SELECT {RUNNER_COLUMNS} FROM runners r WHERE {clause}");
+        let row = sqlx::query(&sql)
+            .bind(key)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(backend)?;
+        row.as_ref().map(runner_from_row).transpose()
+    }
+}
+
+#[async_trait]
+impl RunnerStore for SqliteStore {
+    async fn create_runner(
+        &self,
+        new: NewRunner,
+        audit: NewAuditEvent,
+    ) -> StoreResult<RunnerRecord> {
+        let mut tx = self.writer.begin().await.map_err(backend)?;
+        sqlx::query(
+            "INSERT INTO runners (id, name, description, platform, client_id, created_at, created_by)
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(new.id.to_string())
+        .bind(new.name.as_str())
+        .bind(new.description.as_str())
+        .bind(new.platform.as_str())
+        .bind(new.client_id.as_str())
+        .bind(to_ms(new.created_at))
+        .bind(&new.created_by)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        sqlx::query(
+            "INSERT INTO credentials (runner_id, generation, state, verifier, created_at, created_by)
+             VALUES (?, ?, 'active', ?, ?, ?)",
+        )
+        .bind(new.id.to_string())
+        .bind(Generation::FIRST.0)
+        .bind(new.verifier.as_bytes().as_slice())
+        .bind(to_ms(new.created_at))
+        .bind(&new.created_by)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        insert_audit(&mut *tx, &audit).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(RunnerRecord {
+            id: new.id,
+            name: new.name,
+            description: new.description,
+            platform: new.platform,
+            client_id: new.client_id,
+            generation: Generation::FIRST,
+            created_at: new.created_at,
+            created_by: new.created_by,
+        })
+    }
+
+    async fn list_runners(
+        &self,
+        after: Option<RunnerId>,
+        limit: u32,
+    ) -> StoreResult<Vec<RunnerRecord>> {
+        // UUIDv7 text sorts in creation order.
+        let sql =
+            format!("SELECT {RUNNER_COLUMNS} FROM runners r WHERE r.id > ? ORDER BY r.id LIMIT ?");
+        let rows = sqlx::query(&sql)
+            .bind(after.map(|a| a.to_string()).unwrap_or_default())
+            .bind(limit)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(backend)?;
+        rows.iter().map(runner_from_row).collect()
+    }
+
+    async fn runner_by_id(&self, id: RunnerId) -> StoreResult<Option<RunnerRecord>> {
+        self.fetch_runner("r.id = ?", &id.to_string()).await
+    }
+
+    async fn runner_by_name(&self, name: &RunnerName) -> StoreResult<Option<RunnerRecord>> {
+        self.fetch_runner("r.name = ?", name.as_str()).await
+    }
+
+    async fn delete_runner(&self, id: RunnerId, audit: NewAuditEvent) -> StoreResult<bool> {
+        let mut tx = self.writer.begin().await.map_err(backend)?;
+        let deleted = sqlx::query("DELETE FROM runners WHERE id = ?")
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?
+            .rows_affected();
+        if deleted == 0 {
+            return Ok(false);
+        }
+        insert_audit(&mut *tx, &audit).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(true)
+    }
+}
+
+#[async_trait]
+impl CredentialStore for SqliteStore {
+    async fn client_by_id(&self, client_id: &ClientId) -> StoreResult<Option<ClientRecord>> {
+        let rows = sqlx::query(
+            "SELECT r.id, r.name, c.generation, c.state, c.verifier, c.created_at, c.expires_at, c.first_token_at
+             FROM runners r JOIN credentials c ON c.runner_id = r.id
+             WHERE r.client_id = ? ORDER BY c.generation DESC",
+        )
+        .bind(client_id.as_str())
+        .fetch_all(&self.reader)
+        .await
+        .map_err(backend)?;
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let runner_id: RunnerId = first
+            .try_get::<String, _>("id")
+            .map_err(backend)?
+            .parse()
+            .map_err(|e| corrupt("runners.id", e))?;
+        let runner_name = RunnerName::parse(&first.try_get::<String, _>("name").map_err(backend)?)
+            .map_err(|e| corrupt("runners.name", e))?;
+        let generations = rows
+            .iter()
+            .map(|row| {
+                let verifier: Vec<u8> = row.try_get("verifier").map_err(backend)?;
+                Ok(CredentialRecord {
+                    generation: Generation(row.try_get("generation").map_err(backend)?),
+                    state: CredentialState::parse(
+                        &row.try_get::<String, _>("state").map_err(backend)?,
+                    )
+                    .map_err(|e| corrupt("credentials.state", e))?,
+                    verifier: Verifier::from_slice(&verifier)
+                        .ok_or_else(|| corrupt("credentials.verifier", "wrong length"))?,
+                    created_at: from_ms(row.try_get("created_at").map_err(backend)?),
+                    expires_at: row
+                        .try_get::<Option<i64>, _>("expires_at")
+                        .map_err(backend)?
+                        .map(from_ms),
+                    first_token_at: row
+                        .try_get::<Option<i64>, _>("first_token_at")
+                        .map_err(backend)?
+                        .map(from_ms),
+                })
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        Ok(Some(ClientRecord {
+            runner_id,
+            runner_name,
+            client_id: client_id.clone(),
+            generations,
+        }))
+    }
+
+    async fn record_credential_use(&self, uses: &[CredentialUse]) -> StoreResult<()> {
+        if uses.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.writer.begin().await.map_err(backend)?;
+        for u in uses {
+            sqlx::query(
+                "UPDATE credentials SET last_used_at = MAX(COALESCE(last_used_at, 0), ?)
+                 WHERE runner_id = ? AND generation = ?",
+            )
+            .bind(u.at_ms)
+            .bind(u.runner_id.to_string())
+            .bind(u.generation.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(())
+    }
+
+    async fn record_first_token(
+        &self,
+        runner_id: RunnerId,
+        generation: Generation,
+        at_ms: i64,
+        audit: NewAuditEvent,
+    ) -> StoreResult<bool> {
+        let mut tx = self.writer.begin().await.map_err(backend)?;
+        let first = sqlx::query(
+            "UPDATE credentials SET first_token_at = ?
+             WHERE runner_id = ? AND generation = ? AND first_token_at IS NULL",
+        )
+        .bind(at_ms)
+        .bind(runner_id.to_string())
+        .bind(generation.0)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?
+        .rows_affected()
+            == 1;
+        if first {
+            insert_audit(&mut *tx, &audit).await?;
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(first)
+    }
+
+    async fn revoke_access_token(
+        &self,
+        jti: &str,
+        expires_at_ms: i64,
+        audit: NewAuditEvent,
+    ) -> StoreResult<()> {
+        let mut tx = self.writer.begin().await.map_err(backend)?;
+        let inserted =
+            sqlx::query("INSERT OR IGNORE INTO revoked_tokens (jti, expires_at) VALUES (?, ?)")
+                .bind(jti)
+                .bind(expires_at_ms)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?
+                .rows_affected();
+        if inserted == 1 {
+            insert_audit(&mut *tx, &audit).await?;
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(())
+    }
+
+    async fn revoked_access_tokens(&self, now_ms: i64) -> StoreResult<Vec<(String, i64)>> {
+        sqlx::query("DELETE FROM revoked_tokens WHERE expires_at <= ?")
+            .bind(now_ms)
+            .execute(&self.writer)
+            .await
+            .map_err(backend)?;
+        let rows: Vec<(String, i64)> = sqlx::query_as("SELECT jti, expires_at FROM revoked_tokens")
+            .fetch_all(&self.writer)
+            .await
+            .map_err(backend)?;
+        Ok(rows.into_iter().map(|(jti, ms)| (jti, ms / 1000)).collect())
+    }
+}

@@ -1,0 +1,125 @@
+use async_trait::async_trait;
+use sqlx::sqlite::SqliteRow;
+use sqlx::Row;
+use tether_domain::{Role, UserId, Username, Verifier};
+
+use super::{backend, corrupt, insert_audit, SqliteStore};
+use crate::{
+    from_ms, to_ms, NewApiToken, NewAuditEvent, NewUser, StoreResult, UserRecord, UserStore,
+};
+
+fn user_from_row(row: &SqliteRow) -> StoreResult<UserRecord> {
+    let get = |col: &str| row.try_get::<String, _>(col).map_err(backend);
+    Ok(UserRecord {
+        id: get("id")?.parse().map_err(|e| corrupt("users.id", e))?,
+        username: Username::parse(&get("username")?).map_err(|e| corrupt("users.username", e))?,
+        password_hash: get("password_hash")?,
+        role: Role::parse(&get("role")?).map_err(|e| corrupt("users.role", e))?,
+        created_at: from_ms(row.try_get("created_at").map_err(backend)?),
+    })
+}
+
+async fn insert_user<'c, E>(exec: E, new: &NewUser) -> StoreResult<()>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Sqlite>,
+{
+    sqlx::query(
+        "INSERT INTO users (id, username, password_hash, role, created_at) VALUES (?, ?, ?, ?, ?)",
+    )
+    .bind(new.id.to_string())
+    .bind(new.username.as_str())
+    .bind(&new.password_hash)
+    .bind(new.role.as_str())
+    .bind(to_ms(new.created_at))
+    .execute(exec)
+    .await
+    .map_err(backend)?;
+    Ok(())
+}
+
+async fn insert_token<'c, E>(exec: E, new: &NewApiToken) -> StoreResult<()>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Sqlite>,
+{
+    sqlx::query(
+        "INSERT INTO api_tokens (id, user_id, name, verifier, created_at) VALUES (?, ?, ?, ?, ?)",
+    )
+    .bind(UserId::new().to_string())
+    .bind(new.user_id.to_string())
+    .bind(&new.name)
+    .bind(new.verifier.as_bytes().as_slice())
+    .bind(to_ms(new.created_at))
+    .execute(exec)
+    .await
+    .map_err(backend)?;
+    Ok(())
+}
+
+#[async_trait]
+impl UserStore for SqliteStore {
+    async fn bootstrap_admin(
+        &self,
+        admin: NewUser,
+        token: NewApiToken,
+        audit: NewAuditEvent,
+    ) -> StoreResult<bool> {
+        let mut tx = self.writer.begin().await.map_err(backend)?;
+        let users: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(backend)?;
+        if users > 0 {
+            return Ok(false);
+        }
+        insert_user(&mut *tx, &admin).await?;
+        insert_token(&mut *tx, &token).await?;
+        insert_audit(&mut *tx, &audit).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(true)
+    }
+
+    async fn create_user(&self, new: NewUser, audit: NewAuditEvent) -> StoreResult<UserRecord> {
+        let mut tx = self.writer.begin().await.map_err(backend)?;
+        insert_user(&mut *tx, &new).await?;
+        insert_audit(&mut *tx, &audit).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(UserRecord {
+            id: new.id,
+            username: new.username,
+            password_hash: new.password_hash,
+            role: new.role,
+            created_at: new.created_at,
+        })
+    }
+
+    async fn user_by_name(&self, username: &Username) -> StoreResult<Option<UserRecord>> {
+        let row = sqlx::query(
+            "SELECT id, username, password_hash, role, created_at FROM users WHERE username = ?",
+        )
+        .bind(username.as_str())
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(backend)?;
+        row.as_ref().map(user_from_row).transpose()
+    }
+
+    async fn create_api_token(&self, new: NewApiToken, audit: NewAuditEvent) -> StoreResult<()> {
+        let mut tx = self.writer.begin().await.map_err(backend)?;
+        insert_token(&mut *tx, &new).await?;
+        insert_audit(&mut *tx, &audit).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(())
+    }
+
+    async fn user_by_token(&self, verifier: &Verifier) -> StoreResult<Option<UserRecord>> {
+        let row = sqlx::query(
+            "SELECT u.id, u.username, u.password_hash, u.role, u.created_at
+             FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.verifier = ?",
+        )
+        .bind(verifier.as_bytes().as_slice())
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(backend)?;
+        row.as_ref().map(user_from_row).transpose()
+    }
+}
