@@ -17,7 +17,7 @@ pub use names::{Description, Password, RunnerName, TokenName, Username};
 pub use platform::Platform;
 pub use role::Role;
 pub use secret::{ApiToken, ClientId, ClientSecret, Pepper, Verifier};
-pub use status::RunnerStatus;
+pub use status::{derive_status, Disconnect, RunnerStatus, StatusFacts};
 
 /// Why a value was refused. The edge attaches the field name; this says what is wrong with the value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

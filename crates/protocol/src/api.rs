@@ -31,6 +31,10 @@ pub struct Runner {
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339::option")]
     pub last_seen_at: Option<OffsetDateTime>,
+    /// Version of the runner software last seen connected.
+    pub runner_version: Option<String>,
+    /// Who paused the runner (`user:<name>`), if it is paused.
+    pub paused_by: Option<String>,
 }
 
 /// One live process of a runner.

@@ -5,5 +5,6 @@
 pub mod api;
 pub mod oauth;
 pub mod problem;
+pub mod session;
 
 pub use problem::Problem;

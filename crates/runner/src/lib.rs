@@ -1,1 +1,79 @@
+//! The tether runner agent: connects outbound to the control plane with OAuth client credentials,
+//! keeps a WebSocket session with heartbeats, and reconnects by itself. `tether runner` calls [`run`].
 
+pub mod agent;
+pub mod auth;
+pub mod config;
+pub mod metrics;
+pub mod secret;
+pub mod session;
+pub mod transport;
+
+use std::sync::Arc;
+
+pub use agent::{Agent, Exit};
+pub use config::{RunnerArgs, RunnerConfig};
+use tokio::sync::watch;
+
+/// `tether runner`: validates the environment (exit 2 on a misconfiguration, before any network
+/// call), runs until SIGTERM/SIGINT or a drain (exit 0), or until the runner is deleted (exit 1).
+pub async fn run(args: RunnerArgs) -> i32 {
+    let config = match args.validate() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutdown signal received; saying goodbye");
+        let _ = stop_tx.send(true);
+    });
+    match run_until(config, stop_rx).await {
+        Ok(Exit::Clean) => 0,
+        Ok(Exit::Fatal(message)) => {
+            tracing::error!("{message}");
+            eprintln!("error: {message}");
+            1
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}
+
+/// Runs an agent until `shutdown` turns true (also used in-process by `tether server --dev`).
+pub async fn run_until(
+    config: RunnerConfig,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<Exit> {
+    let metrics = Arc::new(metrics::RunnerMetrics::default());
+    if let Some(addr) = config.metrics_listen {
+        let m = metrics.clone();
+        tokio::spawn(async move {
+            if let Err(e) = metrics::serve(addr, m).await {
+                tracing::error!(error = %e, "the metrics endpoint stopped");
+            }
+        });
+    }
+    let agent = Agent::new(config, metrics).await?;
+    Ok(agent.run(shutdown).await)
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}

@@ -18,7 +18,10 @@ use tether_server::ServerConfig;
 const ADMIN: &str = "bench-admin-token-0123456789abcdefghijkl";
 
 fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn main() {
@@ -53,8 +56,14 @@ async fn run() {
             .await
             .expect("json");
         creds.get_or_insert((
-            body["credentials"]["client_id"].as_str().expect("id").to_owned(),
-            body["credentials"]["client_secret"].as_str().expect("secret").to_owned(),
+            body["credentials"]["client_id"]
+                .as_str()
+                .expect("id")
+                .to_owned(),
+            body["credentials"]["client_secret"]
+                .as_str()
+                .expect("secret")
+                .to_owned(),
         ));
     }
     let (client_id, secret) = creds.expect("a runner");
@@ -69,10 +78,19 @@ async fn run() {
             .header("host", "bench")
             .header("authorization", format!("Basic {basic}"))
             .header("content-type", "application/x-www-form-urlencoded")
-            .body(Full::new(Bytes::from_static(b"grant_type=client_credentials")))
+            .body(Full::new(Bytes::from_static(
+                b"grant_type=client_credentials",
+            )))
             .expect("request")
     };
-    scenario("POST /oauth/token", addr, connections, seconds, token_request).await;
+    scenario(
+        "POST /oauth/token",
+        addr,
+        connections,
+        seconds,
+        token_request,
+    )
+    .await;
     let list_request = || {
         Request::get("/api/v1/runners?limit=20")
             .header("host", "bench")
@@ -80,18 +98,31 @@ async fn run() {
             .body(Full::new(Bytes::new()))
             .expect("request")
     };
-    scenario("GET /api/v1/runners (20 runners)", addr, connections, seconds, list_request).await;
+    scenario(
+        "GET /api/v1/runners (20 runners)",
+        addr,
+        connections,
+        seconds,
+        list_request,
+    )
+    .await;
     server.shutdown().await.expect("shutdown");
 }
 
-async fn scenario<F>(name: &str, addr: std::net::SocketAddr, connections: usize, seconds: u64, make: F)
-where
+async fn scenario<F>(
+    name: &str,
+    addr: std::net::SocketAddr,
+    connections: usize,
+    seconds: u64,
+    make: F,
+) where
     F: Fn() -> Request<Full<Bytes>> + Clone + Send + 'static,
 {
     // Warm-up: one second, not counted.
     drive(addr, connections, Duration::from_secs(1), make.clone()).await;
     let started = Instant::now();
-    let (mut latencies, errors) = drive(addr, connections, Duration::from_secs(seconds), make).await;
+    let (mut latencies, errors) =
+        drive(addr, connections, Duration::from_secs(seconds), make).await;
     let elapsed = started.elapsed().as_secs_f64();
     latencies.sort_unstable();
     let pct = |p: f64| {
@@ -109,7 +140,12 @@ where
 }
 
 /// `connections` workers, each with one HTTP/1.1 keep-alive connection, sending back to back.
-async fn drive<F>(addr: std::net::SocketAddr, connections: usize, duration: Duration, make: F) -> (Vec<Duration>, u64)
+async fn drive<F>(
+    addr: std::net::SocketAddr,
+    connections: usize,
+    duration: Duration,
+    make: F,
+) -> (Vec<Duration>, u64)
 where
     F: Fn() -> Request<Full<Bytes>> + Clone + Send + 'static,
 {

@@ -7,6 +7,7 @@ pub mod http;
 pub mod jwt;
 pub mod keys;
 pub mod metrics;
+pub mod runner_link;
 pub mod services;
 pub mod state;
 pub mod telemetry;
@@ -36,6 +37,8 @@ pub struct RunningServer {
     shutdown: watch::Sender<bool>,
     serve: JoinHandle<std::io::Result<()>>,
     background: JoinHandle<()>,
+    sweeper: JoinHandle<()>,
+    persister: JoinHandle<()>,
 }
 
 /// Opens the database, loads or creates key material, binds the listener and starts serving.
@@ -69,6 +72,20 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         |u| u.as_str().trim_end_matches('/').to_owned(),
     );
     let signer = jwt::TokenSigner::new(keys.signing, public_url.clone(), public_url.clone());
+    let now = time::OffsetDateTime::now_utc();
+    let reset = store
+        .reset_live_statuses(
+            "the control plane restarted; waiting for the runner to reconnect",
+            tether_store::to_ms(now),
+        )
+        .await?;
+    if reset > 0 {
+        tracing::info!(
+            runners = reset,
+            "marked runners unknown until they reconnect"
+        );
+    }
+    let (persist_tx, persist_rx) = tokio::sync::mpsc::unbounded_channel();
     let state = AppState::new(Inner {
         config,
         store,
@@ -78,9 +95,10 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         usage: Default::default(),
         revoked: Default::default(),
         metrics: Default::default(),
+        link: runner_link::RunnerLink::new(persist_tx),
         public_url: public_url.clone(),
     });
-    let now = time::OffsetDateTime::now_utc();
+    let persister = tokio::spawn(persist_statuses(state.store.clone(), persist_rx));
     state.revoked.load(
         state
             .store
@@ -102,6 +120,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         .await
     });
     let background = tokio::spawn(background_loop(state.clone(), shutdown.subscribe()));
+    let sweeper = tokio::spawn(sweep_loop(state.clone(), shutdown.subscribe()));
     tracing::info!(listen = %local_addr, public_url = %public_url, "tether control plane started");
     Ok(RunningServer {
         local_addr,
@@ -111,6 +130,8 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         shutdown,
         serve,
         background,
+        sweeper,
+        persister,
     })
 }
 
@@ -132,6 +153,43 @@ async fn background_loop(state: AppState, mut stop: watch::Receiver<bool>) {
         }
         let now = time::OffsetDateTime::now_utc();
         state.revoked.purge(now.unix_timestamp());
+        if let Err(e) = services::runners::resume_due(&state).await {
+            tracing::error!(
+                error = format!("{e:#}"),
+                "resuming runners whose pause ended failed"
+            );
+        }
+    }
+}
+
+/// Closes sessions whose heartbeats stopped, once per heartbeat interval.
+async fn sweep_loop(state: AppState, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(state.config.heartbeat);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => break,
+        }
+        let closed = state.link.sweep(state.config.heartbeat);
+        if closed > 0 {
+            tracing::warn!(
+                sessions = closed,
+                "closed runner sessions that stopped sending heartbeats"
+            );
+        }
+    }
+}
+
+/// Writes runner status changes to the store in the order they happened.
+async fn persist_statuses(
+    store: Arc<dyn Store>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<runner_link::StatusChange>,
+) {
+    while let Some((id, status)) = rx.recv().await {
+        if let Err(e) = store.save_runner_status(id, &status).await {
+            tracing::error!(error = %e, runner.id = %id, "saving runner status failed");
+        }
     }
 }
 
@@ -143,11 +201,18 @@ impl RunningServer {
     /// Stops accepting connections, lets in-flight requests finish and writes pending usage data.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let _ = self.shutdown.send(true);
+        // Runner sessions are upgraded connections the HTTP server no longer tracks: close them so
+        // instances reconnect (to this server after a restart, or to another replica).
+        self.state
+            .link
+            .close_everything(1001, "the control plane is shutting down");
         self.serve
             .await
             .context("server task panicked")?
             .context("serving HTTP")?;
         let _ = self.background.await;
+        let _ = self.sweeper.await;
+        self.persister.abort();
         self.state
             .usage
             .flush(self.state.store.as_ref(), &self.state.clients)
@@ -158,8 +223,29 @@ impl RunningServer {
     }
 }
 
+/// Credentials of the local runner `tether server --dev` registers, handed to whoever runs it.
+#[derive(Debug)]
+pub struct DevRunner {
+    pub url: String,
+    pub client_id: tether_domain::ClientId,
+    pub client_secret: tether_domain::ClientSecret,
+    /// Turns true when the server is shutting down: the runner should say goodbye and stop.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Starts the `--dev` local runner (the CLI supplies it, so this crate need not depend on the agent).
+pub type DevRunnerLauncher = Box<dyn FnOnce(DevRunner) -> JoinHandle<()> + Send>;
+
 /// `tether server`: runs until SIGINT or SIGTERM, then shuts down gracefully.
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    run_with(args, None).await
+}
+
+/// Like [`run`]; in `--dev` mode `dev_runner` is given a freshly registered local runner to run.
+pub async fn run_with(
+    args: ServerArgs,
+    dev_runner: Option<DevRunnerLauncher>,
+) -> anyhow::Result<()> {
     telemetry::init(args.log_format);
     let dev = args.dev;
     let (data_dir, _dev_dir) = if dev {
@@ -173,9 +259,34 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     };
     let config = args.into_config(data_dir.clone())?;
     let server = start(config).await?;
+    let (runner_stop, runner_stop_rx) = watch::channel(false);
+    let mut local_runner = None;
+    if let (true, Some(launch)) = (dev, dev_runner) {
+        let input = services::runners::NewRunnerInput {
+            name: tether_domain::RunnerName::parse("local")?,
+            platform: tether_domain::Platform::Local,
+            description: tether_domain::Description::parse("started by `tether server --dev`")?,
+        };
+        let (record, secret) = services::runners::register(server.state(), "system", None, input)
+            .await
+            .map_err(|e| anyhow::anyhow!("registering the local runner: {e}"))?;
+        local_runner = Some(launch(DevRunner {
+            url: server.public_url.clone(),
+            client_id: record.client_id,
+            client_secret: secret,
+            shutdown: runner_stop_rx,
+        }));
+    }
     print_banner(&server, &data_dir, dev);
+    if local_runner.is_some() {
+        println!("A local runner named 'local' is connecting: `tether runners show local`.");
+    }
     shutdown_signal().await;
     tracing::info!("shutdown requested; finishing in-flight requests");
+    if let Some(runner) = local_runner {
+        let _ = runner_stop.send(true);
+        let _ = runner.await;
+    }
     server.shutdown().await
 }
 

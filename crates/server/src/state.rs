@@ -8,6 +8,7 @@ use tether_store::Store;
 use crate::config::ServerConfig;
 use crate::jwt::TokenSigner;
 use crate::metrics::Metrics;
+use crate::runner_link::RunnerLink;
 use crate::services::clients::ClientCache;
 use crate::services::oauth::RevokedTokens;
 use crate::services::usage::UsageTracker;
@@ -24,6 +25,7 @@ pub struct Inner {
     pub clients: ClientCache,
     pub usage: UsageTracker,
     pub revoked: RevokedTokens,
+    pub link: RunnerLink,
     pub metrics: Metrics,
     pub public_url: String,
 }

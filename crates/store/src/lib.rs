@@ -34,6 +34,20 @@ pub trait RunnerStore: Send + Sync {
     async fn runner_by_name(&self, name: &RunnerName) -> StoreResult<Option<RunnerRecord>>;
     /// Deletes the runner and, with it, every credential generation. False if it did not exist.
     async fn delete_runner(&self, id: RunnerId, audit: NewAuditEvent) -> StoreResult<bool>;
+    /// Records a runner's newly derived status (not audited: it changes with every connection).
+    async fn save_runner_status(&self, id: RunnerId, status: &PersistedStatus) -> StoreResult<()>;
+    /// After a control-plane restart no session is live: every runner that looked connected becomes
+    /// `unknown` with `reason`. Returns how many changed.
+    async fn reset_live_statuses(&self, reason: &str, at_ms: i64) -> StoreResult<u64>;
+    /// Sets (`Some((by, until))`) or clears (`None`) the operator's pause. False if no such runner.
+    async fn set_paused(
+        &self,
+        id: RunnerId,
+        pause: Option<(String, Option<i64>)>,
+        audit: NewAuditEvent,
+    ) -> StoreResult<bool>;
+    /// Runners whose timed pause ended at or before `now_ms`.
+    async fn pauses_due(&self, now_ms: i64) -> StoreResult<Vec<(RunnerId, RunnerName)>>;
 }
 
 #[async_trait]

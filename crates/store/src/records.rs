@@ -2,7 +2,7 @@
 
 use tether_domain::{
     ClientId, CredentialState, Description, Generation, Platform, Role, RunnerId, RunnerName,
-    UserId, Username, Verifier,
+    RunnerStatus, UserId, Username, Verifier,
 };
 use time::OffsetDateTime;
 
@@ -29,6 +29,19 @@ pub struct RunnerRecord {
     pub generation: Generation,
     pub created_at: OffsetDateTime,
     pub created_by: String,
+    pub status: PersistedStatus,
+    pub paused_by: Option<String>,
+    pub paused_until: Option<OffsetDateTime>,
+}
+
+/// The last derived status of a runner as written by the control plane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PersistedStatus {
+    pub status: RunnerStatus,
+    pub reason: String,
+    pub since: OffsetDateTime,
+    pub last_seen_at: Option<OffsetDateTime>,
+    pub runner_version: Option<String>,
 }
 
 #[derive(Debug, Clone)]

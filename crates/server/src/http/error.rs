@@ -27,6 +27,11 @@ pub enum ApiError {
         field: String,
         detail: String,
     },
+    /// A destructive action was not confirmed with the exact words.
+    Confirmation {
+        field: &'static str,
+        expected: &'static str,
+    },
     /// The body is not JSON at all (400).
     MalformedJson(String),
     UnsupportedMediaType,
@@ -89,6 +94,13 @@ impl IntoResponse for ApiError {
                 "Invalid field",
                 detail,
                 Some(field),
+            ),
+            ApiError::Confirmation { field, expected } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "confirmation_required",
+                "Confirmation required",
+                format!("to confirm, send \"{field}\": \"{expected}\"; nothing was changed"),
+                Some(field.to_owned()),
             ),
             ApiError::MalformedJson(detail) => (
                 StatusCode::BAD_REQUEST,

@@ -29,6 +29,10 @@ pub fn router(state: AppState) -> Router {
         .merge(wellknown::router())
         .merge(ops::router())
         .route("/api/v1/openapi.json", get(get_openapi))
+        .route(
+            tether_protocol::session::CONNECT_PATH,
+            get(crate::runner_link::session::connect_runner),
+        )
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -24,6 +24,16 @@ pub async fn create(
     input: NewRunnerInput,
 ) -> Result<(RunnerRecord, ClientSecret), ServiceError> {
     caller.require(Role::Operator)?;
+    register(state, &caller.actor(), caller.source_ip.clone(), input).await
+}
+
+/// Registers a runner on behalf of `actor` (a user, or `system` for the `--dev` local runner).
+pub async fn register(
+    state: &AppState,
+    actor: &str,
+    source_ip: Option<String>,
+    input: NewRunnerInput,
+) -> Result<(RunnerRecord, ClientSecret), ServiceError> {
     let secret = ClientSecret::generate();
     let new = NewRunner {
         id: RunnerId::new(),
@@ -33,11 +43,11 @@ pub async fn create(
         client_id: ClientId::generate(),
         verifier: state.pepper.verifier(secret.expose()),
         created_at: OffsetDateTime::now_utc(),
-        created_by: caller.actor(),
+        created_by: actor.to_owned(),
     };
-    let ev = audit::event(caller.actor(), "runner.created")
+    let ev = audit::event(actor, "runner.created")
         .runner(new.id, new.name.as_str())
-        .source_ip(caller.source_ip.clone())
+        .source_ip(source_ip)
         .detail(json!({"platform": new.platform.as_str(), "client_id": new.client_id.as_str(), "generation": 1}));
     let name = new.name.clone();
     match state.store.create_runner(new, ev).await {
@@ -89,6 +99,14 @@ pub async fn delete(state: &AppState, caller: &Caller, key: &str) -> Result<(), 
         .detail(json!({"client_id": runner.client_id.as_str()}));
     let deleted = state.store.delete_runner(runner.id, ev).await?;
     state.clients.invalidate(&runner.client_id);
+    let closed = state.link.close_all(
+        runner.id,
+        tether_protocol::session::close_code::RUNNER_DELETED,
+        "this runner was deleted in the control plane",
+    );
+    if closed > 0 {
+        tracing::info!(runner.id = %runner.id, sessions = closed, "closed sessions of deleted runner");
+    }
     if !deleted {
         return Err(ServiceError::NotFound {
             what: "runner",
@@ -98,4 +116,91 @@ pub async fn delete(state: &AppState, caller: &Caller, key: &str) -> Result<(), 
     }
     tracing::info!(runner.id = %runner.id, runner.name = %runner.name, "runner deleted");
     Ok(())
+}
+
+/// Stops assigning new work to the runner; running tasks finish. `until` resumes it automatically.
+pub async fn pause(
+    state: &AppState,
+    caller: &Caller,
+    key: &str,
+    until: Option<OffsetDateTime>,
+) -> Result<RunnerRecord, ServiceError> {
+    caller.require(Role::Operator)?;
+    let runner = find(state, key).await?;
+    let until_ms = until.map(tether_store::to_ms);
+    let ev = audit::event(caller.actor(), "runner.paused")
+        .runner(runner.id, runner.name.as_str())
+        .source_ip(caller.source_ip.clone())
+        .detail(json!({"until": until.map(rfc3339)}));
+    state
+        .store
+        .set_paused(runner.id, Some((caller.actor(), until_ms)), ev)
+        .await?;
+    state.link.set_paused(&runner, Some(caller.actor()));
+    find(state, key).await
+}
+
+pub async fn resume(
+    state: &AppState,
+    caller: &Caller,
+    key: &str,
+) -> Result<RunnerRecord, ServiceError> {
+    caller.require(Role::Operator)?;
+    let runner = find(state, key).await?;
+    let ev = audit::event(caller.actor(), "runner.resumed")
+        .runner(runner.id, runner.name.as_str())
+        .source_ip(caller.source_ip.clone());
+    state.store.set_paused(runner.id, None, ev).await?;
+    state.link.set_paused(&runner, None);
+    find(state, key).await
+}
+
+/// Tells every live instance to drain and exit, so its orchestrator starts a replacement.
+pub async fn restart(
+    state: &AppState,
+    caller: &Caller,
+    key: &str,
+) -> Result<(RunnerRecord, usize), ServiceError> {
+    caller.require(Role::Operator)?;
+    let runner = find(state, key).await?;
+    let drained = state.link.drain_all(
+        runner.id,
+        &format!("restart requested by {}", caller.actor()),
+    );
+    if drained == 0 {
+        return Err(ServiceError::Conflict {
+            code: "no_live_instances",
+            detail: format!(
+                "runner '{}' has no connected instance to restart; start it in your infrastructure",
+                runner.name
+            ),
+        });
+    }
+    let ev = audit::event(caller.actor(), "runner.restart_requested")
+        .runner(runner.id, runner.name.as_str())
+        .source_ip(caller.source_ip.clone())
+        .detail(json!({"instances": drained}));
+    state.store.append_audit(ev).await?;
+    Ok((runner, drained))
+}
+
+/// Resumes runners whose timed pause has ended (run periodically).
+pub async fn resume_due(state: &AppState) -> anyhow::Result<()> {
+    let now = tether_store::to_ms(OffsetDateTime::now_utc());
+    for (id, name) in state.store.pauses_due(now).await? {
+        let ev = audit::event("system", "runner.resumed")
+            .runner(id, name.as_str())
+            .detail(json!({"reason": "pause period ended"}));
+        state.store.set_paused(id, None, ev).await?;
+        if let Some(runner) = state.store.runner_by_id(id).await? {
+            state.link.set_paused(&runner, None);
+        }
+        tracing::info!(runner.id = %id, runner.name = %name, "pause period ended; runner resumed");
+    }
+    Ok(())
+}
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }

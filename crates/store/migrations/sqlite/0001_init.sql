@@ -25,7 +25,16 @@ CREATE TABLE runners (
     platform    TEXT NOT NULL,
     client_id   TEXT NOT NULL UNIQUE,
     created_at  INTEGER NOT NULL,
-    created_by  TEXT NOT NULL
+    created_by  TEXT NOT NULL,
+    -- Last derived status, kept so it survives a control-plane restart and is shared by replicas.
+    status         TEXT NOT NULL DEFAULT 'pending',
+    status_reason  TEXT NOT NULL DEFAULT 'registered; no instance has connected yet',
+    status_since   INTEGER NOT NULL DEFAULT 0,
+    last_seen_at   INTEGER,
+    runner_version TEXT,
+    -- Operator intent: paused by whom, and until when (NULL: until resumed).
+    paused_by      TEXT,
+    paused_until   INTEGER
 );
 
 -- One row per credential generation; only HMAC verifiers, never a secret.

@@ -2,16 +2,18 @@ use async_trait::async_trait;
 use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
 use tether_domain::{
-    ClientId, CredentialState, Description, Generation, Platform, RunnerId, RunnerName, Verifier,
+    ClientId, CredentialState, Description, Generation, Platform, RunnerId, RunnerName,
+    RunnerStatus, Verifier,
 };
 
 use super::{backend, corrupt, insert_audit, SqliteStore};
 use crate::{
     from_ms, to_ms, ClientRecord, CredentialRecord, CredentialStore, CredentialUse, NewAuditEvent,
-    NewRunner, RunnerRecord, RunnerStore, StoreResult,
+    NewRunner, PersistedStatus, RunnerRecord, RunnerStore, StoreResult,
 };
 
 const RUNNER_COLUMNS: &str = "r.id, r.name, r.description, r.platform, r.client_id, r.created_at, r.created_by,
+     r.status, r.status_reason, r.status_since, r.last_seen_at, r.runner_version, r.paused_by, r.paused_until,
      (SELECT c.generation FROM credentials c WHERE c.runner_id = r.id AND c.state = 'active') AS generation";
 
 fn runner_from_row(row: &SqliteRow) -> StoreResult<RunnerRecord> {
@@ -31,7 +33,25 @@ fn runner_from_row(row: &SqliteRow) -> StoreResult<RunnerRecord> {
         ),
         created_at: from_ms(row.try_get("created_at").map_err(backend)?),
         created_by: get("created_by")?,
+        status: PersistedStatus {
+            status: RunnerStatus::parse(&get("status")?)
+                .ok_or_else(|| corrupt("runners.status", "unknown status"))?,
+            reason: get("status_reason")?,
+            since: from_ms(row.try_get::<i64, _>("status_since").map_err(backend)?)
+                .max(from_ms(row.try_get("created_at").map_err(backend)?)),
+            last_seen_at: opt_time(row, "last_seen_at")?,
+            runner_version: row.try_get("runner_version").map_err(backend)?,
+        },
+        paused_by: row.try_get("paused_by").map_err(backend)?,
+        paused_until: opt_time(row, "paused_until")?,
     })
+}
+
+fn opt_time(row: &SqliteRow, col: &str) -> StoreResult<Option<time::OffsetDateTime>> {
+    Ok(row
+        .try_get::<Option<i64>, _>(col)
+        .map_err(backend)?
+        .map(from_ms))
 }
 
 impl SqliteStore {
@@ -82,16 +102,10 @@ impl RunnerStore for SqliteStore {
         .map_err(backend)?;
         insert_audit(&mut *tx, &audit).await?;
         tx.commit().await.map_err(backend)?;
-        Ok(RunnerRecord {
-            id: new.id,
-            name: new.name,
-            description: new.description,
-            platform: new.platform,
-            client_id: new.client_id,
-            generation: Generation::FIRST,
-            created_at: new.created_at,
-            created_by: new.created_by,
-        })
+        Ok(self
+            .runner_by_id(new.id)
+            .await?
+            .ok_or(crate::StoreError::NotFound)?)
     }
 
     async fn list_runners(
@@ -133,6 +147,84 @@ impl RunnerStore for SqliteStore {
         insert_audit(&mut *tx, &audit).await?;
         tx.commit().await.map_err(backend)?;
         Ok(true)
+    }
+
+    async fn save_runner_status(&self, id: RunnerId, s: &PersistedStatus) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE runners SET status = ?, status_reason = ?, status_since = ?,
+                 last_seen_at = COALESCE(?, last_seen_at), runner_version = COALESCE(?, runner_version)
+             WHERE id = ?",
+        )
+        .bind(s.status.as_str())
+        .bind(&s.reason)
+        .bind(to_ms(s.since))
+        .bind(s.last_seen_at.map(to_ms))
+        .bind(&s.runner_version)
+        .bind(id.to_string())
+        .execute(&self.writer)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn reset_live_statuses(&self, reason: &str, at_ms: i64) -> StoreResult<u64> {
+        let changed = sqlx::query(
+            "UPDATE runners SET status = 'unknown', status_reason = ?, status_since = ?
+             WHERE status IN ('running', 'pausing', 'paused', 'stopping')",
+        )
+        .bind(reason)
+        .bind(at_ms)
+        .execute(&self.writer)
+        .await
+        .map_err(backend)?
+        .rows_affected();
+        Ok(changed)
+    }
+
+    async fn set_paused(
+        &self,
+        id: RunnerId,
+        pause: Option<(String, Option<i64>)>,
+        audit: NewAuditEvent,
+    ) -> StoreResult<bool> {
+        let mut tx = self.writer.begin().await.map_err(backend)?;
+        let (by, until) = match pause {
+            Some((by, until)) => (Some(by), until),
+            None => (None, None),
+        };
+        let changed =
+            sqlx::query("UPDATE runners SET paused_by = ?, paused_until = ? WHERE id = ?")
+                .bind(by)
+                .bind(until)
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?
+                .rows_affected();
+        if changed == 0 {
+            return Ok(false);
+        }
+        insert_audit(&mut *tx, &audit).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(true)
+    }
+
+    async fn pauses_due(&self, now_ms: i64) -> StoreResult<Vec<(RunnerId, RunnerName)>> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT id, name FROM runners WHERE paused_by IS NOT NULL AND paused_until IS NOT NULL AND paused_until <= ?",
+        )
+        .bind(now_ms)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(backend)?;
+        rows.into_iter()
+            .map(|(id, name)| {
+                Ok((
+                    id.parse().map_err(|e| corrupt("runners.id", e))?,
+                    RunnerName::parse(&name).map_err(|e| corrupt("runners.name", e))?,
+                ))
+            })
+            .collect()
     }
 }
 

@@ -1,6 +1,6 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use tether_domain::{Description, Platform, Role, RunnerId, RunnerName};
 use tether_protocol::api::{
@@ -22,6 +22,60 @@ pub fn router() -> Router<AppState> {
             "/api/v1/runners/{runner}",
             get(get_runner).delete(delete_runner),
         )
+        .route("/api/v1/runners/{runner}/pause", post(pause_runner))
+        .route("/api/v1/runners/{runner}/resume", post(resume_runner))
+        .route("/api/v1/runners/{runner}/restart", post(restart_runner))
+}
+
+/// The words an operator must type to pause a runner.
+const PAUSE_CONFIRMATION: &str = "pause runner";
+
+#[derive(Debug, serde::Deserialize)]
+struct PauseRequest {
+    #[serde(default)]
+    confirm: Option<String>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    until: Option<time::OffsetDateTime>,
+}
+
+async fn pause_runner(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(runner): Path<String>,
+    ApiJson(req): ApiJson<PauseRequest>,
+) -> Result<(StatusCode, Json<Runner>), ApiError> {
+    caller.require(Role::Operator)?;
+    if req.confirm.as_deref() != Some(PAUSE_CONFIRMATION) {
+        return Err(ApiError::Confirmation {
+            field: "confirm",
+            expected: PAUSE_CONFIRMATION,
+        });
+    }
+    if let Some(until) = req.until {
+        if until <= time::OffsetDateTime::now_utc() {
+            return Err(ApiError::invalid_field("until", "must be in the future"));
+        }
+    }
+    let record = runners::pause(&state, &caller, &runner, req.until).await?;
+    Ok((StatusCode::ACCEPTED, Json(view(&state, &record))))
+}
+
+async fn resume_runner(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(runner): Path<String>,
+) -> Result<(StatusCode, Json<Runner>), ApiError> {
+    let record = runners::resume(&state, &caller, &runner).await?;
+    Ok((StatusCode::ACCEPTED, Json(view(&state, &record))))
+}
+
+async fn restart_runner(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(runner): Path<String>,
+) -> Result<(StatusCode, Json<Runner>), ApiError> {
+    let (record, _) = runners::restart(&state, &caller, &runner).await?;
+    Ok((StatusCode::ACCEPTED, Json(view(&state, &record))))
 }
 
 async fn create_runner(
@@ -45,7 +99,7 @@ async fn create_runner(
     Ok((
         StatusCode::CREATED,
         Json(CreatedRunner {
-            runner: runner_view(&record),
+            runner: view(&state, &record),
             credentials,
         }),
     ))
@@ -68,7 +122,7 @@ async fn list_runners(
         None
     };
     Ok(Json(RunnerList {
-        runners: records.iter().map(runner_view).collect(),
+        runners: records.iter().map(|r| view(&state, r)).collect(),
         next_cursor,
     }))
 }
@@ -80,7 +134,7 @@ async fn get_runner(
 ) -> Result<Json<Runner>, ApiError> {
     caller.require(Role::Viewer)?;
     let record = runners::find(&state, &runner).await?;
-    Ok(Json(runner_view(&record)))
+    Ok(Json(view(&state, &record)))
 }
 
 async fn delete_runner(
@@ -92,22 +146,28 @@ async fn delete_runner(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// The API's view of a runner. Live status comes from runner sessions; until one connects a
-/// runner is `pending`.
-fn runner_view(r: &RunnerRecord) -> Runner {
+/// The API's view of a runner: live state from this server's sessions where it has any, else the
+/// last status written to the store.
+pub(crate) fn view(state: &AppState, r: &RunnerRecord) -> Runner {
+    let (status, instances) = match state.link.view(r.id) {
+        Some(live) => (live.status, live.instances),
+        None => (r.status.clone(), Vec::new()),
+    };
     Runner {
         id: r.id.to_string(),
         name: r.name.as_str().to_owned(),
         description: r.description.as_str().to_owned(),
         platform: r.platform.as_str().to_owned(),
-        status: tether_domain::RunnerStatus::Pending.as_str().to_owned(),
-        status_reason: "registered; no instance has connected yet".to_owned(),
-        status_since: r.created_at,
+        status: status.status.as_str().to_owned(),
+        status_reason: status.reason,
+        status_since: status.since,
         client_id: r.client_id.as_str().to_owned(),
         credential_generation: r.generation.0,
-        instances: Vec::new(),
-        paused_until: None,
+        instances,
+        paused_until: r.paused_until,
         created_at: r.created_at,
-        last_seen_at: None,
+        last_seen_at: status.last_seen_at,
+        runner_version: status.runner_version,
+        paused_by: r.paused_by.clone(),
     }
 }

@@ -1,0 +1,142 @@
+//! Reading the client secret from its source. File and AWS Secrets Manager sources are read again
+//! whenever the control plane refuses the secret, so a new secret is picked up without a restart.
+
+use std::path::PathBuf;
+
+use aws_sdk_secretsmanager::Client as SecretsManager;
+use tether_domain::ClientSecret;
+
+use crate::config::SecretSourceConfig;
+
+#[derive(Debug)]
+pub enum SecretSource {
+    Value(ClientSecret),
+    File(PathBuf),
+    Aws {
+        secret_id: String,
+        client: SecretsManager,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("{0}")]
+    Unreadable(String),
+    #[error("{0}")]
+    Malformed(String),
+}
+
+impl SecretSource {
+    pub async fn new(config: &SecretSourceConfig) -> Self {
+        match config {
+            SecretSourceConfig::Value(s) => SecretSource::Value(s.clone()),
+            SecretSourceConfig::File(p) => SecretSource::File(p.clone()),
+            SecretSourceConfig::AwsSecretsManager(id) => SecretSource::Aws {
+                secret_id: id.clone(),
+                client: SecretsManager::new(&aws_config().await),
+            },
+        }
+    }
+
+    /// Whether re-reading can ever yield a different secret.
+    pub fn can_change(&self) -> bool {
+        !matches!(self, SecretSource::Value(_))
+    }
+
+    pub async fn read(&self) -> Result<ClientSecret, SecretError> {
+        match self {
+            SecretSource::Value(s) => Ok(s.clone()),
+            SecretSource::File(path) => {
+                let text = tokio::fs::read_to_string(path).await.map_err(|e| {
+                    SecretError::Unreadable(format!(
+                        "cannot read OAUTH_CLIENT_SECRET_FILE {}: {e}",
+                        path.display()
+                    ))
+                })?;
+                ClientSecret::parse(text.trim()).map_err(|e| {
+                    SecretError::Malformed(format!("the secret in {} {e}", path.display()))
+                })
+            }
+            SecretSource::Aws { secret_id, client } => {
+                let out = client
+                    .get_secret_value()
+                    .secret_id(secret_id)
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        let e = aws_sdk_secretsmanager::error::DisplayErrorContext(e);
+                        SecretError::Unreadable(format!("cannot read AWS secret {secret_id}: {e}"))
+                    })?;
+                let text = out.secret_string().ok_or_else(|| {
+                    SecretError::Malformed(format!(
+                        "AWS secret {secret_id} holds binary data, not a string"
+                    ))
+                })?;
+                parse_secret_string(text).map_err(|e| {
+                    SecretError::Malformed(format!(
+                        "the client_secret in AWS secret {secret_id} {e}"
+                    ))
+                })
+            }
+        }
+    }
+}
+
+/// A Secrets Manager value is either JSON `{"client_id": ..., "client_secret": ...}` or the plain secret.
+fn parse_secret_string(text: &str) -> Result<ClientSecret, tether_domain::ParseError> {
+    let trimmed = text.trim();
+    if trimmed.starts_with('{') {
+        let value: serde_json::Value = serde_json::from_str(trimmed)
+            .map_err(|_| tether_domain::ParseError::new("is not valid JSON"))?;
+        let secret = value
+            .get("client_secret")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| {
+                tether_domain::ParseError::new(
+                    "is missing: the JSON has no \"client_secret\" string",
+                )
+            })?;
+        ClientSecret::parse(secret.trim())
+    } else {
+        ClientSecret::parse(trimmed)
+    }
+}
+
+/// The standard AWS configuration chain (environment, profile, web identity, ECS task role, IMDS),
+/// with rustls on ring. `AWS_ENDPOINT_URL` is honoured, which is how tests reach an emulator.
+async fn aws_config() -> aws_config::SdkConfig {
+    use aws_smithy_http_client::{tls, Builder};
+    let http = Builder::new()
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build_https();
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(http)
+        .load()
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_strings() {
+        let s = ClientSecret::generate();
+        let json = format!(
+            r#"{{"client_id":"tcid_x","client_secret":"{}"}}"#,
+            s.expose()
+        );
+        assert_eq!(parse_secret_string(&json).expect("json"), s);
+        assert_eq!(
+            parse_secret_string(&format!("{}\n", s.expose())).expect("plain"),
+            s
+        );
+        assert!(parse_secret_string(r#"{"client_id":"x"}"#)
+            .expect_err("missing")
+            .0
+            .contains("client_secret"));
+        assert!(parse_secret_string("{not json").is_err());
+    }
+}

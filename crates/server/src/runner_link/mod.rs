@@ -1,0 +1,398 @@
+//! Live runner sessions: which instances of which runner are connected right now, their heartbeats,
+//! and the status each runner shows. Sessions live in memory (they are TCP connections held by this
+//! process); every status change is also written to the store, so it survives a restart.
+//!
+//! One mutex guards the whole map: every operation is a few map updates, and heartbeats at 10 s
+//! from tens of thousands of sessions are a few thousand short lock holds per second.
+
+pub mod session;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tether_domain::{derive_status, Disconnect, RunnerId, RunnerStatus, StatusFacts};
+use tether_protocol::api::Instance;
+use tether_protocol::session::ServerMessage;
+use tether_store::{PersistedStatus, RunnerRecord};
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+
+/// What a session task is told to do by the rest of the server.
+#[derive(Debug)]
+pub enum Outbound {
+    Send(ServerMessage),
+    Close { code: u16, reason: String },
+}
+
+#[derive(Debug)]
+pub struct LiveSession {
+    pub session_id: u64,
+    pub instance_id: String,
+    pub hostname: String,
+    pub runner_version: String,
+    pub capacity: u32,
+    pub connected_at: OffsetDateTime,
+    pub last_heartbeat_at: OffsetDateTime,
+    pub generation: u32,
+    /// Expiry (unix seconds) of the access token the session authenticated with.
+    pub token_exp: i64,
+    pub running_tasks: u32,
+    pub draining: bool,
+    tx: mpsc::UnboundedSender<Outbound>,
+}
+
+#[derive(Debug)]
+struct LiveRunner {
+    sessions: HashMap<String, LiveSession>,
+    ever_connected: bool,
+    paused_by: Option<String>,
+    last_disconnect: Option<Disconnect>,
+    status: RunnerStatus,
+    reason: String,
+    since: OffsetDateTime,
+    last_seen_at: Option<OffsetDateTime>,
+    runner_version: Option<String>,
+}
+
+impl LiveRunner {
+    fn from_record(r: &RunnerRecord) -> Self {
+        Self {
+            sessions: HashMap::new(),
+            ever_connected: r.status.status != RunnerStatus::Pending
+                || r.status.last_seen_at.is_some(),
+            paused_by: r.paused_by.clone(),
+            last_disconnect: None,
+            status: r.status.status,
+            reason: r.status.reason.clone(),
+            since: r.status.since,
+            last_seen_at: r.status.last_seen_at,
+            runner_version: r.status.runner_version.clone(),
+        }
+    }
+
+    fn facts(&self) -> StatusFacts {
+        StatusFacts {
+            ever_connected: self.ever_connected,
+            live_sessions: self.sessions.len(),
+            running_tasks: self.sessions.values().map(|s| s.running_tasks).sum(),
+            draining_sessions: self.sessions.values().filter(|s| s.draining).count(),
+            paused_by: self.paused_by.clone(),
+            last_disconnect: self.last_disconnect.clone(),
+        }
+    }
+
+    /// Re-derives the status; returns what to persist if it changed.
+    fn refresh(&mut self, now: OffsetDateTime) -> Option<PersistedStatus> {
+        let (status, reason) = derive_status(&self.facts());
+        if status == self.status && reason == self.reason {
+            return None;
+        }
+        if status != self.status {
+            self.since = now;
+        }
+        self.status = status;
+        self.reason = reason;
+        Some(self.persisted())
+    }
+
+    fn persisted(&self) -> PersistedStatus {
+        PersistedStatus {
+            status: self.status,
+            reason: self.reason.clone(),
+            since: self.since,
+            last_seen_at: self.last_seen_at,
+            runner_version: self.runner_version.clone(),
+        }
+    }
+}
+
+/// A runner's live state as the API shows it.
+#[derive(Debug, Clone)]
+pub struct LiveView {
+    pub status: PersistedStatus,
+    pub instances: Vec<Instance>,
+}
+
+/// The hello an instance sent, as the registry keeps it.
+#[derive(Debug, Clone)]
+pub struct Hello {
+    pub instance_id: String,
+    pub hostname: String,
+    pub runner_version: String,
+    pub capacity: u32,
+}
+
+/// A status change to write to the store.
+pub type StatusChange = (RunnerId, PersistedStatus);
+
+#[derive(Debug)]
+pub struct RunnerLink {
+    runners: Mutex<HashMap<RunnerId, LiveRunner>>,
+    next_session: AtomicU64,
+    persist: mpsc::UnboundedSender<StatusChange>,
+}
+
+impl RunnerLink {
+    /// `persist` receives every status change, in order, for writing to the store.
+    pub fn new(persist: mpsc::UnboundedSender<StatusChange>) -> Self {
+        Self {
+            runners: Mutex::new(HashMap::new()),
+            next_session: AtomicU64::new(1),
+            persist,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RunnerId, LiveRunner>> {
+        self.runners.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn publish(&self, id: RunnerId, change: Option<PersistedStatus>) {
+        if let Some(status) = change {
+            tracing::info!(runner.id = %id, status = status.status.as_str(), reason = %status.reason, "runner status changed");
+            let _ = self.persist.send((id, status));
+        }
+    }
+
+    /// Adds a session. An older session with the same instance id is closed (superseded).
+    pub fn register(
+        &self,
+        runner: &RunnerRecord,
+        hello: Hello,
+        generation: u32,
+        token_exp: i64,
+        tx: mpsc::UnboundedSender<Outbound>,
+    ) -> u64 {
+        let session_id = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let now = OffsetDateTime::now_utc();
+        let change = {
+            let mut map = self.lock();
+            let live = map
+                .entry(runner.id)
+                .or_insert_with(|| LiveRunner::from_record(runner));
+            live.ever_connected = true;
+            live.last_seen_at = Some(now);
+            live.runner_version = Some(hello.runner_version.clone());
+            let session = LiveSession {
+                session_id,
+                instance_id: hello.instance_id.clone(),
+                hostname: hello.hostname,
+                runner_version: hello.runner_version,
+                capacity: hello.capacity,
+                connected_at: now,
+                last_heartbeat_at: now,
+                generation,
+                token_exp,
+                running_tasks: 0,
+                draining: false,
+                tx,
+            };
+            if let Some(old) = live.sessions.insert(hello.instance_id, session) {
+                let _ = old.tx.send(Outbound::Close {
+                    code: tether_protocol::session::close_code::SUPERSEDED,
+                    reason: "a newer connection of this instance replaced this one".into(),
+                });
+            }
+            live.refresh(now)
+        };
+        self.publish(runner.id, change);
+        session_id
+    }
+
+    /// Applies `update` to the session if it is still registered.
+    fn with_session(&self, id: RunnerId, session_id: u64, update: impl FnOnce(&mut LiveSession)) {
+        let now = OffsetDateTime::now_utc();
+        let change = {
+            let mut map = self.lock();
+            let Some(live) = map.get_mut(&id) else { return };
+            let Some(s) = live
+                .sessions
+                .values_mut()
+                .find(|s| s.session_id == session_id)
+            else {
+                return;
+            };
+            update(s);
+            live.last_seen_at = Some(now);
+            live.refresh(now)
+        };
+        self.publish(id, change);
+    }
+
+    pub fn heartbeat(&self, id: RunnerId, session_id: u64, running_tasks: u32) {
+        self.with_session(id, session_id, |s| {
+            s.last_heartbeat_at = OffsetDateTime::now_utc();
+            s.running_tasks = running_tasks;
+        });
+    }
+
+    pub fn reauthenticated(&self, id: RunnerId, session_id: u64, generation: u32, token_exp: i64) {
+        self.with_session(id, session_id, |s| {
+            s.generation = generation;
+            s.token_exp = token_exp;
+        });
+    }
+
+    /// Removes a session (if it is still the registered one) and records how it ended.
+    pub fn unregister(&self, id: RunnerId, session_id: u64, how: Disconnect) {
+        let now = OffsetDateTime::now_utc();
+        let change = {
+            let mut map = self.lock();
+            let Some(live) = map.get_mut(&id) else { return };
+            let Some(instance) = live
+                .sessions
+                .iter()
+                .find(|(_, s)| s.session_id == session_id)
+                .map(|(k, _)| k.clone())
+            else {
+                return;
+            };
+            live.sessions.remove(&instance);
+            live.last_seen_at = Some(now);
+            live.last_disconnect = Some(match how {
+                Disconnect::Lost { reason } => Disconnect::Lost {
+                    reason: format!("instance {instance}: {reason}"),
+                },
+                graceful => graceful,
+            });
+            live.refresh(now)
+        };
+        self.publish(id, change);
+    }
+
+    /// Applies the operator's pause (`Some(by)`) or resume (`None`) to a runner with live state.
+    pub fn set_paused(&self, runner: &RunnerRecord, paused_by: Option<String>) {
+        let now = OffsetDateTime::now_utc();
+        let change = {
+            let mut map = self.lock();
+            let Some(live) = map.get_mut(&runner.id) else {
+                return;
+            };
+            live.paused_by = paused_by;
+            live.refresh(now)
+        };
+        self.publish(runner.id, change);
+    }
+
+    /// Tells every live instance to drain and exit. Returns how many were told.
+    pub fn drain_all(&self, id: RunnerId, reason: &str) -> usize {
+        let now = OffsetDateTime::now_utc();
+        let (count, change) = {
+            let mut map = self.lock();
+            let Some(live) = map.get_mut(&id) else {
+                return 0;
+            };
+            let mut count = 0;
+            for s in live.sessions.values_mut().filter(|s| !s.draining) {
+                s.draining = true;
+                count += 1;
+                let _ = s.tx.send(Outbound::Send(ServerMessage::Drain {
+                    reason: reason.to_owned(),
+                }));
+            }
+            (count, live.refresh(now))
+        };
+        self.publish(id, change);
+        count
+    }
+
+    /// Closes every session of a runner with `code` and forgets its live state (runner deleted).
+    pub fn close_all(&self, id: RunnerId, code: u16, reason: &str) -> usize {
+        let Some(live) = self.lock().remove(&id) else {
+            return 0;
+        };
+        for s in live.sessions.values() {
+            let _ = s.tx.send(Outbound::Close {
+                code,
+                reason: reason.to_owned(),
+            });
+        }
+        live.sessions.len()
+    }
+
+    /// Closes every session of every runner (server shutdown).
+    pub fn close_everything(&self, code: u16, reason: &str) {
+        for live in self.lock().values() {
+            for s in live.sessions.values() {
+                let _ = s.tx.send(Outbound::Close {
+                    code,
+                    reason: reason.to_owned(),
+                });
+            }
+        }
+    }
+
+    /// Closes sessions whose heartbeats stopped for `3 × interval` or whose access token expired.
+    pub fn sweep(&self, interval: Duration) -> usize {
+        use tether_protocol::session::close_code;
+        let now = OffsetDateTime::now_utc();
+        let stale_before = now - interval * 3;
+        let mut closed = Vec::new();
+        {
+            let map = self.lock();
+            for (id, live) in map.iter() {
+                for s in live.sessions.values() {
+                    let (code, reason) = if s.last_heartbeat_at < stale_before {
+                        (
+                            close_code::HEARTBEAT_TIMEOUT,
+                            format!(
+                                "no heartbeat for {} s (3 intervals)",
+                                (interval * 3).as_secs()
+                            ),
+                        )
+                    } else if s.token_exp <= now.unix_timestamp() {
+                        (
+                            close_code::TOKEN_EXPIRED,
+                            "access token expired without re-authentication".to_owned(),
+                        )
+                    } else {
+                        continue;
+                    };
+                    let _ = s.tx.send(Outbound::Close {
+                        code,
+                        reason: reason.clone(),
+                    });
+                    closed.push((*id, s.session_id, reason));
+                }
+            }
+        }
+        let n = closed.len();
+        for (id, session_id, reason) in closed {
+            self.unregister(id, session_id, Disconnect::Lost { reason });
+        }
+        n
+    }
+
+    /// The live view of a runner, if this process has seen it since start.
+    pub fn view(&self, id: RunnerId) -> Option<LiveView> {
+        let map = self.lock();
+        let live = map.get(&id)?;
+        let mut instances: Vec<Instance> = live
+            .sessions
+            .values()
+            .map(|s| Instance {
+                instance_id: s.instance_id.clone(),
+                hostname: s.hostname.clone(),
+                connected_at: s.connected_at,
+                last_heartbeat_at: s.last_heartbeat_at,
+                credential_generation: s.generation,
+                running_tasks: s.running_tasks,
+            })
+            .collect();
+        instances.sort_by(|a, b| {
+            a.connected_at
+                .cmp(&b.connected_at)
+                .then(a.instance_id.cmp(&b.instance_id))
+        });
+        Some(LiveView {
+            status: live.persisted(),
+            instances,
+        })
+    }
+
+    /// Number of live sessions across all runners.
+    pub fn session_count(&self) -> usize {
+        self.lock().values().map(|l| l.sessions.len()).sum()
+    }
+}

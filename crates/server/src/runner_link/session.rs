@@ -1,0 +1,261 @@
+//! One runner instance's WebSocket session: authenticate the upgrade with the access token, wait
+//! for `hello`, register, then relay messages until either side ends it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::http::header::AUTHORIZATION;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use tether_domain::Disconnect;
+use tether_protocol::session::{close_code, RunnerMessage, ServerMessage, PROTOCOL_VERSION};
+use tokio::sync::mpsc;
+
+use super::{Hello, Outbound};
+use crate::http::error::ApiError;
+use crate::jwt::Claims;
+use crate::services::clients::CachedClient;
+use crate::services::oauth;
+use crate::state::AppState;
+
+/// Largest message a runner may send (task log chunks are bounded well below this).
+const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+/// Time allowed between the upgrade and `hello`.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `GET /runner/v1/connect`: the runner's outbound session.
+pub async fn connect_runner(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let token = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let Some(token) = token else {
+        return ApiError::Unauthenticated.into_response();
+    };
+    let Some((claims, client)) = oauth::validate_access_token(&state, token.trim()).await else {
+        return ApiError::InvalidToken.into_response();
+    };
+    // Small buffers: an idle session should cost kilobytes, not tungstenite's 128 KiB default.
+    ws.read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_message_size(MAX_MESSAGE_BYTES)
+        .max_frame_size(MAX_MESSAGE_BYTES)
+        .on_upgrade(move |socket| run_session(state, socket, claims, client))
+}
+
+async fn run_session(
+    state: AppState,
+    mut socket: WebSocket,
+    claims: Claims,
+    client: Arc<CachedClient>,
+) {
+    let hello = match tokio::time::timeout(HELLO_TIMEOUT, read_hello(&mut socket)).await {
+        Ok(Ok(hello)) => hello,
+        Ok(Err(why)) => return refuse(socket, close_code::PROTOCOL_ERROR, &why).await,
+        Err(_) => return refuse(socket, close_code::PROTOCOL_ERROR, "no hello within 10 s").await,
+    };
+    let runner = match crate::services::runners::find(&state, &client.runner_id.to_string()).await {
+        Ok(r) => r,
+        Err(_) => {
+            return refuse(
+                socket,
+                close_code::RUNNER_DELETED,
+                "this runner was deleted",
+            )
+            .await
+        }
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let instance_id = hello.instance_id.clone();
+    let session_id = state
+        .link
+        .register(&runner, hello, claims.gen, claims.exp, tx);
+    tracing::info!(runner.id = %runner.id, runner.name = %runner.name, instance.id = %instance_id,
+        session.id = session_id, generation = claims.gen, "runner session opened");
+
+    let welcome = ServerMessage::Welcome {
+        session_id: session_id.to_string(),
+        heartbeat_seconds: state.config.heartbeat.as_secs(),
+    };
+    let mut ended = if send(&mut socket, &welcome).await {
+        None
+    } else {
+        Some(Disconnect::Lost {
+            reason: "connection lost".into(),
+        })
+    };
+    while ended.is_none() {
+        tokio::select! {
+            incoming = socket.recv() => {
+                ended = match incoming {
+                    Some(Ok(Message::Text(text))) => handle(&state, &runner.id, session_id, &client, &mut socket, &text).await,
+                    Some(Ok(Message::Close(_))) | None => Some(Disconnect::Lost { reason: "connection closed without goodbye".into() }),
+                    Some(Ok(_)) => None, // pings are answered by the library; binary frames are ignored
+                    Some(Err(e)) => Some(Disconnect::Lost { reason: format!("connection lost ({e})") }),
+                };
+            }
+            out = rx.recv() => match out {
+                Some(Outbound::Send(msg)) => {
+                    if !send(&mut socket, &msg).await {
+                        ended = Some(Disconnect::Lost { reason: "connection lost".into() });
+                    }
+                }
+                Some(Outbound::Close { code, reason }) => {
+                    close(&mut socket, code, &reason).await;
+                    ended = Some(Disconnect::Lost { reason });
+                }
+                None => ended = Some(Disconnect::Lost { reason: "session dropped".into() }),
+            },
+        }
+    }
+    let how = ended.unwrap_or(Disconnect::Lost {
+        reason: "connection lost".into(),
+    });
+    tracing::info!(runner.id = %runner.id, instance.id = %instance_id, session.id = session_id, ended = ?how, "runner session closed");
+    state.link.unregister(runner.id, session_id, how);
+}
+
+/// Handles one message; `Some` ends the session.
+async fn handle(
+    state: &AppState,
+    runner_id: &tether_domain::RunnerId,
+    session_id: u64,
+    client: &CachedClient,
+    socket: &mut WebSocket,
+    text: &str,
+) -> Option<Disconnect> {
+    let msg: RunnerMessage = match serde_json::from_str(text) {
+        Ok(m) => m,
+        Err(_) => {
+            close(socket, close_code::PROTOCOL_ERROR, "unparsable message").await;
+            return Some(Disconnect::Lost {
+                reason: "protocol error: unparsable message".into(),
+            });
+        }
+    };
+    match msg {
+        RunnerMessage::Heartbeat { running_tasks } => {
+            state.link.heartbeat(*runner_id, session_id, running_tasks);
+            None
+        }
+        RunnerMessage::Goodbye { reason } => {
+            close(socket, 1000, "goodbye").await;
+            Some(Disconnect::Graceful { reason })
+        }
+        RunnerMessage::Reauth { access_token } => {
+            match oauth::validate_access_token(state, &access_token).await {
+                Some((claims, owner)) if owner.client_id == client.client_id => {
+                    state
+                        .link
+                        .reauthenticated(*runner_id, session_id, claims.gen, claims.exp);
+                    let ok = ServerMessage::Reauthenticated {
+                        generation: claims.gen,
+                        expires_at: claims.exp,
+                    };
+                    if send(socket, &ok).await {
+                        None
+                    } else {
+                        Some(Disconnect::Lost {
+                            reason: "connection lost".into(),
+                        })
+                    }
+                }
+                _ => {
+                    close(
+                        socket,
+                        close_code::CREDENTIALS_REVOKED,
+                        "re-authentication refused",
+                    )
+                    .await;
+                    Some(Disconnect::Lost {
+                        reason: "re-authentication refused: credentials revoked or invalid".into(),
+                    })
+                }
+            }
+        }
+        RunnerMessage::Hello { .. } => {
+            close(socket, close_code::PROTOCOL_ERROR, "hello sent twice").await;
+            Some(Disconnect::Lost {
+                reason: "protocol error: hello sent twice".into(),
+            })
+        }
+    }
+}
+
+async fn read_hello(socket: &mut WebSocket) -> Result<Hello, String> {
+    loop {
+        match socket.recv().await {
+            Some(Ok(Message::Text(text))) => {
+                return match serde_json::from_str::<RunnerMessage>(&text) {
+                    Ok(RunnerMessage::Hello {
+                        protocol,
+                        runner_version,
+                        instance_id,
+                        hostname,
+                        capacity,
+                        ..
+                    }) => {
+                        if protocol != PROTOCOL_VERSION {
+                            return Err(format!(
+                                "protocol version {protocol} is not supported; this control plane speaks {PROTOCOL_VERSION}"
+                            ));
+                        }
+                        if instance_id.is_empty() || instance_id.len() > 128 {
+                            return Err("instance_id must be 1 to 128 characters".into());
+                        }
+                        Ok(Hello {
+                            instance_id,
+                            hostname: truncate(hostname, 255),
+                            runner_version: truncate(runner_version, 64),
+                            capacity,
+                        })
+                    }
+                    _ => Err("the first message must be hello".into()),
+                };
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            _ => return Err("connection closed before hello".into()),
+        }
+    }
+}
+
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
+
+async fn send(socket: &mut WebSocket, msg: &ServerMessage) -> bool {
+    match serde_json::to_string(msg) {
+        Ok(text) => socket.send(Message::Text(text.into())).await.is_ok(),
+        Err(_) => false,
+    }
+}
+
+async fn close(socket: &mut WebSocket, code: u16, reason: &str) {
+    let frame = CloseFrame {
+        code,
+        reason: reason.to_owned().into(),
+    };
+    let _ = socket.send(Message::Close(Some(frame))).await;
+}
+
+async fn refuse(mut socket: WebSocket, code: u16, reason: &str) {
+    let error = ServerMessage::Error {
+        code: "session_refused".into(),
+        message: reason.to_owned(),
+    };
+    let _ = send(&mut socket, &error).await;
+    close(&mut socket, code, reason).await;
+}
