@@ -17,6 +17,7 @@ pub struct TestApp {
     pub admin_token: String,
     pub http: reqwest::Client,
     pub data_dir: tempfile::TempDir,
+    config: ServerConfig,
     server: Option<RunningServer>,
 }
 
@@ -76,7 +77,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut ServerConfig)) -> TestApp {
         Some(ApiToken::parse_supplied(&admin_token).expect("valid bootstrap token"));
     config.flush_interval = Duration::from_millis(200);
     adjust(&mut config);
-    let server = tether_server::start(config).await.expect("server starts");
+    let server = tether_server::start(config.clone()).await.expect("server starts");
     TestApp {
         base_url: server.public_url.clone(),
         admin_token,
@@ -85,6 +86,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut ServerConfig)) -> TestApp {
             .build()
             .expect("http client"),
         data_dir,
+        config,
         server: Some(server),
     }
 }
@@ -232,6 +234,16 @@ impl TestApp {
         if let Some(s) = self.server.take() {
             s.shutdown().await.expect("clean shutdown");
         }
+    }
+
+    /// Stops the server gracefully and starts it again on the same address and data directory.
+    pub async fn restart(&mut self) {
+        let server = self.server.take().expect("server running");
+        let addr = server.local_addr;
+        server.shutdown().await.expect("clean shutdown");
+        let mut config = self.config.clone();
+        config.listen = addr;
+        self.server = Some(tether_server::start(config).await.expect("server restarts"));
     }
 
     pub fn server(&self) -> &RunningServer {

@@ -97,7 +97,7 @@ async fn run_session(
                     Some(Ok(Message::Text(text))) => handle(&state, &runner.id, session_id, &client, &mut socket, &text).await,
                     Some(Ok(Message::Close(_))) | None => Some(Disconnect::Lost { reason: "connection closed without goodbye".into() }),
                     Some(Ok(_)) => None, // pings are answered by the library; binary frames are ignored
-                    Some(Err(e)) => Some(Disconnect::Lost { reason: format!("connection lost ({e})") }),
+                    Some(Err(e)) => Some(Disconnect::Lost { reason: format!("connection lost without goodbye ({e})") }),
                 };
             }
             out = rx.recv() => match out {

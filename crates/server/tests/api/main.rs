@@ -9,4 +9,5 @@ mod ops;
 mod restart;
 mod roles;
 mod runners;
+mod sessions;
 mod users;
