@@ -265,7 +265,7 @@ impl Agent {
 async fn wait(delay: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
     tokio::select! {
         () = tokio::time::sleep(delay) => false,
-        _ = shutdown.wait_for(|s| *s) => true,
+        () = crate::stopped(shutdown) => true,
     }
 }
 

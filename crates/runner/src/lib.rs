@@ -63,6 +63,12 @@ pub async fn run_until(
     Ok(agent.run(shutdown).await)
 }
 
+/// Resolves once `shutdown` turns true (or its sender is gone). Holds no borrow across awaits, so
+/// the futures that select on it stay `Send`.
+pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
+}
+
 async fn shutdown_signal() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

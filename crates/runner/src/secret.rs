@@ -33,7 +33,7 @@ impl SecretSource {
             SecretSourceConfig::File(p) => SecretSource::File(p.clone()),
             SecretSourceConfig::AwsSecretsManager(id) => SecretSource::Aws {
                 secret_id: id.clone(),
-                client: SecretsManager::new(&aws_config().await),
+                client: SecretsManager::new(&aws_sdk_config().await),
             },
         }
     }
@@ -104,7 +104,7 @@ fn parse_secret_string(text: &str) -> Result<ClientSecret, tether_domain::ParseE
 
 /// The standard AWS configuration chain (environment, profile, web identity, ECS task role, IMDS),
 /// with rustls on ring. `AWS_ENDPOINT_URL` is honoured, which is how tests reach an emulator.
-async fn aws_config() -> aws_config::SdkConfig {
+pub async fn aws_sdk_config() -> aws_config::SdkConfig {
     use aws_smithy_http_client::{tls, Builder};
     let http = Builder::new()
         .tls_provider(tls::Provider::Rustls(

@@ -124,7 +124,7 @@ pub async fn run(
                     }
                 }
             }
-            _ = shutdown.wait_for(|s| *s) => {
+            () = crate::stopped(shutdown) => {
                 let _ = goodbye(&mut ws, "the runner process is shutting down").await;
                 break SessionEnd::Shutdown;
             }

@@ -77,7 +77,9 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut ServerConfig)) -> TestApp {
         Some(ApiToken::parse_supplied(&admin_token).expect("valid bootstrap token"));
     config.flush_interval = Duration::from_millis(200);
     adjust(&mut config);
-    let server = tether_server::start(config.clone()).await.expect("server starts");
+    let server = tether_server::start(config.clone())
+        .await
+        .expect("server starts");
     TestApp {
         base_url: server.public_url.clone(),
         admin_token,

@@ -9,7 +9,8 @@ use tether_testkit::{spawn_app_with, TestApp};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn app() -> TestApp {
     spawn_app_with(|c| c.heartbeat = Duration::from_secs(1)).await
@@ -18,15 +19,27 @@ async fn app() -> TestApp {
 async fn runner(app: &TestApp, name: &str) -> (String, String) {
     let c = app.create_runner(name, "local").await;
     (
-        c["credentials"]["client_id"].as_str().expect("id").to_owned(),
-        c["credentials"]["client_secret"].as_str().expect("secret").to_owned(),
+        c["credentials"]["client_id"]
+            .as_str()
+            .expect("id")
+            .to_owned(),
+        c["credentials"]["client_secret"]
+            .as_str()
+            .expect("secret")
+            .to_owned(),
     )
 }
 
 async fn open(app: &TestApp, token: &str) -> Result<Ws, u16> {
-    let url = format!("{}/runner/v1/connect", app.base_url.replace("http://", "ws://"));
+    let url = format!(
+        "{}/runner/v1/connect",
+        app.base_url.replace("http://", "ws://")
+    );
     let mut req = url.into_client_request().expect("request");
-    req.headers_mut().insert("authorization", format!("Bearer {token}").parse().expect("header"));
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("header"),
+    );
     match tokio_tungstenite::connect_async(req).await {
         Ok((ws, _)) => Ok(ws),
         Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Err(r.status().as_u16()),
@@ -35,13 +48,18 @@ async fn open(app: &TestApp, token: &str) -> Result<Ws, u16> {
 }
 
 async fn send(ws: &mut Ws, v: Value) {
-    ws.send(Message::Text(v.to_string().into())).await.expect("send");
+    ws.send(Message::Text(v.to_string().into()))
+        .await
+        .expect("send");
 }
 
 /// Next JSON text message, or the close code if the server closed.
 async fn next(ws: &mut Ws) -> Result<Value, Option<u16>> {
     loop {
-        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("no message within 10 s") {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("no message within 10 s")
+        {
             Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(&t).expect("json")),
             Some(Ok(Message::Close(frame))) => return Err(frame.map(|f| u16::from(f.code))),
             Some(Ok(_)) => continue,
@@ -66,7 +84,9 @@ async fn connect(app: &TestApp, id: &str, secret: &str, instance: &str) -> Ws {
 }
 
 async fn get(app: &TestApp, name: &str) -> Value {
-    app.get(&format!("/api/v1/runners/{name}"), Some(&app.admin_token)).await.json()
+    app.get(&format!("/api/v1/runners/{name}"), Some(&app.admin_token))
+        .await
+        .json()
 }
 
 /// Polls the runner until `check` holds (status changes are applied asynchronously).
@@ -99,20 +119,40 @@ async fn pending_running_instances_and_graceful_goodbye() {
     assert_eq!(r["status_reason"], "1 instance connected");
 
     let mut b = connect(&app, &id, &secret, "inst-b").await;
-    let r = wait_for(&app, "r1", "two instances", |r| r["instances"].as_array().is_some_and(|i| i.len() == 2)).await;
+    let r = wait_for(&app, "r1", "two instances", |r| {
+        r["instances"].as_array().is_some_and(|i| i.len() == 2)
+    })
+    .await;
     assert_eq!(r["status_reason"], "2 instances connected");
-    let list = app.get("/api/v1/runners", Some(&app.admin_token)).await.json();
+    let list = app
+        .get("/api/v1/runners", Some(&app.admin_token))
+        .await
+        .json();
     assert_eq!(list["runners"][0]["status"], "running");
 
     send(&mut a, json!({"type": "heartbeat", "running_tasks": 3})).await;
-    wait_for(&app, "r1", "heartbeat counted", |r| r["instances"].as_array().is_some_and(|i| i.iter().any(|x| x["running_tasks"] == 3))).await;
+    wait_for(&app, "r1", "heartbeat counted", |r| {
+        r["instances"]
+            .as_array()
+            .is_some_and(|i| i.iter().any(|x| x["running_tasks"] == 3))
+    })
+    .await;
 
     send(&mut a, json!({"type": "goodbye", "reason": "SIGTERM"})).await;
     assert_eq!(next(&mut a).await, Err(Some(1000)));
-    wait_for(&app, "r1", "one left", |r| r["instances"].as_array().is_some_and(|i| i.len() == 1)).await;
+    wait_for(&app, "r1", "one left", |r| {
+        r["instances"].as_array().is_some_and(|i| i.len() == 1)
+    })
+    .await;
     send(&mut b, json!({"type": "goodbye", "reason": "SIGTERM"})).await;
     let r = wait_for(&app, "r1", "stopped", status_is("stopped")).await;
-    assert!(r["status_reason"].as_str().expect("reason").contains("SIGTERM"), "{r}");
+    assert!(
+        r["status_reason"]
+            .as_str()
+            .expect("reason")
+            .contains("SIGTERM"),
+        "{r}"
+    );
     assert_eq!(r["instances"], json!([]));
     assert!(r["last_seen_at"].is_string());
 }
@@ -125,39 +165,77 @@ async fn dropped_connection_and_silent_instance_become_unknown() {
     wait_for(&app, "r2", "running", status_is("running")).await;
     drop(ws);
     let r = wait_for(&app, "r2", "unknown after drop", status_is("unknown")).await;
-    assert!(r["status_reason"].as_str().expect("reason").contains("without goodbye"), "{r}");
+    assert!(
+        r["status_reason"]
+            .as_str()
+            .expect("reason")
+            .contains("without goodbye"),
+        "{r}"
+    );
 
     // Connected but silent: closed after 3 missed heartbeats (3 s here).
     let mut silent = connect(&app, &id, &secret, "silent").await;
     wait_for(&app, "r2", "running again", status_is("running")).await;
     let started = std::time::Instant::now();
     assert_eq!(next(&mut silent).await, Err(Some(4408)));
-    assert!(started.elapsed() < Duration::from_secs(6), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "took {:?}",
+        started.elapsed()
+    );
     let r = wait_for(&app, "r2", "unknown after silence", status_is("unknown")).await;
-    assert!(r["status_reason"].as_str().expect("reason").contains("no heartbeat"), "{r}");
+    assert!(
+        r["status_reason"]
+            .as_str()
+            .expect("reason")
+            .contains("no heartbeat"),
+        "{r}"
+    );
 }
 
 #[tokio::test]
 async fn restart_drains_every_instance() {
     let app = app().await;
     let (id, secret) = runner(&app, "r3").await;
-    let none = app.post("/api/v1/runners/r3/restart", Some(&app.admin_token), &json!({})).await;
+    let none = app
+        .post(
+            "/api/v1/runners/r3/restart",
+            Some(&app.admin_token),
+            &json!({}),
+        )
+        .await;
     none.assert_problem(409, "no_live_instances");
     let mut a = connect(&app, &id, &secret, "a").await;
     let mut b = connect(&app, &id, &secret, "b").await;
-    let r = app.post("/api/v1/runners/r3/restart", Some(&app.admin_token), &json!({})).await;
+    let r = app
+        .post(
+            "/api/v1/runners/r3/restart",
+            Some(&app.admin_token),
+            &json!({}),
+        )
+        .await;
     assert_eq!(r.status, 202, "{}", r.body);
     for ws in [&mut a, &mut b] {
         let drain = next(ws).await.expect("drain");
         assert_eq!(drain["type"], "drain");
-        assert!(drain["reason"].as_str().expect("reason").contains("restart requested by user:admin"));
+        assert!(drain["reason"]
+            .as_str()
+            .expect("reason")
+            .contains("restart requested by user:admin"));
     }
     wait_for(&app, "r3", "stopping", status_is("stopping")).await;
     send(&mut a, json!({"type": "goodbye", "reason": "drained"})).await;
     send(&mut b, json!({"type": "goodbye", "reason": "drained"})).await;
     wait_for(&app, "r3", "stopped", status_is("stopped")).await;
-    let audit = app.get("/api/v1/audit?runner=r3", Some(&app.admin_token)).await.json();
-    assert!(audit["events"].as_array().expect("events").iter().any(|e| e["action"] == "runner.restart_requested"));
+    let audit = app
+        .get("/api/v1/audit?runner=r3", Some(&app.admin_token))
+        .await
+        .json();
+    assert!(audit["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .any(|e| e["action"] == "runner.restart_requested"));
 }
 
 #[tokio::test]
@@ -167,26 +245,58 @@ async fn pause_requires_confirmation_and_resume_restores() {
     let mut ws = connect(&app, &id, &secret, "p").await;
     wait_for(&app, "r4", "running", status_is("running")).await;
 
-    for body in [json!({}), json!({"confirm": "pause"}), json!({"confirm": "PAUSE RUNNER"})] {
-        let r = app.post("/api/v1/runners/r4/pause", Some(&app.admin_token), &body).await;
+    for body in [
+        json!({}),
+        json!({"confirm": "pause"}),
+        json!({"confirm": "PAUSE RUNNER"}),
+    ] {
+        let r = app
+            .post("/api/v1/runners/r4/pause", Some(&app.admin_token), &body)
+            .await;
         let p = r.assert_problem(422, "confirmation_required");
         assert_eq!(p["field"], "confirm");
     }
-    assert_eq!(get(&app, "r4").await["status"], "running", "nothing changed");
+    assert_eq!(
+        get(&app, "r4").await["status"],
+        "running",
+        "nothing changed"
+    );
     let past = app
-        .post("/api/v1/runners/r4/pause", Some(&app.admin_token), &json!({"confirm": "pause runner", "until": "2001-01-01T00:00:00Z"}))
+        .post(
+            "/api/v1/runners/r4/pause",
+            Some(&app.admin_token),
+            &json!({"confirm": "pause runner", "until": "2001-01-01T00:00:00Z"}),
+        )
         .await;
     assert_eq!(past.assert_problem(422, "invalid_field")["field"], "until");
 
     send(&mut ws, json!({"type": "heartbeat", "running_tasks": 1})).await;
-    let r = app.post("/api/v1/runners/r4/pause", Some(&app.admin_token), &json!({"confirm": "pause runner"})).await;
+    let r = app
+        .post(
+            "/api/v1/runners/r4/pause",
+            Some(&app.admin_token),
+            &json!({"confirm": "pause runner"}),
+        )
+        .await;
     assert_eq!(r.status, 202, "{}", r.body);
-    wait_for(&app, "r4", "pausing while a task runs", status_is("pausing")).await;
+    wait_for(
+        &app,
+        "r4",
+        "pausing while a task runs",
+        status_is("pausing"),
+    )
+    .await;
     send(&mut ws, json!({"type": "heartbeat", "running_tasks": 0})).await;
     let r = wait_for(&app, "r4", "paused", status_is("paused")).await;
     assert_eq!(r["paused_by"], "user:admin");
 
-    let r = app.post("/api/v1/runners/r4/resume", Some(&app.admin_token), &json!({})).await;
+    let r = app
+        .post(
+            "/api/v1/runners/r4/resume",
+            Some(&app.admin_token),
+            &json!({}),
+        )
+        .await;
     assert_eq!(r.status, 202);
     wait_for(&app, "r4", "running after resume", status_is("running")).await;
 }
@@ -197,14 +307,23 @@ async fn timed_pause_resumes_by_itself() {
     let (id, secret) = runner(&app, "r5").await;
     let _ws = connect(&app, &id, &secret, "t").await;
     let until = time::OffsetDateTime::now_utc() + Duration::from_secs(1);
-    let until = until.format(&time::format_description::well_known::Rfc3339).expect("format");
+    let until = until
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("format");
     let r = app
-        .post("/api/v1/runners/r5/pause", Some(&app.admin_token), &json!({"confirm": "pause runner", "until": until}))
+        .post(
+            "/api/v1/runners/r5/pause",
+            Some(&app.admin_token),
+            &json!({"confirm": "pause runner", "until": until}),
+        )
         .await;
     assert_eq!(r.status, 202, "{}", r.body);
     assert!(r.json()["paused_until"].is_string());
     wait_for(&app, "r5", "paused", status_is("paused")).await;
-    wait_for(&app, "r5", "auto-resumed", |r| r["status"] == "running" && r["paused_until"].is_null()).await;
+    wait_for(&app, "r5", "auto-resumed", |r| {
+        r["status"] == "running" && r["paused_until"].is_null()
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -212,7 +331,9 @@ async fn deleting_a_runner_closes_its_sessions_with_4403() {
     let app = app().await;
     let (id, secret) = runner(&app, "r6").await;
     let mut ws = connect(&app, &id, &secret, "d").await;
-    let r = app.delete("/api/v1/runners/r6", Some(&app.admin_token)).await;
+    let r = app
+        .delete("/api/v1/runners/r6", Some(&app.admin_token))
+        .await;
     assert_eq!(r.status, 204);
     assert_eq!(next(&mut ws).await, Err(Some(4403)));
 }
@@ -222,7 +343,11 @@ async fn bad_tokens_and_protocol_errors() {
     let app = app().await;
     let (id, secret) = runner(&app, "r7").await;
     assert_eq!(open(&app, "not-a-token").await.err(), Some(401));
-    assert_eq!(open(&app, &app.admin_token).await.err(), Some(401), "an API token is not an access token");
+    assert_eq!(
+        open(&app, &app.admin_token).await.err(),
+        Some(401),
+        "an API token is not an access token"
+    );
 
     let token = app.access_token(&id, &secret).await;
     let mut ws = open(&app, &token).await.expect("upgrade");
@@ -232,14 +357,23 @@ async fn bad_tokens_and_protocol_errors() {
     assert_eq!(next(&mut ws).await, Err(Some(4400)));
 
     let mut ws = open(&app, &token).await.expect("upgrade");
-    send(&mut ws, json!({"type": "hello", "protocol": 99, "runner_version": "x", "instance_id": "i",
-        "hostname": "h", "platform": "local", "capacity": 1})).await;
+    send(
+        &mut ws,
+        json!({"type": "hello", "protocol": 99, "runner_version": "x", "instance_id": "i",
+        "hostname": "h", "platform": "local", "capacity": 1}),
+    )
+    .await;
     let error = next(&mut ws).await.expect("error message");
-    assert!(error["message"].as_str().expect("message").contains("protocol version 99"));
+    assert!(error["message"]
+        .as_str()
+        .expect("message")
+        .contains("protocol version 99"));
     assert_eq!(next(&mut ws).await, Err(Some(4400)));
 
     let mut ws = connect(&app, &id, &secret, "x").await;
-    ws.send(Message::Text("{garbage".into())).await.expect("send");
+    ws.send(Message::Text("{garbage".into()))
+        .await
+        .expect("send");
     assert_eq!(next(&mut ws).await, Err(Some(4400)));
     assert_eq!(get(&app, "r7").await["status"], "unknown");
 }
@@ -257,7 +391,11 @@ async fn reauth_moves_the_session_to_a_new_token() {
     assert_eq!(ok["generation"], 1);
     let foreign = app.access_token(&other_id, &other_secret).await;
     send(&mut ws, json!({"type": "reauth", "access_token": foreign})).await;
-    assert_eq!(next(&mut ws).await, Err(Some(4401)), "another runner's token is refused");
+    assert_eq!(
+        next(&mut ws).await,
+        Err(Some(4401)),
+        "another runner's token is refused"
+    );
 }
 
 #[tokio::test]
@@ -267,8 +405,14 @@ async fn a_second_connection_of_the_same_instance_supersedes_the_first() {
     let mut first = connect(&app, &id, &secret, "same").await;
     let _second = connect(&app, &id, &secret, "same").await;
     assert_eq!(next(&mut first).await, Err(Some(4409)));
-    let r = wait_for(&app, "r9", "one instance", |r| r["instances"].as_array().is_some_and(|i| i.len() == 1)).await;
-    assert_eq!(r["status"], "running", "the replacement keeps the runner running: {r}");
+    let r = wait_for(&app, "r9", "one instance", |r| {
+        r["instances"].as_array().is_some_and(|i| i.len() == 1)
+    })
+    .await;
+    assert_eq!(
+        r["status"], "running",
+        "the replacement keeps the runner running: {r}"
+    );
 }
 
 #[tokio::test]
@@ -280,5 +424,11 @@ async fn server_restart_marks_connected_runners_unknown() {
     app.restart().await;
     let r = get(&app, "r10").await;
     assert_eq!(r["status"], "unknown", "{r}");
-    assert!(r["status_reason"].as_str().expect("reason").contains("control plane"), "{r}");
+    assert!(
+        r["status_reason"]
+            .as_str()
+            .expect("reason")
+            .contains("control plane"),
+        "{r}"
+    );
 }
