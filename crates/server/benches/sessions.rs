@@ -26,12 +26,18 @@ const ADMIN: &str = "bench-admin-token-0123456789abcdefghijkl";
 const SESSIONS_PER_SOURCE_IP: usize = 20_000;
 
 fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     if args.iter().any(|a| a == "--serve") {
         runtime.block_on(serve());
     } else if args.iter().any(|a| a == "--bench") || !args.iter().any(|a| a.starts_with("--")) {
@@ -67,8 +73,14 @@ fn proc_stat(pid: u32) -> (u64, u64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = stat.rsplit(')').next().unwrap_or_default();
     let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = fields.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let ticks = fields
+        .get(11)
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0)
+        + fields
+            .get(12)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
     (rss_kb, ticks)
 }
 
@@ -191,17 +203,31 @@ async fn session(
     heartbeat: u64,
 ) -> Result<impl std::future::Future<Output = ()>, String> {
     let socket = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
-    socket.bind(SocketAddr::new(source.into(), 0)).map_err(|e| format!("bind {source}: {e}"))?;
-    let stream = socket.connect(server).await.map_err(|e| format!("connect: {e}"))?;
-    let mut req = format!("ws://{server}/runner/v1/connect").into_client_request().map_err(|e| e.to_string())?;
-    req.headers_mut().insert("authorization", format!("Bearer {token}").parse().map_err(|_| "header")?);
-    let config = WebSocketConfig::default().read_buffer_size(1024).write_buffer_size(0);
+    socket
+        .bind(SocketAddr::new(source.into(), 0))
+        .map_err(|e| format!("bind {source}: {e}"))?;
+    let stream = socket
+        .connect(server)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let mut req = format!("ws://{server}/runner/v1/connect")
+        .into_client_request()
+        .map_err(|e| e.to_string())?;
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().map_err(|_| "header")?,
+    );
+    let config = WebSocketConfig::default()
+        .read_buffer_size(1024)
+        .write_buffer_size(0);
     let (mut ws, _) = tokio_tungstenite::client_async_with_config(req, stream, Some(config))
         .await
         .map_err(|e| format!("upgrade: {e}"))?;
     let hello = serde_json::json!({"type": "hello", "protocol": 1, "runner_version": "bench",
         "instance_id": format!("i{i}"), "hostname": "bench", "platform": "local", "capacity": 1});
-    ws.send(Message::Text(hello.to_string().into())).await.map_err(|e| e.to_string())?;
+    ws.send(Message::Text(hello.to_string().into()))
+        .await
+        .map_err(|e| e.to_string())?;
     match ws.next().await {
         Some(Ok(Message::Text(_))) => {}
         other => return Err(format!("no welcome: {other:?}")),

@@ -1,6 +1,14 @@
 //! The tether control plane as a library: [`start`] binds and serves (tests and `--dev` use it
 //! in-process); [`run`] is what `tether server` calls: telemetry, start, wait for a signal, drain.
 
+/// Prints a line to stdout, ignoring errors: a closed stdout must not bring the server down.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 pub mod auth;
 pub mod config;
 pub mod http;
@@ -277,10 +285,10 @@ pub async fn run_with(
             shutdown: runner_stop_rx,
         }));
     }
-    print_banner(&server, &data_dir, dev);
     if local_runner.is_some() {
-        println!("A local runner named 'local' is connecting: `tether runners show local`.");
+        say!("A local runner named 'local' is connecting: `tether runners show local`.");
     }
+    print_banner(&server, &data_dir, dev);
     shutdown_signal().await;
     tracing::info!("shutdown requested; finishing in-flight requests");
     if let Some(runner) = local_runner {
@@ -294,46 +302,46 @@ pub async fn run_with(
 /// deliberately not through the logger: these values must never end up in log storage.
 fn print_banner(server: &RunningServer, data_dir: &std::path::Path, dev: bool) {
     let url = &server.public_url;
-    println!("tether control plane listening on {}", server.local_addr);
-    println!("  API:       {url}/api/v1   (OpenAPI: {url}/api/v1/openapi.json)");
-    println!(
+    say!("tether control plane listening on {}", server.local_addr);
+    say!("  API:       {url}/api/v1   (OpenAPI: {url}/api/v1/openapi.json)");
+    say!(
         "  OAuth:     {url}/oauth/token   (metadata: {url}/.well-known/oauth-authorization-server)"
     );
     if dev {
-        println!(
+        say!(
             "  data dir:  {} (development mode: deleted on exit)",
             data_dir.display()
         );
     } else {
-        println!("  data dir:  {}", data_dir.display());
+        say!("  data dir:  {}", data_dir.display());
     }
     if let Some(b) = &server.bootstrapped {
-        println!();
-        println!(
+        say!();
+        say!(
             "First start: created the admin user '{}'. These are shown only once:",
             b.username
         );
         if let Some(p) = &b.generated_password {
-            println!("  admin password:  {}", p.expose());
+            say!("  admin password:  {}", p.expose());
         }
         match &b.generated_token {
             Some(t) => {
-                println!("  admin API token: {}", t.expose());
-                println!();
-                println!("Use it from the CLI:");
-                println!("  export TETHER_URL={url} TETHER_TOKEN={}", t.expose());
+                say!("  admin API token: {}", t.expose());
+                say!();
+                say!("Use it from the CLI:");
+                say!("  export TETHER_URL={url} TETHER_TOKEN={}", t.expose());
             }
             None => {
-                println!("  admin API token: the value of TETHER_BOOTSTRAP_TOKEN");
-                println!();
-                println!("Use it from the CLI:");
-                println!("  export TETHER_URL={url} TETHER_TOKEN=\"$TETHER_BOOTSTRAP_TOKEN\"");
+                say!("  admin API token: the value of TETHER_BOOTSTRAP_TOKEN");
+                say!();
+                say!("Use it from the CLI:");
+                say!("  export TETHER_URL={url} TETHER_TOKEN=\"$TETHER_BOOTSTRAP_TOKEN\"");
             }
         }
-        println!("  tether runners create my-runner --platform local");
+        say!("  tether runners create my-runner --platform local");
     }
-    println!();
-    println!("Press Ctrl-C to stop.");
+    say!();
+    say!("Press Ctrl-C to stop.");
 }
 
 async fn shutdown_signal() {

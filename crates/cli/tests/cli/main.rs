@@ -1,0 +1,6 @@
+//! Tests of the real `tether` binary: the admin commands against an in-process server, and the
+//! server and runner as real processes (status transitions, signals, restarts).
+
+mod admin;
+mod procs;
+mod runner;

@@ -1,0 +1,187 @@
+//! Helpers to run `tether` as a child process.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_tether");
+pub const ADMIN_TOKEN: &str = "cli-test-bootstrap-token-0123456789abcdef";
+
+/// Runs an admin command to completion with only the given environment (plus PATH/HOME).
+pub fn tether(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let config = tempfile::tempdir().expect("config dir");
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    cmd.env("TETHER_CONFIG_DIR", config.path());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.stdin(Stdio::null()).output().expect("tether runs")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A `tether server` process with its own data directory.
+pub struct ServerProc {
+    pub child: Child,
+    pub url: String,
+    pub addr: String,
+    pub data_dir: PathBuf,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl ServerProc {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("dir");
+        let data = dir.path().to_path_buf();
+        let mut s = Self::start_at(&data, "127.0.0.1:0");
+        s._dir = Some(dir);
+        s
+    }
+
+    pub fn start_at(data_dir: &Path, listen: &str) -> Self {
+        let log = std::fs::File::create(data_dir.with_extension("server.log")).expect("log");
+        let mut child = Command::new(BIN)
+            .args(["server", "--listen", listen, "--data-dir"])
+            .arg(data_dir)
+            .env("TETHER_BOOTSTRAP_TOKEN", ADMIN_TOKEN)
+            .env("TETHER_HEARTBEAT_SECONDS", "1")
+            .env("TETHER_FLUSH_SECONDS", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("server starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut reader = std::io::BufReader::new(stdout);
+        let mut first = String::new();
+        std::io::BufRead::read_line(&mut reader, &mut first).expect("banner");
+        // Keep reading so the server never writes into a closed pipe.
+        std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+        let addr = first
+            .trim()
+            .strip_prefix("tether control plane listening on ")
+            .unwrap_or_else(|| panic!("unexpected banner: {first}"))
+            .to_owned();
+        Self {
+            child,
+            url: format!("http://{addr}"),
+            addr,
+            data_dir: data_dir.to_path_buf(),
+            _dir: None,
+        }
+    }
+
+    /// `kill -9`s the server and starts a new one on the same address and data directory.
+    pub fn kill_and_restart(&mut self) {
+        self.signal("KILL");
+        self.wait_exit(Duration::from_secs(5));
+        let mut next = Self::start_at(&self.data_dir, &self.addr);
+        next._dir = self._dir.take();
+        *self = next;
+    }
+
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("TETHER_URL", self.url.clone()),
+            ("TETHER_TOKEN", ADMIN_TOKEN.to_owned()),
+        ]
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(ok.success());
+    }
+
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        wait_child(&mut self.child, within)
+    }
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `tether runner` process; stderr goes to a file for assertions.
+pub struct RunnerProc {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl RunnerProc {
+    pub fn start(env: &[(&str, String)], log: PathBuf) -> Self {
+        let file = std::fs::File::create(&log).expect("log");
+        let mut cmd = Command::new(BIN);
+        cmd.arg("runner")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        for k in [
+            "AWS_ENDPOINT_URL",
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_REGION",
+        ] {
+            if let Ok(v) = std::env::var(k) {
+                cmd.env(k, v);
+            }
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("runner starts");
+        Self { child, log }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(ok.success());
+    }
+
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        wait_child(&mut self.child, within)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for RunnerProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_child(child: &mut Child, within: Duration) -> Option<i32> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return Some(status.code().unwrap_or(-1));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
