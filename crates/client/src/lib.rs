@@ -127,7 +127,10 @@ impl Client {
         let status = resp.status().as_u16();
         let body = resp.text().await.unwrap_or_default();
         if let Ok(problem) = serde_json::from_str::<Problem>(&body) {
-            return Err(ClientError::Api { status, problem: Box::new(problem) });
+            return Err(ClientError::Api {
+                status,
+                problem: Box::new(problem),
+            });
         }
         if let Ok(error) = serde_json::from_str::<OAuthError>(&body) {
             return Err(ClientError::OAuth { status, error });
