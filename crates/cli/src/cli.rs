@@ -66,6 +66,12 @@ pub enum Command {
     /// Create personal API tokens.
     #[command(subcommand)]
     Tokens(TokensCommand),
+    /// Define pipelines (named lists of shell tasks) and run them on a runner.
+    #[command(subcommand)]
+    Pipelines(PipelinesCommand),
+    /// Inspect, follow and cancel pipeline runs.
+    #[command(subcommand)]
+    Runs(RunsCommand),
     /// Read the append-only audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -133,6 +139,132 @@ pub enum RunnersCommand {
         /// Do not ask to type the runner's name.
         #[arg(long)]
         yes: bool,
+    },
+    /// List a runner's pipeline runs, newest first.
+    #[command(after_help = "Examples:\n  tether runners runs prod-eu-1\n  \
+        tether runners runs prod-eu-1 --state running      # what would a credential refresh interrupt?")]
+    Runs {
+        /// Runner name or id.
+        runner: String,
+        /// Only runs in this state.
+        #[arg(long, value_parser = RUN_STATES)]
+        state: Option<String>,
+        /// Show at most this many (default: the server's page size).
+        #[arg(long)]
+        limit: Option<u32>,
+    },
+}
+
+/// Every run and task state; the last four are final.
+pub const RUN_STATES: [&str; 6] = [
+    "queued",
+    "running",
+    "succeeded",
+    "failed",
+    "cancelled",
+    "lost",
+];
+
+#[derive(Debug, Subcommand)]
+pub enum PipelinesCommand {
+    /// Create or replace a pipeline from a YAML (or JSON) file and print what was stored.
+    #[command(after_help = APPLY_HELP)]
+    Apply {
+        /// The pipeline file; `-` reads standard input.
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: String,
+        /// The pipeline's name: overrides the file's `name:`, or supplies it when the file has none.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List pipelines.
+    List,
+    /// Show a pipeline and its tasks (environment values are shown only with --output json).
+    Show {
+        /// Pipeline name.
+        name: String,
+    },
+    /// Delete a pipeline.
+    Delete {
+        /// Pipeline name.
+        name: String,
+        /// Do not ask to type the pipeline's name.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Start a run of a pipeline on a runner and print the run's id.
+    #[command(
+        long_about = "Start a run of a pipeline on a runner and print the run's id on standard output. \
+            The run waits in `queued` until an instance of the runner takes its tasks.\n\n\
+            With --wait or --follow the command returns when the run ends: exit code 0 if it \
+            succeeded, 1 otherwise, with a one-line summary on standard error.",
+        after_help = "Examples:\n  tether pipelines run nightly-export --runner prod-eu-1\n  \
+        tether pipelines run nightly-export --runner prod-eu-1 --follow    # stream the log until it ends\n  \
+        RUN=$(tether pipelines run nightly-export --runner prod-eu-1) && tether runs show \"$RUN\""
+    )]
+    Run {
+        /// Pipeline name.
+        name: String,
+        /// The runner (name or id) to run it on.
+        #[arg(long)]
+        runner: String,
+        /// Wait until the run ends; exit code 0 only if it succeeded.
+        #[arg(long)]
+        wait: bool,
+        /// Stream the run's log until the run ends (implies --wait). With --output json the log
+        /// goes to standard error and standard output gets the final run.
+        #[arg(long)]
+        follow: bool,
+    },
+}
+
+const APPLY_HELP: &str = "\
+A pipeline file (YAML; JSON works too):
+
+  name: nightly-export
+  tasks:
+    - name: extract
+      run: ./export.sh --since yesterday
+      env:
+        TARGET: s3://bucket/exports
+      timeout_seconds: 900
+    - name: notify
+      run: curl -fsS -X POST \"$WEBHOOK_URL\"
+
+Tasks run one after the other; each `run` is a shell command the runner executes in its work
+directory. `env` and `timeout_seconds` are optional; `name` may come from --name instead. Unknown
+keys are an error. Applying a pipeline again replaces its tasks.
+
+Examples:
+  tether pipelines apply -f nightly-export.yaml
+  tether pipelines apply -f pipeline.yaml --name nightly-export-staging
+  generate-pipeline | tether pipelines apply -f - --name generated";
+
+#[derive(Debug, Subcommand)]
+pub enum RunsCommand {
+    /// Show a run: its state and why, and each task's state and exit code.
+    Show {
+        /// Run id (printed by `tether pipelines run`).
+        id: String,
+    },
+    /// Print a run's log (stdout and stderr of its tasks, combined).
+    #[command(
+        long_about = "Print a run's log: the output of its tasks, combined, as it was recorded. \
+            The log is printed as is, whatever --output says.",
+        after_help = "Examples:\n  tether runs logs 0190f5c2-...\n  \
+        tether runs logs 0190f5c2-... --follow    # keep printing until the run ends"
+    )]
+    Logs {
+        /// Run id.
+        id: String,
+        /// Keep printing new output until the run has ended and its log is read to the end.
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
+    /// Cancel a run: queued tasks never start, running ones are stopped.
+    Cancel {
+        /// Run id.
+        id: String,
     },
 }
 

@@ -5,6 +5,7 @@ mod cli;
 mod commands;
 mod config;
 mod output;
+mod pipeline_file;
 
 use std::process::ExitCode;
 

@@ -1,5 +1,8 @@
 //! Typed HTTP client for tether's `/api/v1` and `/oauth` endpoints, used by the CLI and tests.
-//! Errors read as one line and never contain a token or secret.
+//! Errors read as one line and never contain a token or secret. Pipelines and runs are in
+//! `pipelines.rs`.
+
+mod pipelines;
 
 use std::time::Duration;
 

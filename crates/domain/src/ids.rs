@@ -52,3 +52,5 @@ macro_rules! uuid_id {
 
 uuid_id!(RunnerId, "runner");
 uuid_id!(UserId, "user");
+uuid_id!(RunId, "run");
+uuid_id!(TaskId, "task");

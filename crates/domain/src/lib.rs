@@ -6,14 +6,16 @@ mod base62;
 pub mod credential;
 pub mod ids;
 pub mod names;
+pub mod pipeline;
 pub mod platform;
 pub mod role;
 pub mod secret;
 pub mod status;
 
 pub use credential::{CredentialState, Generation};
-pub use ids::{RunnerId, UserId};
+pub use ids::{RunId, RunnerId, TaskId, UserId};
 pub use names::{Description, Password, RunnerName, TokenName, Username};
+pub use pipeline::{PipelineName, RunState, TaskName, TaskSpec};
 pub use platform::Platform;
 pub use role::Role;
 pub use secret::{ApiToken, ClientId, ClientSecret, Pepper, Verifier};

@@ -154,3 +154,95 @@ pub struct AuditList {
     pub events: Vec<AuditEvent>,
     pub next_cursor: Option<String>,
 }
+
+/// One step of a pipeline: a shell command the runner executes in its workdir.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PipelineTask {
+    pub name: String,
+    pub run: String,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub env: std::collections::BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<u64>,
+}
+
+/// Environment values may be credentials of the customer's systems: `Debug` shows only the keys.
+impl std::fmt::Debug for PipelineTask {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PipelineTask")
+            .field("name", &self.name)
+            .field("run", &self.run)
+            .field("env", &self.env.keys().collect::<Vec<_>>())
+            .field("timeout_seconds", &self.timeout_seconds)
+            .finish()
+    }
+}
+
+/// `PUT /api/v1/pipelines/{name}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PutPipelineRequest {
+    pub tasks: Vec<PipelineTask>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Pipeline {
+    pub name: String,
+    pub tasks: Vec<PipelineTask>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+    pub updated_by: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PipelineList {
+    pub pipelines: Vec<Pipeline>,
+}
+
+/// `POST /api/v1/pipelines/{name}/runs`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateRunRequest {
+    /// Runner id or name.
+    pub runner: String,
+}
+
+/// Run and task states: `queued`, `running`, `succeeded`, `failed`, `cancelled`, `lost`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Run {
+    pub id: String,
+    pub pipeline: String,
+    /// The runner's name.
+    pub runner: String,
+    pub runner_id: String,
+    pub state: String,
+    /// Why the run ended as it did (or why it waits), in words.
+    pub reason: Option<String>,
+    pub tasks: Vec<RunTask>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    pub created_by: String,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub started_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub finished_at: Option<OffsetDateTime>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunTask {
+    pub name: String,
+    pub state: String,
+    pub exit_code: Option<i32>,
+    pub reason: Option<String>,
+    /// The instance that ran (or runs) it.
+    pub instance_id: Option<String>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub started_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub finished_at: Option<OffsetDateTime>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunList {
+    pub runs: Vec<Run>,
+}

@@ -49,6 +49,81 @@ pub enum RunnerMessage {
     Goodbye {
         reason: String,
     },
+    /// Progress of an assigned task: at-least-once, numbered per task from 1; the server applies
+    /// each `seq` once and answers `ack`. The first update (`running`) says the task started.
+    TaskUpdate(TaskUpdate),
+    /// The instance stopped taking new work (SIGTERM, or a `drain`): it finishes what it runs,
+    /// then says goodbye.
+    Draining {
+        reason: String,
+    },
+    /// The instance will not run this assignment (it is draining); the server queues it again.
+    Reject {
+        task_id: String,
+        reason: String,
+    },
+}
+
+/// The state a task reports. `running` while it runs; the others are final.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskUpdateState {
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl TaskUpdateState {
+    pub fn is_final(self) -> bool {
+        !matches!(self, TaskUpdateState::Running)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TaskUpdate {
+    pub task_id: String,
+    /// 1, 2, 3, ... per task, in the order the runner produced them.
+    pub seq: u64,
+    pub state: TaskUpdateState,
+    /// Combined stdout and stderr produced since the previous update.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_chunk: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Why a final state was reached when the exit code alone does not say (timeout, cancel).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// One task handed to an instance: a shell command run in the runner's workdir.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TaskAssignment {
+    pub task_id: String,
+    pub run_id: String,
+    pub pipeline: String,
+    pub name: String,
+    /// Executed with `sh -c`.
+    pub run: String,
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// Killed (process group) and failed after this long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<u64>,
+}
+
+/// Task environments may carry credentials of the customer's own systems: keep them out of logs.
+impl std::fmt::Debug for TaskAssignment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskAssignment")
+            .field("task_id", &self.task_id)
+            .field("run_id", &self.run_id)
+            .field("pipeline", &self.pipeline)
+            .field("name", &self.name)
+            .field("env", &self.env.keys().collect::<Vec<_>>())
+            .field("timeout_seconds", &self.timeout_seconds)
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for RunnerMessage {
@@ -71,6 +146,21 @@ impl std::fmt::Debug for RunnerMessage {
             RunnerMessage::Goodbye { reason } => {
                 f.debug_struct("Goodbye").field("reason", reason).finish()
             }
+            RunnerMessage::TaskUpdate(u) => f
+                .debug_struct("TaskUpdate")
+                .field("task_id", &u.task_id)
+                .field("seq", &u.seq)
+                .field("state", &u.state)
+                .field("log_bytes", &u.log_chunk.as_ref().map_or(0, String::len))
+                .finish_non_exhaustive(),
+            RunnerMessage::Draining { reason } => {
+                f.debug_struct("Draining").field("reason", reason).finish()
+            }
+            RunnerMessage::Reject { task_id, reason } => f
+                .debug_struct("Reject")
+                .field("task_id", task_id)
+                .field("reason", reason)
+                .finish(),
         }
     }
 }
@@ -88,6 +178,13 @@ pub enum ServerMessage {
     Drain { reason: String },
     /// The control plane refused the session or a message; the connection closes next.
     Error { code: String, message: String },
+    /// Run this task. Sent again after a reconnect if no update arrived: the runner ignores a
+    /// task id it already has.
+    Assign { task: TaskAssignment },
+    /// Kill the task's process group and report it `cancelled`.
+    Cancel { task_id: String },
+    /// Updates of `task_id` up to and including `seq` are stored: drop them from the spool.
+    Ack { task_id: String, seq: u64 },
 }
 
 #[cfg(test)]
@@ -117,6 +214,46 @@ mod tests {
         })
         .expect("json");
         assert_eq!(drain, r#"{"type":"drain","reason":"restart"}"#);
+    }
+
+    #[test]
+    fn task_messages_round_trip() {
+        let update: RunnerMessage = serde_json::from_str(
+            r#"{"type":"task_update","task_id":"t1","seq":3,"state":"failed","exit_code":2}"#,
+        )
+        .expect("parse");
+        assert_eq!(
+            update,
+            RunnerMessage::TaskUpdate(TaskUpdate {
+                task_id: "t1".into(),
+                seq: 3,
+                state: TaskUpdateState::Failed,
+                log_chunk: None,
+                exit_code: Some(2),
+                reason: None,
+            })
+        );
+        let assign = ServerMessage::Assign {
+            task: TaskAssignment {
+                task_id: "t1".into(),
+                run_id: "r1".into(),
+                pipeline: "p".into(),
+                name: "build".into(),
+                run: "make".into(),
+                env: [("TOKEN".to_owned(), "hunter2".to_owned())].into(),
+                timeout_seconds: Some(5),
+            },
+        };
+        let json = serde_json::to_value(&assign).expect("json");
+        assert_eq!(json["type"], "assign");
+        assert_eq!(json["task"]["env"]["TOKEN"], "hunter2");
+        assert!(!format!("{assign:?}").contains("hunter2"));
+        let ack = serde_json::to_string(&ServerMessage::Ack {
+            task_id: "t1".into(),
+            seq: 3,
+        })
+        .expect("json");
+        assert_eq!(ack, r#"{"type":"ack","task_id":"t1","seq":3}"#);
     }
 
     #[test]

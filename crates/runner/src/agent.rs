@@ -1,20 +1,29 @@
 //! The runner's main loop: read the secret, get a token, hold a session, and when anything fails,
 //! back off (capped, with jitter) and try again. A refused secret is re-read before every attempt,
 //! so a new secret written to the file or to AWS Secrets Manager is picked up without a restart.
+//! The agent owns the executor and the outbox, so tasks outlive sessions; it exits once a drain
+//! (signal or the server's `drain`) has no task left running.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use tether_domain::{random_bytes, ClientSecret};
 use tether_protocol::session::close_code;
 use tokio::sync::watch;
 
 use crate::auth::{self, AuthError};
 use crate::config::RunnerConfig;
+use crate::executor::{Executor, Grace};
 use crate::metrics::RunnerMetrics;
+use crate::outbox::Outbox;
 use crate::secret::SecretSource;
 use crate::session::{self, SessionEnd};
+use crate::spool::Spool;
 use crate::transport::Transport;
+
+/// The drain reason when the process got SIGTERM/SIGINT.
+pub const SHUTDOWN_REASON: &str = "the runner process is shutting down";
 
 #[derive(Debug)]
 pub struct Agent {
@@ -24,6 +33,10 @@ pub struct Agent {
     pub metrics: Arc<RunnerMetrics>,
     pub instance_id: String,
     pub hostname: String,
+    pub outbox: Arc<Outbox>,
+    pub executor: Executor,
+    /// Why this instance is draining, once it is.
+    draining: watch::Sender<Option<String>>,
 }
 
 /// How the agent stopped.
@@ -82,6 +95,24 @@ impl Agent {
             .map(|b| format!("{b:02x}"))
             .collect();
         let instance_id = format!("{hostname}-{suffix}");
+        let spool_dir = config.workdir.join("spool");
+        let spool = Spool::open(&spool_dir)
+            .with_context(|| format!("opening the update spool in {}", spool_dir.display()))?;
+        let outbox = Arc::new(Outbox::new(spool));
+        let undelivered = outbox.task_ids().len();
+        if undelivered > 0 {
+            tracing::info!(
+                tasks = undelivered,
+                "found task updates an earlier runner process did not deliver; sending them once connected"
+            );
+        }
+        let executor = Executor::new(
+            config.workdir.clone(),
+            config.max_tasks,
+            Grace::default(),
+            outbox.clone(),
+            metrics.clone(),
+        );
         Ok(Self {
             config,
             transport,
@@ -89,7 +120,30 @@ impl Agent {
             metrics,
             instance_id,
             hostname,
+            outbox,
+            executor,
+            draining: watch::Sender::new(None),
         })
+    }
+
+    /// Stops taking new tasks; running ones finish. The first reason sticks.
+    pub fn begin_drain(&self, reason: &str) {
+        let started = self.draining.send_if_modified(|d| {
+            let first = d.is_none();
+            if first {
+                *d = Some(reason.to_owned());
+            }
+            first
+        });
+        if started {
+            tracing::info!(reason = %reason, running_tasks = self.executor.running(),
+                "draining: taking no new tasks, finishing the running ones, then exiting");
+        }
+    }
+
+    /// Why this instance is draining, if it is.
+    pub fn drain_reason(&self) -> Option<String> {
+        self.draining.borrow().clone()
     }
 
     pub async fn run(&self, mut shutdown: watch::Receiver<bool>) -> Exit {
@@ -97,21 +151,35 @@ impl Agent {
         let mut refused = Backoff::new(Duration::from_secs(1), Duration::from_secs(300));
         let mut refused_since: Option<(Instant, u32)> = None;
         let mut last_secret: Option<ClientSecret> = None;
+        let mut last_delivery_attempt = false;
         let source = self.config.secret.describe();
         tracing::info!(url = %self.config.url, client_id = %self.config.client_id, instance.id = %self.instance_id,
             secret_source = %source, "tether runner starting");
         loop {
-            if *shutdown.borrow() {
-                return Exit::Clean;
+            if shutdown_requested(&shutdown) {
+                self.begin_drain(SHUTDOWN_REASON);
+            }
+            if self.drain_reason().is_some() && self.executor.running() == 0 {
+                if self.outbox.is_empty() {
+                    return Exit::Clean;
+                }
+                // Every task ended but not every update was acknowledged: one more connection
+                // to deliver them, then give up and leave them to the next process.
+                if last_delivery_attempt {
+                    tracing::warn!(
+                        "exiting before the control plane acknowledged every task update; \
+                        the next runner process with this workdir sends them"
+                    );
+                    return Exit::Clean;
+                }
+                last_delivery_attempt = true;
             }
             let secret = match self.secrets.read().await {
                 Ok(s) => s,
                 Err(e) => {
                     let delay = network.next();
                     tracing::warn!("{e}; retrying in {:.1} s", delay.as_secs_f64());
-                    if wait(delay, &mut shutdown).await {
-                        return Exit::Clean;
-                    }
+                    self.wait(delay, &mut shutdown).await;
                     continue;
                 }
             };
@@ -143,12 +211,8 @@ impl Agent {
                         network.reset();
                     }
                     match end {
-                        SessionEnd::Shutdown => {
-                            tracing::info!("said goodbye to the control plane; exiting");
-                            return Exit::Clean;
-                        }
                         SessionEnd::Drained(reason) => {
-                            tracing::info!(reason = %reason, "drained; exiting so the orchestrator starts a replacement");
+                            tracing::info!(reason = %reason, "drained and said goodbye to the control plane; exiting");
                             return Exit::Clean;
                         }
                         SessionEnd::Closed {
@@ -165,32 +229,24 @@ impl Agent {
                                 || code == close_code::TOKEN_EXPIRED =>
                         {
                             tracing::warn!(code, "the control plane ended the session: {reason}; re-reading {source}");
-                            if wait(network.next().min(Duration::from_secs(1)), &mut shutdown).await
-                            {
-                                return Exit::Clean;
-                            }
+                            self.wait(network.next().min(Duration::from_secs(1)), &mut shutdown)
+                                .await;
                         }
                         SessionEnd::Unauthorized => {
                             tracing::warn!(
                                 "the control plane refused the access token; getting a new one"
                             );
-                            if wait(network.next(), &mut shutdown).await {
-                                return Exit::Clean;
-                            }
+                            self.wait(network.next(), &mut shutdown).await;
                         }
                         SessionEnd::Closed { code, reason } => {
                             let delay = network.next();
                             tracing::warn!(code, "the control plane closed the session: {reason}; reconnecting in {:.1} s", delay.as_secs_f64());
-                            if wait(delay, &mut shutdown).await {
-                                return Exit::Clean;
-                            }
+                            self.wait(delay, &mut shutdown).await;
                         }
                         SessionEnd::Lost(why) => {
                             let delay = network.next();
                             tracing::warn!("{why}; reconnecting in {:.1} s", delay.as_secs_f64());
-                            if wait(delay, &mut shutdown).await {
-                                return Exit::Clean;
-                            }
+                            self.wait(delay, &mut shutdown).await;
                         }
                     }
                 }
@@ -214,12 +270,8 @@ impl Agent {
                     } else {
                         tracing::debug!(attempts = *attempts, "client credentials still refused");
                     }
-                    if self
-                        .wait_for_new_secret(delay, &secret, &mut shutdown)
-                        .await
-                    {
-                        return Exit::Clean;
-                    }
+                    self.wait_for_new_secret(delay, &secret, &mut shutdown)
+                        .await;
                 }
                 Err(AuthError::Transient(e)) => {
                     let delay = network.next();
@@ -227,15 +279,13 @@ impl Agent {
                         "cannot get an access token: {e}; retrying in {:.1} s",
                         delay.as_secs_f64()
                     );
-                    if wait(delay, &mut shutdown).await {
-                        return Exit::Clean;
-                    }
+                    self.wait(delay, &mut shutdown).await;
                 }
             }
         }
     }
 
-    /// Waits `delay`, returning early when a file-based secret changes. True if shutting down.
+    /// Waits `delay`, returning early when a file-based secret changes. True if ready to exit.
     async fn wait_for_new_secret(
         &self,
         delay: Duration,
@@ -243,14 +293,14 @@ impl Agent {
         shutdown: &mut watch::Receiver<bool>,
     ) -> bool {
         if !matches!(self.secrets, SecretSource::File(_)) {
-            return wait(delay, shutdown).await;
+            return self.wait(delay, shutdown).await;
         }
         let deadline = Instant::now() + delay;
         while Instant::now() < deadline {
             let step = deadline
                 .saturating_duration_since(Instant::now())
                 .min(Duration::from_millis(500));
-            if wait(step, shutdown).await {
+            if self.wait(step, shutdown).await {
                 return true;
             }
             if self.secrets.read().await.is_ok_and(|s| s != *current) {
@@ -261,12 +311,28 @@ impl Agent {
     }
 }
 
-/// Sleeps `delay` unless shutdown is requested first (then returns true).
-async fn wait(delay: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
-    tokio::select! {
-        () = tokio::time::sleep(delay) => false,
-        () = crate::stopped(shutdown) => true,
+impl Agent {
+    /// Sleeps `delay`, or less if the agent is draining and no task runs any more (then true).
+    async fn wait(&self, delay: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
+        tokio::select! {
+            () = tokio::time::sleep(delay) => false,
+            () = self.ready_to_exit(shutdown) => true,
+        }
     }
+
+    async fn ready_to_exit(&self, shutdown: &mut watch::Receiver<bool>) {
+        let mut draining = self.draining.subscribe();
+        tokio::select! {
+            () = crate::stopped(shutdown) => {}
+            _ = draining.wait_for(Option::is_some) => {}
+        }
+        self.executor.wait_idle().await;
+    }
+}
+
+/// SIGTERM/SIGINT arrived, or whoever could send it is gone.
+pub(crate) fn shutdown_requested(shutdown: &watch::Receiver<bool>) -> bool {
+    *shutdown.borrow() || shutdown.has_changed().is_err()
 }
 
 #[cfg(test)]

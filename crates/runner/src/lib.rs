@@ -1,13 +1,20 @@
 //! The tether runner agent: connects outbound to the control plane with OAuth client credentials,
-//! keeps a WebSocket session with heartbeats, and reconnects by itself. `tether runner` calls [`run`].
+//! keeps a WebSocket session with heartbeats, reconnects by itself, runs the tasks it is assigned
+//! and spools their updates until acknowledged. `tether runner` calls [`run`].
 
 pub mod agent;
 pub mod auth;
 pub mod config;
+pub mod executor;
 pub mod metrics;
+pub mod outbox;
 pub mod secret;
 pub mod session;
+pub mod spool;
 pub mod transport;
+
+#[cfg(test)]
+mod flow_tests;
 
 use std::sync::Arc;
 
@@ -16,7 +23,8 @@ pub use config::{RunnerArgs, RunnerConfig};
 use tokio::sync::watch;
 
 /// `tether runner`: validates the environment (exit 2 on a misconfiguration, before any network
-/// call), runs until SIGTERM/SIGINT or a drain (exit 0), or until the runner is deleted (exit 1).
+/// call), runs until SIGTERM/SIGINT or a drain has let running tasks finish (exit 0), or until
+/// the runner is deleted (exit 1).
 pub async fn run(args: RunnerArgs) -> i32 {
     let config = match args.validate() {
         Ok(c) => c,
@@ -28,7 +36,7 @@ pub async fn run(args: RunnerArgs) -> i32 {
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;
-        tracing::info!("shutdown signal received; saying goodbye");
+        tracing::info!("shutdown signal received; finishing running tasks before exiting");
         let _ = stop_tx.send(true);
     });
     match run_until(config, stop_rx).await {

@@ -19,6 +19,10 @@ impl RunnerMetrics {
         self.connected.store(connected, Ordering::Relaxed);
     }
 
+    pub fn set_active_tasks(&self, n: u32) {
+        self.active_tasks.store(n, Ordering::Relaxed);
+    }
+
     pub fn active_tasks(&self) -> u32 {
         self.active_tasks.load(Ordering::Relaxed)
     }

@@ -1,27 +1,28 @@
 //! One WebSocket session with the control plane: `hello`, heartbeats, access-token renewal via
-//! `reauth`, and the server's `drain`. Returns how the session ended; the agent decides what next.
+//! `reauth`, task assignments, cancels and acks, delivery of task updates (spooled backlog first,
+//! then live), and draining. Returns how the session ended; the agent decides what next.
 
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
 use tether_protocol::session::{
-    close_code, RunnerMessage, ServerMessage, CONNECT_PATH, PROTOCOL_VERSION,
+    close_code, RunnerMessage, ServerMessage, TaskUpdate, CONNECT_PATH, PROTOCOL_VERSION,
 };
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::Connector;
 
-use crate::agent::Agent;
+use crate::agent::{self, Agent};
 use crate::auth::{self, AccessToken};
+use crate::executor::Admission;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum SessionEnd {
-    /// We were asked to stop (signal); goodbye was sent.
-    Shutdown,
-    /// The control plane asked this instance to drain (restart); goodbye was sent.
+    /// Draining finished (shutdown signal or the server's `drain`): every task ended, every
+    /// update was acked, goodbye was sent.
     Drained(String),
     /// The control plane closed the session with a code.
     Closed { code: u16, reason: String },
@@ -33,7 +34,7 @@ pub enum SessionEnd {
 
 pub async fn run(
     agent: &Agent,
-    mut token: AccessToken,
+    token: AccessToken,
     shutdown: &mut watch::Receiver<bool>,
 ) -> SessionEnd {
     let mut ws = match connect(agent, &token.token).await {
@@ -75,63 +76,171 @@ pub async fn run(
         Err(_) => return SessionEnd::Lost("no welcome within 10 s".into()),
     };
     agent.metrics.set_connected(true);
+    let (backlog, live) = agent.outbox.attach();
+    let end = serve(agent, &mut ws, token, heartbeat, shutdown, backlog, live).await;
+    agent.outbox.detach();
+    agent.metrics.set_connected(false);
+    end
+}
+
+/// The session after `welcome`.
+async fn serve(
+    agent: &Agent,
+    ws: &mut Ws,
+    mut token: AccessToken,
+    heartbeat: Duration,
+    shutdown: &mut watch::Receiver<bool>,
+    backlog: Vec<TaskUpdate>,
+    mut live: mpsc::UnboundedReceiver<TaskUpdate>,
+) -> SessionEnd {
+    if agent::shutdown_requested(shutdown) {
+        agent.begin_drain(agent::SHUTDOWN_REASON);
+    }
+    let mut draining = agent.drain_reason();
+    if let Some(reason) = &draining {
+        // A new session must hear it too: the control plane forgets it with the old one.
+        let msg = RunnerMessage::Draining {
+            reason: reason.clone(),
+        };
+        if let Err(e) = send(ws, &msg).await {
+            return SessionEnd::Lost(format!("sending draining: {e}"));
+        }
+    }
+    if !backlog.is_empty() {
+        tracing::info!(
+            updates = backlog.len(),
+            "sending task updates the control plane has not acknowledged yet"
+        );
+    }
+    for update in backlog {
+        if let Err(e) = send(ws, &RunnerMessage::TaskUpdate(update)).await {
+            return SessionEnd::Lost(format!("sending a task update: {e}"));
+        }
+    }
+    let mut running = agent.executor.watch_running();
     let mut ticker = tokio::time::interval(heartbeat);
     ticker.tick().await;
-    let end = loop {
+    loop {
+        if let Some(reason) = &draining {
+            if agent.executor.running() == 0 && agent.outbox.is_empty() {
+                tracing::info!(reason = %reason, "every task finished and every update was acknowledged; saying goodbye");
+                let _ = goodbye(ws, reason).await;
+                return SessionEnd::Drained(reason.clone());
+            }
+        }
         let renew_in = token.renew_at.saturating_duration_since(Instant::now());
-        tokio::select! {
+        let sent = tokio::select! {
             incoming = ws.next() => match incoming {
                 Some(Ok(Message::Text(text))) => match serde_json::from_str::<ServerMessage>(&text) {
-                    Ok(ServerMessage::Drain { reason }) => {
-                        tracing::info!(reason = %reason, "the control plane asked this instance to drain; finishing and exiting");
-                        let _ = goodbye(&mut ws, &reason).await;
-                        break SessionEnd::Drained(reason);
+                    Ok(msg) => on_message(agent, ws, msg, &mut draining).await,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "ignoring a message this runner does not understand");
+                        Ok(())
                     }
-                    Ok(ServerMessage::Reauthenticated { generation, .. }) => {
-                        tracing::debug!(generation, "session re-authenticated");
-                    }
-                    Ok(ServerMessage::Error { code, message }) => {
-                        tracing::warn!(code = %code, "control plane reported an error: {message}");
-                    }
-                    Ok(ServerMessage::Welcome { .. }) => {}
-                    Err(e) => tracing::warn!(error = %e, "ignoring a message this runner does not understand"),
                 },
-                Some(Ok(Message::Close(frame))) => break closed(frame),
-                Some(Ok(_)) => {}
-                Some(Err(e)) => break SessionEnd::Lost(format!("connection lost: {e}")),
-                None => break SessionEnd::Lost("connection closed".into()),
+                Some(Ok(Message::Close(frame))) => return closed(frame),
+                Some(Ok(_)) => Ok(()),
+                Some(Err(e)) => return SessionEnd::Lost(format!("connection lost: {e}")),
+                None => return SessionEnd::Lost("connection closed".into()),
             },
+            Some(update) = live.recv() => send(ws, &RunnerMessage::TaskUpdate(update)).await,
+            // A task ended: the drain check at the top of the loop may pass now.
+            Ok(()) = running.changed() => Ok(()),
             _ = ticker.tick() => {
                 let beat = RunnerMessage::Heartbeat { running_tasks: agent.metrics.active_tasks() };
-                if let Err(e) = send(&mut ws, &beat).await {
-                    break SessionEnd::Lost(format!("sending heartbeat: {e}"));
+                let sent = send(ws, &beat).await;
+                if sent.is_ok() {
+                    agent.metrics.heartbeat_sent();
                 }
-                agent.metrics.heartbeat_sent();
+                sent
             }
             _ = tokio::time::sleep(renew_in) => {
                 match renew(agent).await {
                     Ok(fresh) => {
                         let reauth = RunnerMessage::Reauth { access_token: fresh.token.clone() };
                         token = fresh;
-                        if let Err(e) = send(&mut ws, &reauth).await {
-                            break SessionEnd::Lost(format!("sending reauth: {e}"));
-                        }
+                        send(ws, &reauth).await
                     }
                     Err(e) => {
                         // Keep the session; try again shortly. The server closes it if the token expires.
                         tracing::warn!(error = %e, "renewing the access token failed; retrying in 30 s");
                         token.renew_at = Instant::now() + Duration::from_secs(30);
+                        Ok(())
                     }
                 }
             }
-            () = crate::stopped(shutdown) => {
-                let _ = goodbye(&mut ws, "the runner process is shutting down").await;
-                break SessionEnd::Shutdown;
+            () = crate::stopped(shutdown), if draining.is_none() => {
+                start_draining(agent, ws, agent::SHUTDOWN_REASON, &mut draining).await
+            }
+        };
+        if let Err(e) = sent {
+            return SessionEnd::Lost(format!("connection lost while sending: {e}"));
+        }
+    }
+}
+
+/// Acts on one message from the control plane; an error means the session is gone.
+async fn on_message(
+    agent: &Agent,
+    ws: &mut Ws,
+    msg: ServerMessage,
+    draining: &mut Option<String>,
+) -> Result<(), WsError> {
+    match msg {
+        ServerMessage::Assign { task } => {
+            let task_id = task.task_id.clone();
+            // A re-sent assignment for a task this instance has is ignored even while draining:
+            // a reject would make the control plane queue it a second time.
+            let refusal = match draining {
+                Some(reason) if !agent.executor.knows(&task_id) => {
+                    Some(format!("this instance is draining: {reason}"))
+                }
+                Some(_) => None,
+                None => match agent.executor.start(task) {
+                    Admission::Started | Admission::AlreadyKnown => None,
+                    Admission::Rejected(reason) => Some(reason),
+                },
+            };
+            if let Some(reason) = refusal {
+                tracing::info!(task.id = %task_id, "refusing an assignment: {reason}");
+                send(ws, &RunnerMessage::Reject { task_id, reason }).await?;
             }
         }
-    };
-    agent.metrics.set_connected(false);
-    end
+        ServerMessage::Cancel { task_id } => {
+            if !agent.executor.cancel(&task_id) {
+                tracing::debug!(task.id = %task_id, "ignoring a cancel for a task this instance does not run");
+            }
+        }
+        ServerMessage::Ack { task_id, seq } => agent.outbox.ack(&task_id, seq),
+        ServerMessage::Drain { reason } => {
+            if draining.is_none() {
+                tracing::info!(reason = %reason, "the control plane asked this instance to drain");
+                start_draining(agent, ws, &reason, draining).await?;
+            }
+        }
+        ServerMessage::Reauthenticated { generation, .. } => {
+            tracing::debug!(generation, "session re-authenticated");
+        }
+        ServerMessage::Error { code, message } => {
+            tracing::warn!(code = %code, "control plane reported an error: {message}");
+        }
+        ServerMessage::Welcome { .. } => {}
+    }
+    Ok(())
+}
+
+/// Stops taking work and tells the control plane so.
+async fn start_draining(
+    agent: &Agent,
+    ws: &mut Ws,
+    reason: &str,
+    draining: &mut Option<String>,
+) -> Result<(), WsError> {
+    agent.begin_drain(reason);
+    // The first reason wins: a drain that started earlier keeps its own.
+    let reason = agent.drain_reason().unwrap_or_else(|| reason.to_owned());
+    *draining = Some(reason.clone());
+    send(ws, &RunnerMessage::Draining { reason }).await
 }
 
 type Ws =

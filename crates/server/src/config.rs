@@ -76,6 +76,11 @@ pub struct ServerArgs {
     #[arg(long, env = "TETHER_FLUSH_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub flush_seconds: u64,
 
+    /// How long a task may stay assigned to an instance that has disconnected before it is marked
+    /// `lost` (its run fails as lost).
+    #[arg(long, env = "TETHER_LOST_AFTER_SECONDS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=604800))]
+    pub lost_after_seconds: u64,
+
     /// Log format on stderr.
     #[arg(long, env = "TETHER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -94,6 +99,7 @@ pub struct ServerConfig {
     pub access_token_ttl: Duration,
     pub reveal_window: Duration,
     pub flush_interval: Duration,
+    pub lost_after: Duration,
 }
 
 impl ServerConfig {
@@ -110,6 +116,7 @@ impl ServerConfig {
             access_token_ttl: Duration::from_secs(600),
             reveal_window: Duration::from_secs(900),
             flush_interval: Duration::from_secs(10),
+            lost_after: Duration::from_secs(600),
         }
     }
 }
@@ -147,6 +154,7 @@ impl ServerArgs {
             access_token_ttl: Duration::from_secs(self.access_token_ttl_seconds),
             reveal_window: Duration::from_secs(self.reveal_window_seconds),
             flush_interval: Duration::from_secs(self.flush_seconds),
+            lost_after: Duration::from_secs(self.lost_after_seconds),
         })
     }
 }

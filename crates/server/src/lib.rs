@@ -47,6 +47,7 @@ pub struct RunningServer {
     background: JoinHandle<()>,
     sweeper: JoinHandle<()>,
     persister: JoinHandle<()>,
+    dispatcher: JoinHandle<()>,
 }
 
 /// Opens the database, loads or creates key material, binds the listener and starts serving.
@@ -94,6 +95,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         );
     }
     let (persist_tx, persist_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (dispatch, dispatch_rx) = services::runs::Dispatcher::new();
     let state = AppState::new(Inner {
         config,
         store,
@@ -105,8 +107,11 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         metrics: Default::default(),
         link: runner_link::RunnerLink::new(persist_tx),
         public_url: public_url.clone(),
+        dispatch,
+        started_at: now,
     });
     let persister = tokio::spawn(persist_statuses(state.store.clone(), persist_rx));
+    let dispatcher = tokio::spawn(services::runs::dispatch_loop(state.clone(), dispatch_rx));
     state.revoked.load(
         state
             .store
@@ -140,10 +145,12 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         background,
         sweeper,
         persister,
+        dispatcher,
     })
 }
 
-/// Periodic housekeeping: flush usage aggregates and forget expired token revocations.
+/// Periodic housekeeping: flush usage aggregates, forget expired token revocations, resume timed
+/// pauses, mark tasks of vanished instances lost.
 async fn background_loop(state: AppState, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(state.config.flush_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -166,6 +173,9 @@ async fn background_loop(state: AppState, mut stop: watch::Receiver<bool>) {
                 error = format!("{e:#}"),
                 "resuming runners whose pause ended failed"
             );
+        }
+        if let Err(e) = services::runs::sweep_lost(&state).await {
+            tracing::error!(error = format!("{e:#}"), "checking for lost tasks failed");
         }
     }
 }
@@ -221,6 +231,7 @@ impl RunningServer {
         let _ = self.background.await;
         let _ = self.sweeper.await;
         self.persister.abort();
+        self.dispatcher.abort();
         self.state
             .usage
             .flush(self.state.store.as_ref(), &self.state.clients)

@@ -38,6 +38,7 @@ pub struct Metrics {
     pub latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
     pub tokens_issued: Counter,
     pub tokens_refused: Family<ReasonLabels, Counter>,
+    pub tasks_assigned: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -55,6 +56,7 @@ impl Default for Metrics {
         );
         let tokens_issued = Counter::default();
         let tokens_refused = Family::<ReasonLabels, Counter>::default();
+        let tasks_assigned = Counter::default();
         registry.register(
             "http_requests",
             "HTTP requests by method, route and status",
@@ -75,12 +77,18 @@ impl Default for Metrics {
             "Token requests refused at /oauth/token, by reason",
             tokens_refused.clone(),
         );
+        registry.register(
+            "tasks_assigned",
+            "Pipeline tasks handed to runner instances",
+            tasks_assigned.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             requests,
             latency,
             tokens_issued,
             tokens_refused,
+            tasks_assigned,
         }
     }
 }

@@ -11,6 +11,7 @@ use crate::metrics::Metrics;
 use crate::runner_link::RunnerLink;
 use crate::services::clients::ClientCache;
 use crate::services::oauth::RevokedTokens;
+use crate::services::runs::Dispatcher;
 use crate::services::usage::UsageTracker;
 
 #[derive(Clone, Debug)]
@@ -28,6 +29,9 @@ pub struct Inner {
     pub link: RunnerLink,
     pub metrics: Metrics,
     pub public_url: String,
+    pub dispatch: Dispatcher,
+    /// When this process started: tasks of instances it never saw count as gone since then.
+    pub started_at: time::OffsetDateTime,
 }
 
 impl AppState {

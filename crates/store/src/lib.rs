@@ -9,7 +9,10 @@ mod records;
 pub mod sqlite;
 
 use async_trait::async_trait;
-use tether_domain::{ClientId, Generation, RunnerId, RunnerName, Username, Verifier};
+use tether_domain::{
+    ClientId, Generation, PipelineName, RunId, RunState, RunnerId, RunnerName, TaskId, Username,
+    Verifier,
+};
 
 pub use error::StoreError;
 pub use records::*;
@@ -100,9 +103,65 @@ pub trait AuditStore: Send + Sync {
     async fn list_audit(&self, filter: AuditFilter) -> StoreResult<Vec<AuditRecord>>;
 }
 
+/// Pipelines and their runs. A run's tasks go `queued` → `running` (claimed by one instance) → a
+/// final state; a run ends when a task fails, is cancelled or lost, or the last one succeeds.
+#[async_trait]
+pub trait PipelineStore: Send + Sync {
+    /// Creates or replaces a pipeline (keeping its creation time).
+    async fn put_pipeline(
+        &self,
+        pipeline: PipelineRecord,
+        audit: NewAuditEvent,
+    ) -> StoreResult<PipelineRecord>;
+    /// All pipelines by name.
+    async fn list_pipelines(&self) -> StoreResult<Vec<PipelineRecord>>;
+    async fn pipeline_by_name(&self, name: &PipelineName) -> StoreResult<Option<PipelineRecord>>;
+    /// False if it did not exist. Runs keep their own copy of the tasks.
+    async fn delete_pipeline(&self, name: &PipelineName, audit: NewAuditEvent)
+        -> StoreResult<bool>;
+
+    async fn create_run(&self, run: NewRun, audit: NewAuditEvent) -> StoreResult<RunRecord>;
+    async fn run_by_id(&self, id: RunId) -> StoreResult<Option<RunRecord>>;
+    /// Newest first.
+    async fn list_runs(&self, filter: RunFilter) -> StoreResult<Vec<RunRecord>>;
+    /// The run's log from byte `offset` on (empty past the end).
+    async fn run_log(&self, id: RunId, offset: u64) -> StoreResult<String>;
+
+    /// Tasks ready to start on a runner, oldest run first.
+    async fn ready_tasks(&self, runner_id: RunnerId, limit: u32) -> StoreResult<Vec<ReadyTask>>;
+    /// What to send an instance to run a task (to assign it again after a reconnect).
+    async fn task_assignment(&self, task: TaskId) -> StoreResult<Option<ReadyTask>>;
+    /// Tasks assigned and not finished, of one runner or of all.
+    async fn assigned_tasks(&self, runner_id: Option<RunnerId>) -> StoreResult<Vec<AssignedTask>>;
+    /// Assigns a queued task to an instance. False if it is no longer queued (someone else took it,
+    /// or the run was cancelled).
+    async fn claim_task(&self, task: TaskId, instance_id: &str, at_ms: i64) -> StoreResult<bool>;
+    /// Puts a task the instance refused back in the queue, if it has not started.
+    async fn requeue_task(&self, task: TaskId, instance_id: &str) -> StoreResult<bool>;
+    /// Applies one update from a runner, idempotently by `seq`.
+    async fn apply_task_update(
+        &self,
+        runner_id: RunnerId,
+        update: TaskProgress,
+    ) -> StoreResult<UpdateOutcome>;
+    /// Ends an unfinished task (and its run) without the runner: `Lost`, or `Cancelled` when the
+    /// instance is gone. Returns the run if the task was unfinished.
+    async fn end_task(
+        &self,
+        task: TaskId,
+        state: RunState,
+        reason: &str,
+        at_ms: i64,
+    ) -> StoreResult<Option<RunRecord>>;
+    /// Cancels a run: queued tasks at once; running ones are returned to be killed.
+    async fn cancel_run(&self, id: RunId, audit: NewAuditEvent) -> StoreResult<CancelOutcome>;
+}
+
 /// Everything the control plane needs from its database.
 #[async_trait]
-pub trait Store: RunnerStore + CredentialStore + UserStore + AuditStore + std::fmt::Debug {
+pub trait Store:
+    RunnerStore + CredentialStore + UserStore + AuditStore + PipelineStore + std::fmt::Debug
+{
     /// Cheap round trip for readiness checks.
     async fn ping(&self) -> StoreResult<()>;
 }

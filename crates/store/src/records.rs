@@ -1,8 +1,8 @@
 //! Rows as the store hands them out and takes them in. Not wire types: the server maps them.
 
 use tether_domain::{
-    ClientId, CredentialState, Description, Generation, Platform, Role, RunnerId, RunnerName,
-    RunnerStatus, UserId, Username, Verifier,
+    ClientId, CredentialState, Description, Generation, PipelineName, Platform, Role, RunId,
+    RunState, RunnerId, RunnerName, RunnerStatus, TaskId, TaskSpec, UserId, Username, Verifier,
 };
 use time::OffsetDateTime;
 
@@ -138,4 +138,122 @@ pub fn to_ms(t: OffsetDateTime) -> i64 {
 pub fn from_ms(ms: i64) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+#[derive(Debug, Clone)]
+pub struct PipelineRecord {
+    pub name: PipelineName,
+    pub tasks: Vec<TaskSpec>,
+    pub created_at: OffsetDateTime,
+    pub updated_at: OffsetDateTime,
+    pub updated_by: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    pub id: RunId,
+    pub pipeline: PipelineName,
+    pub runner_id: RunnerId,
+    pub runner_name: RunnerName,
+    /// In execution order, each with the id the runner will see.
+    pub tasks: Vec<(TaskId, TaskSpec)>,
+    pub created_at: OffsetDateTime,
+    pub created_by: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunRecord {
+    pub id: RunId,
+    pub pipeline: String,
+    pub runner_id: RunnerId,
+    pub runner_name: String,
+    pub state: RunState,
+    pub reason: Option<String>,
+    pub created_at: OffsetDateTime,
+    pub created_by: String,
+    pub started_at: Option<OffsetDateTime>,
+    pub finished_at: Option<OffsetDateTime>,
+    pub cancel_requested_by: Option<String>,
+    pub tasks: Vec<RunTaskRecord>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunTaskRecord {
+    pub id: TaskId,
+    pub name: String,
+    pub state: RunState,
+    pub exit_code: Option<i32>,
+    pub reason: Option<String>,
+    pub instance_id: Option<String>,
+    pub started_at: Option<OffsetDateTime>,
+    pub finished_at: Option<OffsetDateTime>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    pub runner_id: Option<RunnerId>,
+    pub state: Option<RunState>,
+    /// Only runs with an id below this (paging, newest first).
+    pub before: Option<RunId>,
+    pub limit: u32,
+}
+
+/// A task whose turn has come: the first queued task of an active run with nothing running.
+#[derive(Debug, Clone)]
+pub struct ReadyTask {
+    pub task_id: TaskId,
+    pub run_id: RunId,
+    pub pipeline: String,
+    pub spec: TaskSpec,
+}
+
+/// A task assigned to an instance and not finished.
+#[derive(Debug, Clone)]
+pub struct AssignedTask {
+    pub task_id: TaskId,
+    pub run_id: RunId,
+    pub runner_id: RunnerId,
+    pub instance_id: String,
+    pub assigned_at: OffsetDateTime,
+    /// Updates applied so far; 0 means the runner has not confirmed the start.
+    pub last_seq: u64,
+}
+
+/// One update of a task as the runner reported it.
+#[derive(Debug, Clone)]
+pub struct TaskProgress {
+    pub task_id: TaskId,
+    pub seq: u64,
+    /// `Running`, or the final state reached.
+    pub state: RunState,
+    pub log_chunk: Option<String>,
+    pub exit_code: Option<i32>,
+    pub reason: Option<String>,
+    pub at: OffsetDateTime,
+}
+
+/// What applying an update did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpdateOutcome {
+    /// No such task on this runner: acknowledged and dropped.
+    UnknownTask,
+    /// Already applied (a replay): acknowledged, nothing changed.
+    Duplicate,
+    /// The task had already ended (lost, cancelled); the update is dropped.
+    AlreadyFinished(RunState),
+    Applied {
+        /// The task reached a final state with this update.
+        task_final: bool,
+        /// The run reached this final state with this update.
+        run_final: Option<RunState>,
+    },
+}
+
+/// What a cancel request changed.
+#[derive(Debug, Clone)]
+pub enum CancelOutcome {
+    /// The run had already ended in this state.
+    AlreadyFinished(RunState),
+    /// Cancelled at once (nothing was running), or waiting for these running tasks to be killed.
+    Requested { running: Vec<AssignedTask> },
 }

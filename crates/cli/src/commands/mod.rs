@@ -2,7 +2,9 @@
 
 pub mod audit;
 pub mod login;
+pub mod pipelines;
 pub mod runners;
+pub mod runs;
 pub mod server;
 pub mod users;
 
@@ -20,6 +22,8 @@ pub async fn dispatch(global: &Global, command: Command) -> anyhow::Result<()> {
         Command::Runners(c) => runners::run(&client(global)?, global.output, c).await,
         Command::Users(c) => users::run(&client(global)?, global.output, c).await,
         Command::Tokens(c) => users::tokens(&client(global)?, global.output, c).await,
+        Command::Pipelines(c) => pipelines::run(&client(global)?, global.output, c).await,
+        Command::Runs(c) => runs::run(&client(global)?, global.output, c).await,
         Command::Audit(c) => audit::run(&client(global)?, global.output, c).await,
         Command::Server(_) | Command::Runner(_) => bail!("not an admin command"),
     }

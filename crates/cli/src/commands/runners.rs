@@ -141,6 +141,25 @@ pub async fn run(client: &Client, out: Output, command: RunnersCommand) -> anyho
             println!("Deleted runner '{runner}'. Its credentials no longer work and its instances were disconnected.");
             Ok(())
         }
+        RunnersCommand::Runs {
+            runner,
+            state,
+            limit,
+        } => {
+            let list = client.runner_runs(&runner, state.as_deref(), limit).await?;
+            if out == Output::Json {
+                return output::json(&list);
+            }
+            if list.runs.is_empty() {
+                match state {
+                    Some(s) => println!("Runner '{runner}' has no {s} runs."),
+                    None => println!("Runner '{runner}' has no runs yet. Start one with `tether pipelines run PIPELINE --runner {runner}`."),
+                }
+                return Ok(());
+            }
+            super::runs::list(&list.runs);
+            Ok(())
+        }
     }
 }
 

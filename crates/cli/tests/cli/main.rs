@@ -2,5 +2,7 @@
 //! server and runner as real processes (status transitions, signals, restarts).
 
 mod admin;
+mod pipelines;
 mod procs;
 mod runner;
+mod runs;

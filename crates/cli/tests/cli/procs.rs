@@ -55,6 +55,7 @@ impl ServerProc {
             .env("TETHER_BOOTSTRAP_TOKEN", ADMIN_TOKEN)
             .env("TETHER_HEARTBEAT_SECONDS", "1")
             .env("TETHER_FLUSH_SECONDS", "1")
+            .env("TETHER_LOST_AFTER_SECONDS", "8")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
@@ -82,8 +83,19 @@ impl ServerProc {
 
     /// `kill -9`s the server and starts a new one on the same address and data directory.
     pub fn kill_and_restart(&mut self) {
+        self.kill_and_restart_after(Duration::ZERO);
+    }
+
+    /// Like [`Self::kill_and_restart`], with the control plane down for `down` in between.
+    pub fn kill_and_restart_after(&mut self, down: Duration) {
         self.signal("KILL");
         self.wait_exit(Duration::from_secs(5));
+        std::thread::sleep(down);
+        self.start_again();
+    }
+
+    /// Starts a new server on the same address and data directory (the old one has exited).
+    pub fn start_again(&mut self) {
         let mut next = Self::start_at(&self.data_dir, &self.addr);
         next._dir = self._dir.take();
         *self = next;

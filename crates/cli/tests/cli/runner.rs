@@ -6,20 +6,20 @@ use serde_json::Value;
 
 use crate::procs::{stderr, tether, RunnerProc, ServerProc};
 
-struct Setup {
-    server: ServerProc,
-    client_id: String,
-    secret: String,
-    dir: tempfile::TempDir,
+pub(crate) struct Setup {
+    pub server: ServerProc,
+    pub client_id: String,
+    pub secret: String,
+    pub dir: tempfile::TempDir,
 }
 
-fn admin(server: &ServerProc, args: &[&str]) -> std::process::Output {
+pub(crate) fn admin(server: &ServerProc, args: &[&str]) -> std::process::Output {
     let env = server.env();
     let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     tether(args, &pairs)
 }
 
-fn setup(name: &str) -> Setup {
+pub(crate) fn setup(name: &str) -> Setup {
     let server = ServerProc::start();
     let o = admin(
         &server,
@@ -50,7 +50,7 @@ fn setup(name: &str) -> Setup {
 }
 
 impl Setup {
-    fn runner_env(&self) -> Vec<(&'static str, String)> {
+    pub fn runner_env(&self) -> Vec<(&'static str, String)> {
         vec![
             ("TETHER_URL", self.server.url.clone()),
             ("OAUTH_CLIENT_ID", self.client_id.clone()),
@@ -62,19 +62,19 @@ impl Setup {
         ]
     }
 
-    fn start_runner(&self, label: &str) -> RunnerProc {
+    pub fn start_runner(&self, label: &str) -> RunnerProc {
         RunnerProc::start(
             &self.runner_env(),
             self.dir.path().join(format!("{label}.log")),
         )
     }
 
-    fn show(&self, name: &str) -> Value {
+    pub fn show(&self, name: &str) -> Value {
         let o = admin(&self.server, &["runners", "show", name, "--output", "json"]);
         serde_json::from_slice(&o.stdout).unwrap_or(Value::Null)
     }
 
-    fn wait_for(
+    pub fn wait_for(
         &self,
         name: &str,
         what: &str,
@@ -93,7 +93,7 @@ impl Setup {
     }
 }
 
-fn status(s: &'static str) -> impl Fn(&Value) -> bool {
+pub(crate) fn status(s: &'static str) -> impl Fn(&Value) -> bool {
     move |r| r["status"] == s
 }
 

@@ -106,7 +106,12 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                 let inner = err.into_inner();
                 if inner.is_data() {
                     let msg = inner.to_string();
-                    let field = missing_field(&msg).unwrap_or(path);
+                    // A missing field is reported at its parent's path; name the field itself.
+                    let field = match missing_field(&msg) {
+                        Some(f) if path == "." => f,
+                        Some(f) => format!("{path}.{f}"),
+                        None => path,
+                    };
                     let field = if field == "." {
                         "body".to_owned()
                     } else {

@@ -54,6 +54,9 @@ struct LiveRunner {
     since: OffsetDateTime,
     last_seen_at: Option<OffsetDateTime>,
     runner_version: Option<String>,
+    /// When each instance's last session ended (cleared when it reconnects): how long its tasks
+    /// have been without an instance.
+    departed: HashMap<String, OffsetDateTime>,
 }
 
 impl LiveRunner {
@@ -69,6 +72,7 @@ impl LiveRunner {
             since: r.status.since,
             last_seen_at: r.status.last_seen_at,
             runner_version: r.status.runner_version.clone(),
+            departed: HashMap::new(),
         }
     }
 
@@ -126,6 +130,23 @@ pub struct Hello {
 
 /// A status change to write to the store.
 pub type StatusChange = (RunnerId, PersistedStatus);
+
+/// An instance that may be given new tasks.
+#[derive(Debug, Clone)]
+pub struct DispatchTarget {
+    pub instance_id: String,
+    pub capacity: u32,
+}
+
+/// Whether an instance is connected, as far as this process knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presence {
+    Live,
+    /// Its last session ended then.
+    GoneSince(OffsetDateTime),
+    /// Not seen since this process started.
+    Unknown,
+}
 
 #[derive(Debug)]
 pub struct RunnerLink {
@@ -188,6 +209,7 @@ impl RunnerLink {
                 draining: false,
                 tx,
             };
+            live.departed.remove(&hello.instance_id);
             if let Some(old) = live.sessions.insert(hello.instance_id, session) {
                 let _ = old.tx.send(Outbound::Close {
                     code: tether_protocol::session::close_code::SUPERSEDED,
@@ -249,6 +271,7 @@ impl RunnerLink {
                 return;
             };
             live.sessions.remove(&instance);
+            live.departed.insert(instance.clone(), now);
             live.last_seen_at = Some(now);
             live.last_disconnect = Some(match how {
                 Disconnect::Lost { reason } => Disconnect::Lost {
@@ -273,6 +296,66 @@ impl RunnerLink {
             live.refresh(now)
         };
         self.publish(runner.id, change);
+    }
+
+    /// The instance said it is draining (SIGTERM): no new work for it.
+    pub fn draining(&self, id: RunnerId, session_id: u64) {
+        self.with_session(id, session_id, |s| s.draining = true);
+    }
+
+    /// Instances that may take new tasks: connected, not draining, and the runner not paused.
+    pub fn dispatch_targets(&self, id: RunnerId) -> Vec<DispatchTarget> {
+        let map = self.lock();
+        let Some(live) = map.get(&id).filter(|l| l.paused_by.is_none()) else {
+            return Vec::new();
+        };
+        live.sessions
+            .values()
+            .filter(|s| !s.draining)
+            .map(|s| DispatchTarget {
+                instance_id: s.instance_id.clone(),
+                capacity: s.capacity,
+            })
+            .collect()
+    }
+
+    /// Sends a message to an instance's live session. False if it has none.
+    pub fn send_to_instance(&self, id: RunnerId, instance_id: &str, msg: ServerMessage) -> bool {
+        self.lock()
+            .get(&id)
+            .and_then(|l| l.sessions.get(instance_id))
+            .is_some_and(|s| s.tx.send(Outbound::Send(msg)).is_ok())
+    }
+
+    pub fn presence(&self, id: RunnerId, instance_id: &str) -> Presence {
+        let map = self.lock();
+        let Some(live) = map.get(&id) else {
+            return Presence::Unknown;
+        };
+        if live.sessions.contains_key(instance_id) {
+            Presence::Live
+        } else {
+            live.departed
+                .get(instance_id)
+                .map_or(Presence::Unknown, |at| Presence::GoneSince(*at))
+        }
+    }
+
+    /// Runners with at least one live session.
+    pub fn connected_runners(&self) -> Vec<RunnerId> {
+        self.lock()
+            .iter()
+            .filter(|(_, l)| !l.sessions.is_empty())
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Forgets departure times older than `keep` (their tasks were long since marked lost).
+    pub fn forget_departed(&self, keep: Duration) {
+        let cutoff = OffsetDateTime::now_utc() - keep;
+        for live in self.lock().values_mut() {
+            live.departed.retain(|_, at| *at >= cutoff);
+        }
     }
 
     /// Tells every live instance to drain and exit. Returns how many were told.

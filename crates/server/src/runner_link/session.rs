@@ -84,6 +84,11 @@ async fn run_session(
         heartbeat_seconds: state.config.heartbeat.as_secs(),
     };
     let mut ended = if send(&mut socket, &welcome).await {
+        if let Err(e) =
+            crate::services::runs::instance_connected(&state, runner.id, &instance_id).await
+        {
+            tracing::error!(error = format!("{e:#}"), runner.id = %runner.id, "re-sending assignments failed");
+        }
         None
     } else {
         Some(Disconnect::Lost {
@@ -94,7 +99,10 @@ async fn run_session(
         tokio::select! {
             incoming = socket.recv() => {
                 ended = match incoming {
-                    Some(Ok(Message::Text(text))) => handle(&state, &runner.id, session_id, &client, &mut socket, &text).await,
+                    Some(Ok(Message::Text(text))) => {
+                        let me = Me { runner_id: runner.id, session_id, instance_id: &instance_id, client: &client };
+                        handle(&state, &me, &mut socket, &text).await
+                    }
                     Some(Ok(Message::Close(_))) | None => Some(Disconnect::Lost { reason: "connection closed without goodbye".into() }),
                     Some(Ok(_)) => None, // pings are answered by the library; binary frames are ignored
                     Some(Err(e)) => Some(Disconnect::Lost { reason: format!("connection lost without goodbye ({e})") }),
@@ -121,15 +129,22 @@ async fn run_session(
     state.link.unregister(runner.id, session_id, how);
 }
 
+/// Who is on the other end of a session.
+struct Me<'a> {
+    runner_id: tether_domain::RunnerId,
+    session_id: u64,
+    instance_id: &'a str,
+    client: &'a CachedClient,
+}
+
 /// Handles one message; `Some` ends the session.
 async fn handle(
     state: &AppState,
-    runner_id: &tether_domain::RunnerId,
-    session_id: u64,
-    client: &CachedClient,
+    me: &Me<'_>,
     socket: &mut WebSocket,
     text: &str,
 ) -> Option<Disconnect> {
+    let (runner_id, session_id, client) = (&me.runner_id, me.session_id, me.client);
     let msg: RunnerMessage = match serde_json::from_str(text) {
         Ok(m) => m,
         Err(_) => {
@@ -178,6 +193,38 @@ async fn handle(
                     })
                 }
             }
+        }
+        RunnerMessage::TaskUpdate(update) => {
+            match crate::services::runs::apply_update(state, *runner_id, update).await {
+                Ok(replies) => {
+                    for reply in replies {
+                        if !send(socket, &reply).await {
+                            return Some(Disconnect::Lost {
+                                reason: "connection lost".into(),
+                            });
+                        }
+                    }
+                }
+                // Not acknowledged: the runner keeps the update spooled and sends it again.
+                Err(e) => {
+                    tracing::error!(error = format!("{e:#}"), runner.id = %runner_id, "storing a task update failed")
+                }
+            }
+            None
+        }
+        RunnerMessage::Draining { reason } => {
+            tracing::info!(runner.id = %runner_id, instance.id = %me.instance_id, reason = %reason, "instance is draining");
+            state.link.draining(*runner_id, session_id);
+            None
+        }
+        RunnerMessage::Reject { task_id, reason } => {
+            tracing::info!(runner.id = %runner_id, instance.id = %me.instance_id, task.id = %task_id, reason = %reason, "instance refused a task");
+            if let Err(e) =
+                crate::services::runs::rejected(state, *runner_id, me.instance_id, &task_id).await
+            {
+                tracing::error!(error = format!("{e:#}"), runner.id = %runner_id, "re-queueing a refused task failed");
+            }
+            None
         }
         RunnerMessage::Hello { .. } => {
             close(socket, close_code::PROTOCOL_ERROR, "hello sent twice").await;

@@ -5,7 +5,9 @@ pub mod audit;
 pub mod bootstrap;
 pub mod clients;
 pub mod oauth;
+pub mod pipelines;
 pub mod runners;
+pub mod runs;
 pub mod usage;
 pub mod users;
 

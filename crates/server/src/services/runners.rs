@@ -152,6 +152,7 @@ pub async fn resume(
         .source_ip(caller.source_ip.clone());
     state.store.set_paused(runner.id, None, ev).await?;
     state.link.set_paused(&runner, None);
+    state.dispatch.poke(runner.id);
     find(state, key).await
 }
 
@@ -195,6 +196,7 @@ pub async fn resume_due(state: &AppState) -> anyhow::Result<()> {
         if let Some(runner) = state.store.runner_by_id(id).await? {
             state.link.set_paused(&runner, None);
         }
+        state.dispatch.poke(id);
         tracing::info!(runner.id = %id, runner.name = %name, "pause period ended; runner resumed");
     }
     Ok(())

@@ -67,7 +67,9 @@ async fn openapi_document_matches_the_routes() {
     for (path, item) in paths {
         let concrete = path
             .replace("{runner}", "some-runner")
-            .replace("{username}", "someone");
+            .replace("{username}", "someone")
+            .replace("{name}", "some-pipeline")
+            .replace("{id}", "0190b5a0-0000-7000-8000-000000000000");
         for (method, op) in item.as_object().expect("path item") {
             let Ok(m) = Method::from_bytes(method.to_uppercase().as_bytes()) else {
                 continue;
@@ -104,6 +106,8 @@ async fn openapi_document_matches_the_routes() {
         ("get", "/api/v1/runners"),
         ("post", "/oauth/token"),
         ("delete", "/api/v1/runners/{runner}"),
+        ("put", "/api/v1/pipelines/{name}"),
+        ("post", "/api/v1/runs/{id}/cancel"),
     ] {
         assert!(
             paths[path][method].is_object(),

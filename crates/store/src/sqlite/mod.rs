@@ -2,6 +2,7 @@
 //! the write lock; reads use a small pool and see a consistent snapshot.
 
 mod audit;
+mod pipelines;
 mod runners;
 mod users;
 
@@ -16,11 +17,18 @@ use sqlx::{Executor, SqlitePool};
 use crate::{NewAuditEvent, Store, StoreError, StoreResult};
 
 /// Embedded migrations, applied in order, each once. Never edit one that has landed: add a new one.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../../migrations/sqlite/0001_init.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "init",
+        include_str!("../../migrations/sqlite/0001_init.sql"),
+    ),
+    (
+        2,
+        "pipelines",
+        include_str!("../../migrations/sqlite/0002_pipelines.sql"),
+    ),
+];
 
 #[derive(Debug, Clone)]
 pub struct SqliteStore {

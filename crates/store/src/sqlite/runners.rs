@@ -144,6 +144,13 @@ impl RunnerStore for SqliteStore {
         if deleted == 0 {
             return Ok(false);
         }
+        super::pipelines::cancel_active_runs(
+            &mut tx,
+            id,
+            "the runner was deleted",
+            to_ms(audit.at),
+        )
+        .await?;
         insert_audit(&mut *tx, &audit).await?;
         tx.commit().await.map_err(backend)?;
         Ok(true)

@@ -1,7 +1,9 @@
 //! `/api/v1`: the REST API for humans and scripts. One module per resource.
 
 mod audit;
+mod pipelines;
 mod runners;
+mod runs;
 mod users;
 
 use axum::Router;
@@ -13,6 +15,8 @@ pub fn router() -> Router<AppState> {
         .merge(runners::router())
         .merge(users::router())
         .merge(audit::router())
+        .merge(pipelines::router())
+        .merge(runs::router())
 }
 
 /// Opaque paging cursors: the URL-safe base64 of the last item's key.

@@ -1,0 +1,569 @@
+//! Pipelines and runs against the real server, with a hand-driven runner session: definitions and
+//! their validation, queueing, dispatch in order, idempotent updates, logs, cancel, refusal,
+//! re-assignment after a reconnect, and `lost` tasks.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tether_testkit::{spawn_app_with, TestApp};
+
+use crate::ws::{app, connect, next, runner, send, Ws};
+
+async fn put(app: &TestApp, name: &str, tasks: Value) -> tether_testkit::TestResponse {
+    app.request(
+        reqwest::Method::PUT,
+        &format!("/api/v1/pipelines/{name}"),
+        Some(&app.admin_token),
+        Some(&json!({ "tasks": tasks })),
+    )
+    .await
+}
+
+async fn start_run(app: &TestApp, pipeline: &str, runner: &str) -> Value {
+    let r = app
+        .post(
+            &format!("/api/v1/pipelines/{pipeline}/runs"),
+            Some(&app.admin_token),
+            &json!({ "runner": runner }),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    r.json()
+}
+
+async fn run(app: &TestApp, id: &str) -> Value {
+    app.get(&format!("/api/v1/runs/{id}"), Some(&app.admin_token))
+        .await
+        .json()
+}
+
+async fn logs(app: &TestApp, id: &str, offset: u64) -> String {
+    let r = app
+        .get(
+            &format!("/api/v1/runs/{id}/logs?offset={offset}"),
+            Some(&app.admin_token),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("content-type"), Some("text/plain; charset=utf-8"));
+    r.body
+}
+
+async fn wait_run(app: &TestApp, id: &str, state: &str) -> Value {
+    for _ in 0..100 {
+        let r = run(app, id).await;
+        if r["state"] == state {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("run never became {state}: {}", run(app, id).await);
+}
+
+/// The next message of `kind`, skipping others (acks while waiting for an assign, ...).
+async fn expect(ws: &mut Ws, kind: &str) -> Value {
+    loop {
+        let m = next(ws)
+            .await
+            .unwrap_or_else(|c| panic!("closed ({c:?}) waiting for {kind}"));
+        if m["type"] == kind {
+            return m;
+        }
+    }
+}
+
+async fn update(ws: &mut Ws, task: &str, seq: u64, state: &str, extra: Value) -> Value {
+    let mut msg = json!({"type": "task_update", "task_id": task, "seq": seq, "state": state});
+    for (k, v) in extra.as_object().into_iter().flatten() {
+        msg[k] = v.clone();
+    }
+    send(ws, msg).await;
+    let ack = expect(ws, "ack").await;
+    assert_eq!(ack["task_id"], task);
+    assert_eq!(ack["seq"], seq);
+    ack
+}
+
+/// Runs an assigned task to its end over the session: started, one log chunk, final state.
+async fn finish(ws: &mut Ws, name: &str, state: &str, extra: Value) -> String {
+    let assign = expect(ws, "assign").await;
+    assert_eq!(assign["task"]["name"], name, "{assign}");
+    let task = assign["task"]["task_id"].as_str().expect("id").to_owned();
+    update(ws, &task, 1, "running", json!({})).await;
+    update(
+        ws,
+        &task,
+        2,
+        "running",
+        json!({"log_chunk": format!("{name}\n")}),
+    )
+    .await;
+    update(ws, &task, 3, state, extra).await;
+    task
+}
+
+fn three_tasks() -> Value {
+    json!([
+        {"name": "build", "run": "echo build", "env": {"MODE": "release"}, "timeout_seconds": 60},
+        {"name": "test", "run": "echo test"},
+        {"name": "ship", "run": "echo ship"}
+    ])
+}
+
+#[tokio::test]
+async fn pipelines_are_validated_stored_listed_and_deleted() {
+    let app = app().await;
+    let r = put(&app, "deploy", three_tasks()).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let p = r.json();
+    assert_eq!(p["name"], "deploy");
+    assert_eq!(p["tasks"][0]["env"]["MODE"], "release");
+    assert_eq!(p["tasks"][0]["timeout_seconds"], 60);
+    assert_eq!(p["updated_by"], "user:admin");
+    // Replacing keeps the creation time.
+    let again = put(&app, "deploy", json!([{"name": "only", "run": "true"}]))
+        .await
+        .json();
+    assert_eq!(again["created_at"], p["created_at"]);
+    assert_eq!(again["tasks"].as_array().map(Vec::len), Some(1));
+
+    let p = put(&app, "empty", json!([]))
+        .await
+        .assert_problem(422, "invalid_field");
+    assert_eq!(p["field"], "tasks");
+    let p = put(
+        &app,
+        "dup",
+        json!([{"name": "a", "run": "true"}, {"name": "a", "run": "true"}]),
+    )
+    .await
+    .assert_problem(422, "invalid_field");
+    assert_eq!(p["field"], "tasks[1].name");
+    let p = put(&app, "Bad_Name", three_tasks())
+        .await
+        .assert_problem(422, "invalid_field");
+    assert_eq!(p["field"], "name");
+    let p = put(
+        &app,
+        "x",
+        json!([{"name": "a", "run": "true", "timeout_seconds": 0}]),
+    )
+    .await
+    .assert_problem(422, "invalid_field");
+    assert_eq!(p["field"], "tasks[0].timeout_seconds");
+    let p = put(&app, "x", json!([{"name": "a"}]))
+        .await
+        .assert_problem(422, "invalid_field");
+    assert_eq!(p["field"], "tasks[0].run");
+
+    let list = app
+        .get("/api/v1/pipelines", Some(&app.admin_token))
+        .await
+        .json();
+    assert_eq!(list["pipelines"].as_array().map(Vec::len), Some(1));
+    let viewer = app.user_token("vera", "viewer").await;
+    assert_eq!(
+        app.get("/api/v1/pipelines/deploy", Some(&viewer))
+            .await
+            .status,
+        200
+    );
+    put_as(&app, &viewer).await.assert_problem(403, "forbidden");
+    app.get("/api/v1/pipelines/nope", Some(&app.admin_token))
+        .await
+        .assert_problem(404, "pipeline_not_found");
+    assert_eq!(
+        app.delete("/api/v1/pipelines/deploy", Some(&app.admin_token))
+            .await
+            .status,
+        204
+    );
+    app.delete("/api/v1/pipelines/deploy", Some(&app.admin_token))
+        .await
+        .assert_problem(404, "pipeline_not_found");
+}
+
+async fn put_as(app: &TestApp, token: &str) -> tether_testkit::TestResponse {
+    app.request(
+        reqwest::Method::PUT,
+        "/api/v1/pipelines/deploy",
+        Some(token),
+        Some(&json!({"tasks": three_tasks()})),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn runs_queue_until_the_runner_connects_and_bad_references_are_404() {
+    let app = app().await;
+    put(&app, "p", three_tasks()).await;
+    runner(&app, "r1").await;
+    app.post(
+        "/api/v1/pipelines/p/runs",
+        Some(&app.admin_token),
+        &json!({"runner": "ghost"}),
+    )
+    .await
+    .assert_problem(404, "runner_not_found");
+    app.post(
+        "/api/v1/pipelines/nope/runs",
+        Some(&app.admin_token),
+        &json!({"runner": "r1"}),
+    )
+    .await
+    .assert_problem(404, "pipeline_not_found");
+    app.post(
+        "/api/v1/pipelines/p/runs",
+        Some(&app.admin_token),
+        &json!({}),
+    )
+    .await
+    .assert_problem(422, "invalid_field");
+    let r = start_run(&app, "p", "r1").await;
+    assert_eq!(r["state"], "queued");
+    assert_eq!(r["runner"], "r1");
+    assert_eq!(r["tasks"].as_array().map(Vec::len), Some(3));
+    assert!(
+        r["reason"]
+            .as_str()
+            .expect("reason")
+            .contains("waiting for runner 'r1'"),
+        "{r}"
+    );
+    let id = r["id"].as_str().expect("id");
+    let listed = app
+        .get(
+            "/api/v1/runners/r1/runs?state=queued",
+            Some(&app.admin_token),
+        )
+        .await
+        .json();
+    assert_eq!(listed["runs"][0]["id"], id);
+    let none = app
+        .get(
+            "/api/v1/runners/r1/runs?state=running",
+            Some(&app.admin_token),
+        )
+        .await
+        .json();
+    assert_eq!(none["runs"].as_array().map(Vec::len), Some(0));
+    app.get("/api/v1/runners/r1/runs?state=done", Some(&app.admin_token))
+        .await
+        .assert_problem(422, "invalid_field");
+    app.get("/api/v1/runs/not-a-run", Some(&app.admin_token))
+        .await
+        .assert_problem(404, "run_not_found");
+    assert_eq!(logs(&app, id, 0).await, "");
+    // Cancelling a queued run ends it at once; a second cancel is a conflict.
+    let c = app
+        .post(
+            &format!("/api/v1/runs/{id}/cancel"),
+            Some(&app.admin_token),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(c.status, 202, "{}", c.body);
+    assert_eq!(c.json()["state"], "cancelled");
+    assert_eq!(c.json()["tasks"][2]["state"], "cancelled");
+    app.post(
+        &format!("/api/v1/runs/{id}/cancel"),
+        Some(&app.admin_token),
+        &json!({}),
+    )
+    .await
+    .assert_problem(409, "run_finished");
+}
+
+#[tokio::test]
+async fn tasks_run_in_order_with_idempotent_updates_and_ordered_logs() {
+    let app = app().await;
+    put(&app, "p", three_tasks()).await;
+    let (id, secret) = runner(&app, "r2").await;
+    let mut ws = connect(&app, &id, &secret, "i1").await;
+    let r = start_run(&app, "p", "r2").await;
+    let run_id = r["id"].as_str().expect("id");
+
+    let assign = expect(&mut ws, "assign").await;
+    assert_eq!(assign["task"]["name"], "build");
+    assert_eq!(assign["task"]["env"]["MODE"], "release");
+    assert_eq!(assign["task"]["timeout_seconds"], 60);
+    assert_eq!(assign["task"]["run_id"], run_id);
+    let build = assign["task"]["task_id"].as_str().expect("id").to_owned();
+    update(&mut ws, &build, 1, "running", json!({})).await;
+    let state = run(&app, run_id).await;
+    assert_eq!(state["state"], "running");
+    assert_eq!(state["tasks"][0]["instance_id"], "i1");
+    update(
+        &mut ws,
+        &build,
+        2,
+        "running",
+        json!({"log_chunk": "compiling ✓\n"}),
+    )
+    .await;
+    // A replay of an applied update is acknowledged and changes nothing.
+    update(
+        &mut ws,
+        &build,
+        2,
+        "running",
+        json!({"log_chunk": "compiling ✓\n"}),
+    )
+    .await;
+    update(&mut ws, &build, 3, "succeeded", json!({"exit_code": 0})).await;
+    finish(&mut ws, "test", "succeeded", json!({"exit_code": 0})).await;
+    finish(&mut ws, "ship", "succeeded", json!({"exit_code": 0})).await;
+
+    let done = wait_run(&app, run_id, "succeeded").await;
+    assert!(done["finished_at"].is_string());
+    assert!(done["tasks"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .all(|t| t["state"] == "succeeded"));
+    let log = logs(&app, run_id, 0).await;
+    assert_eq!(log, "compiling ✓\ntest\nship\n");
+    let skip = "compiling ✓\n".len() as u64;
+    assert_eq!(logs(&app, run_id, skip).await, "test\nship\n");
+    assert_eq!(logs(&app, run_id, 1000).await, "");
+    // A late duplicate of a finished task is acknowledged and ignored.
+    update(&mut ws, &build, 3, "succeeded", json!({"exit_code": 0})).await;
+    assert_eq!(logs(&app, run_id, 0).await, log);
+}
+
+#[tokio::test]
+async fn a_failing_task_fails_the_run_and_skips_the_rest() {
+    let app = app().await;
+    put(&app, "p", three_tasks()).await;
+    let (id, secret) = runner(&app, "r3").await;
+    let mut ws = connect(&app, &id, &secret, "i1").await;
+    let run_id = start_run(&app, "p", "r3").await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    finish(&mut ws, "build", "failed", json!({"exit_code": 3})).await;
+    let r = wait_run(&app, &run_id, "failed").await;
+    assert_eq!(r["tasks"][0]["exit_code"], 3);
+    assert_eq!(r["reason"], "task 'build' failed with exit code 3");
+    assert_eq!(r["tasks"][1]["state"], "cancelled");
+    assert!(
+        r["tasks"][1]["reason"]
+            .as_str()
+            .expect("reason")
+            .starts_with("not run"),
+        "{r}"
+    );
+
+    let timed = start_run(&app, "p", "r3").await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    finish(
+        &mut ws,
+        "build",
+        "failed",
+        json!({"reason": "timed out after 60 s"}),
+    )
+    .await;
+    let r = wait_run(&app, &timed, "failed").await;
+    assert_eq!(r["reason"], "task 'build' failed: timed out after 60 s");
+}
+
+#[tokio::test]
+async fn cancelling_a_running_run_asks_the_instance_to_kill_the_task() {
+    let app = app().await;
+    put(&app, "p", three_tasks()).await;
+    let (id, secret) = runner(&app, "r4").await;
+    let mut ws = connect(&app, &id, &secret, "i1").await;
+    let run_id = start_run(&app, "p", "r4").await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let task = expect(&mut ws, "assign").await["task"]["task_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    update(&mut ws, &task, 1, "running", json!({})).await;
+    let c = app
+        .post(
+            &format!("/api/v1/runs/{run_id}/cancel"),
+            Some(&app.admin_token),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(c.status, 202, "{}", c.body);
+    assert_eq!(c.json()["state"], "running", "waits for the instance");
+    let cancel = expect(&mut ws, "cancel").await;
+    assert_eq!(cancel["task_id"], task);
+    update(
+        &mut ws,
+        &task,
+        2,
+        "cancelled",
+        json!({"reason": "cancelled by the control plane"}),
+    )
+    .await;
+    let r = wait_run(&app, &run_id, "cancelled").await;
+    assert_eq!(r["reason"], "cancelled by user:admin");
+    assert_eq!(r["tasks"][2]["state"], "cancelled");
+    let audit = app
+        .get("/api/v1/audit?runner=r4", Some(&app.admin_token))
+        .await
+        .json();
+    let actions: Vec<&str> = audit["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert!(
+        actions.contains(&"run.created") && actions.contains(&"run.cancel_requested"),
+        "{actions:?}"
+    );
+}
+
+#[tokio::test]
+async fn paused_runners_get_no_work_until_resumed() {
+    let app = app().await;
+    put(&app, "p", json!([{"name": "a", "run": "true"}])).await;
+    let (id, secret) = runner(&app, "r5").await;
+    let mut ws = connect(&app, &id, &secret, "i1").await;
+    let r = app
+        .post(
+            "/api/v1/runners/r5/pause",
+            Some(&app.admin_token),
+            &json!({"confirm": "pause runner"}),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let run_id = start_run(&app, "p", "r5").await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    send(&mut ws, json!({"type": "heartbeat", "running_tasks": 0})).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let queued = run(&app, &run_id).await;
+    assert_eq!(queued["state"], "queued");
+    assert!(
+        queued["reason"]
+            .as_str()
+            .expect("reason")
+            .contains("paused"),
+        "{queued}"
+    );
+    let r = app
+        .post(
+            "/api/v1/runners/r5/resume",
+            Some(&app.admin_token),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(r.status, 202);
+    finish(&mut ws, "a", "succeeded", json!({"exit_code": 0})).await;
+    wait_run(&app, &run_id, "succeeded").await;
+}
+
+#[tokio::test]
+async fn capacity_refusals_and_reconnects_hand_tasks_out_again() {
+    let app = app().await;
+    put(&app, "p", json!([{"name": "a", "run": "sleep 1"}])).await;
+    let (id, secret) = runner(&app, "r6").await;
+    let mut a = connect(&app, &id, &secret, "ia").await;
+    // Capacity is 4 per instance (see ws::connect): the fifth run waits.
+    let mut runs = Vec::new();
+    for _ in 0..5 {
+        runs.push(
+            start_run(&app, "p", "r6").await["id"]
+                .as_str()
+                .expect("id")
+                .to_owned(),
+        );
+    }
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        tasks.push(
+            expect(&mut a, "assign").await["task"]["task_id"]
+                .as_str()
+                .expect("id")
+                .to_owned(),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(run(&app, &runs[4]).await["state"], "queued");
+    // Draining and refusing one hands it to another instance.
+    send(&mut a, json!({"type": "draining", "reason": "SIGTERM"})).await;
+    send(
+        &mut a,
+        json!({"type": "reject", "task_id": tasks[0], "reason": "draining"}),
+    )
+    .await;
+    let mut b = connect(&app, &id, &secret, "ib").await;
+    let first = expect(&mut b, "assign").await;
+    let second = expect(&mut b, "assign").await;
+    let got = [
+        first["task"]["task_id"].clone(),
+        second["task"]["task_id"].clone(),
+    ];
+    assert!(got.contains(&json!(tasks[0])), "{got:?}");
+    // An instance that reconnects before confirming a task gets the assignment again.
+    drop(a);
+    let mut a = connect(&app, &id, &secret, "ia").await;
+    let again = expect(&mut a, "assign").await;
+    assert!(tasks[1..].contains(&again["task"]["task_id"].as_str().expect("id").to_owned()));
+}
+
+#[tokio::test]
+async fn a_task_whose_instance_vanishes_becomes_lost() {
+    let app = spawn_app_with(|c| {
+        c.heartbeat = Duration::from_secs(1);
+        c.lost_after = Duration::from_secs(1);
+        c.flush_interval = Duration::from_millis(200);
+    })
+    .await;
+    put(&app, "p", three_tasks()).await;
+    let (id, secret) = runner(&app, "r7").await;
+    let mut ws = connect(&app, &id, &secret, "i1").await;
+    let run_id = start_run(&app, "p", "r7").await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let task = expect(&mut ws, "assign").await["task"]["task_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    update(&mut ws, &task, 1, "running", json!({})).await;
+    drop(ws);
+    let r = wait_run(&app, &run_id, "lost").await;
+    assert_eq!(r["tasks"][0]["state"], "lost");
+    assert!(r["reason"].as_str().expect("reason").contains("i1"), "{r}");
+    assert_eq!(r["tasks"][1]["state"], "cancelled");
+    // The instance comes back still running it: it is told to stop.
+    let mut ws = connect(&app, &id, &secret, "i1").await;
+    send(
+        &mut ws,
+        json!({"type": "task_update", "task_id": task, "seq": 2, "state": "running"}),
+    )
+    .await;
+    expect(&mut ws, "ack").await;
+    assert_eq!(expect(&mut ws, "cancel").await["task_id"], task);
+}
+
+#[tokio::test]
+async fn deleting_a_runner_cancels_its_active_runs() {
+    let app = app().await;
+    put(&app, "p", three_tasks()).await;
+    runner(&app, "r8").await;
+    let run_id = start_run(&app, "p", "r8").await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    assert_eq!(
+        app.delete("/api/v1/runners/r8", Some(&app.admin_token))
+            .await
+            .status,
+        204
+    );
+    let r = run(&app, &run_id).await;
+    assert_eq!(r["state"], "cancelled");
+    assert_eq!(r["reason"], "the runner was deleted");
+}
