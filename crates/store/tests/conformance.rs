@@ -5,13 +5,14 @@ use std::sync::Arc;
 
 use serde_json::json;
 use tether_domain::{
-    ApiToken, ClientId, CredentialState, Description, Generation, Pepper, Platform, Role, RunnerId,
-    RunnerName, UserId, Username,
+    ApiToken, ClientId, CredentialState, Description, Generation, Pepper, PipelineName, Platform,
+    Role, RunId, RunState, RunnerId, RunnerName, TaskId, UserId, Username,
 };
 use tether_store::sqlite::SqliteStore;
 use tether_store::{
-    AuditFilter, AuditStore, CredentialUse, NewApiToken, NewAuditEvent, NewRunner, NewUser,
-    RunnerStore, Store, StoreError,
+    to_ms, AuditFilter, AuditStore, CancelOutcome, CredentialUse, NewApiToken, NewAuditEvent,
+    NewRun, NewRunner, NewUser, PipelineRecord, RunFilter, RunRecord, RunnerStore, Store,
+    StoreError, TaskProgress, UpdateOutcome,
 };
 use time::OffsetDateTime;
 
@@ -363,4 +364,301 @@ async fn reopening_applies_no_migration_twice() {
     let store = SqliteStore::open(&path).await.expect("reopen");
     assert_eq!(store.list_runners(None, 10).await.expect("list").len(), 1);
     store.ping().await.expect("ping");
+}
+
+fn tasks(names: &[&str]) -> Vec<tether_domain::TaskSpec> {
+    let env = std::collections::BTreeMap::new();
+    let raw: Vec<tether_domain::pipeline::RawTask<'_>> = names
+        .iter()
+        .map(|n| tether_domain::pipeline::RawTask {
+            name: n,
+            run: "true",
+            env: &env,
+            timeout_seconds: None,
+        })
+        .collect();
+    tether_domain::pipeline::parse_tasks(&raw).expect("tasks")
+}
+
+async fn queued_run(store: &Arc<dyn Store>, runner: &NewRunner, names: &[&str]) -> RunRecord {
+    let run = NewRun {
+        id: RunId::new(),
+        pipeline: PipelineName::parse("p").expect("name"),
+        runner_id: runner.id,
+        runner_name: runner.name.clone(),
+        tasks: tasks(names)
+            .into_iter()
+            .map(|t| (TaskId::new(), t))
+            .collect(),
+        created_at: OffsetDateTime::now_utc(),
+        created_by: "user:test".into(),
+    };
+    store
+        .create_run(run, ev("run.created", None))
+        .await
+        .expect("run")
+}
+
+fn progress(task: TaskId, seq: u64, state: RunState, log: Option<&str>) -> TaskProgress {
+    TaskProgress {
+        task_id: task,
+        seq,
+        state,
+        log_chunk: log.map(str::to_owned),
+        exit_code: state.is_final().then_some(0),
+        reason: None,
+        at: OffsetDateTime::now_utc(),
+    }
+}
+
+#[tokio::test]
+async fn pipelines_are_replaced_in_place_and_deleted() {
+    let (store, _dir) = sqlite().await;
+    let name = PipelineName::parse("build").expect("name");
+    let first = PipelineRecord {
+        name: name.clone(),
+        tasks: tasks(&["a", "b"]),
+        created_at: OffsetDateTime::now_utc(),
+        updated_at: OffsetDateTime::now_utc(),
+        updated_by: "user:one".into(),
+    };
+    let stored = store
+        .put_pipeline(first.clone(), ev("pipeline.updated", None))
+        .await
+        .expect("put");
+    assert_eq!(stored.tasks, first.tasks);
+    let mut second = first.clone();
+    second.tasks = tasks(&["c"]);
+    second.created_at = OffsetDateTime::now_utc() + time::Duration::hours(1);
+    second.updated_by = "user:two".into();
+    let replaced = store
+        .put_pipeline(second, ev("pipeline.updated", None))
+        .await
+        .expect("put");
+    assert_eq!(replaced.tasks.len(), 1);
+    assert_eq!(replaced.updated_by, "user:two");
+    assert_eq!(
+        to_ms(replaced.created_at),
+        to_ms(stored.created_at),
+        "creation time is kept"
+    );
+    assert_eq!(store.list_pipelines().await.expect("list").len(), 1);
+    assert!(store
+        .delete_pipeline(&name, ev("pipeline.deleted", None))
+        .await
+        .expect("delete"));
+    assert!(!store
+        .delete_pipeline(&name, ev("pipeline.deleted", None))
+        .await
+        .expect("delete"));
+    assert!(store.pipeline_by_name(&name).await.expect("get").is_none());
+}
+
+#[tokio::test]
+async fn tasks_are_claimed_once_updates_apply_once_and_logs_keep_their_order() {
+    let (store, _dir) = sqlite().await;
+    let runner = new_runner("r");
+    store
+        .create_runner(runner.clone(), ev("runner.created", None))
+        .await
+        .expect("runner");
+    let run = queued_run(&store, &runner, &["one", "two"]).await;
+    let (one, two) = (run.tasks[0].id, run.tasks[1].id);
+
+    // Only the first task is ready; it can be claimed by exactly one instance.
+    let ready = store.ready_tasks(runner.id, 10).await.expect("ready");
+    assert_eq!(ready.len(), 1);
+    assert_eq!(ready[0].task_id, one);
+    assert!(store.claim_task(one, "i1", 1).await.expect("claim"));
+    assert!(!store.claim_task(one, "i2", 2).await.expect("claim"));
+    assert!(store
+        .ready_tasks(runner.id, 10)
+        .await
+        .expect("ready")
+        .is_empty());
+    let assigned = store
+        .assigned_tasks(Some(runner.id))
+        .await
+        .expect("assigned");
+    assert_eq!(assigned.len(), 1);
+    assert_eq!(assigned[0].instance_id, "i1");
+
+    let applied = UpdateOutcome::Applied {
+        task_final: false,
+        run_final: None,
+    };
+    let up = |seq, state, log| progress(one, seq, state, log);
+    assert_eq!(
+        store
+            .apply_task_update(runner.id, up(1, RunState::Running, None))
+            .await
+            .expect("u1"),
+        applied
+    );
+    // A started task can no longer be handed back.
+    assert!(!store.requeue_task(one, "i1").await.expect("requeue"));
+    store
+        .apply_task_update(runner.id, up(2, RunState::Running, Some("héllo ")))
+        .await
+        .expect("u2");
+    assert_eq!(
+        store
+            .apply_task_update(runner.id, up(2, RunState::Running, Some("héllo ")))
+            .await
+            .expect("dup"),
+        UpdateOutcome::Duplicate
+    );
+    assert_eq!(
+        store
+            .apply_task_update(RunnerId::new(), up(3, RunState::Running, None))
+            .await
+            .expect("other runner"),
+        UpdateOutcome::UnknownTask
+    );
+    let done = store
+        .apply_task_update(runner.id, up(3, RunState::Succeeded, Some("world\n")))
+        .await
+        .expect("final");
+    assert_eq!(
+        done,
+        UpdateOutcome::Applied {
+            task_final: true,
+            run_final: None
+        }
+    );
+    let ready = store.ready_tasks(runner.id, 10).await.expect("ready");
+    assert_eq!(ready[0].task_id, two);
+    assert!(store.claim_task(two, "i2", 3).await.expect("claim"));
+    let last = store
+        .apply_task_update(
+            runner.id,
+            progress(two, 1, RunState::Succeeded, Some("two\n")),
+        )
+        .await
+        .expect("final");
+    assert_eq!(
+        last,
+        UpdateOutcome::Applied {
+            task_final: true,
+            run_final: Some(RunState::Succeeded)
+        }
+    );
+    assert_eq!(
+        store.run_log(run.id, 0).await.expect("log"),
+        "héllo world\ntwo\n"
+    );
+    // Offsets count bytes; one inside a character resumes at the next character.
+    assert_eq!(store.run_log(run.id, 7).await.expect("log"), "world\ntwo\n");
+    assert_eq!(
+        store.run_log(run.id, 2).await.expect("log"),
+        "llo world\ntwo\n"
+    );
+    assert_eq!(store.run_log(run.id, 99).await.expect("log"), "");
+    let finished = store.run_by_id(run.id).await.expect("get").expect("run");
+    assert_eq!(finished.state, RunState::Succeeded);
+    assert!(finished.finished_at.is_some());
+    assert_eq!(
+        store
+            .apply_task_update(runner.id, progress(two, 2, RunState::Running, None))
+            .await
+            .expect("late"),
+        UpdateOutcome::AlreadyFinished(RunState::Succeeded)
+    );
+}
+
+#[tokio::test]
+async fn cancel_lost_and_runner_deletion_end_runs() {
+    let (store, _dir) = sqlite().await;
+    let runner = new_runner("r");
+    store
+        .create_runner(runner.clone(), ev("runner.created", None))
+        .await
+        .expect("runner");
+    // Queued: cancelled at once, the rest not run.
+    let queued = queued_run(&store, &runner, &["a", "b"]).await;
+    match store
+        .cancel_run(queued.id, ev("run.cancel_requested", None))
+        .await
+        .expect("cancel")
+    {
+        CancelOutcome::Requested { running } => assert!(running.is_empty()),
+        other => panic!("{other:?}"),
+    }
+    let r = store.run_by_id(queued.id).await.expect("get").expect("run");
+    assert_eq!(r.state, RunState::Cancelled);
+    assert!(r.tasks.iter().all(|t| t.state == RunState::Cancelled));
+    assert!(matches!(
+        store
+            .cancel_run(queued.id, ev("run.cancel_requested", None))
+            .await
+            .expect("again"),
+        CancelOutcome::AlreadyFinished(RunState::Cancelled)
+    ));
+
+    // Running: the running task is handed back to be killed; the run ends when it reports.
+    let running = queued_run(&store, &runner, &["a", "b"]).await;
+    let a = running.tasks[0].id;
+    assert!(store.claim_task(a, "i1", 1).await.expect("claim"));
+    match store
+        .cancel_run(running.id, ev("run.cancel_requested", None))
+        .await
+        .expect("cancel")
+    {
+        CancelOutcome::Requested { running } => assert_eq!(running[0].task_id, a),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        store
+            .ready_tasks(runner.id, 10)
+            .await
+            .expect("ready")
+            .is_empty(),
+        "a cancelled run starts nothing new"
+    );
+    store
+        .apply_task_update(runner.id, progress(a, 1, RunState::Succeeded, None))
+        .await
+        .expect("final");
+    let r = store
+        .run_by_id(running.id)
+        .await
+        .expect("get")
+        .expect("run");
+    assert_eq!(r.state, RunState::Cancelled);
+    assert_eq!(r.reason.as_deref(), Some("cancelled by user:test"));
+
+    // Lost.
+    let lost = queued_run(&store, &runner, &["a"]).await;
+    let t = lost.tasks[0].id;
+    assert!(store.claim_task(t, "i1", 1).await.expect("claim"));
+    let ended = store
+        .end_task(t, RunState::Lost, "gone", 5)
+        .await
+        .expect("end")
+        .expect("was running");
+    assert_eq!(ended.state, RunState::Lost);
+    assert!(store
+        .end_task(t, RunState::Lost, "gone", 6)
+        .await
+        .expect("again")
+        .is_none());
+
+    // Deleting the runner cancels what is still active and keeps the history.
+    let active = queued_run(&store, &runner, &["a"]).await;
+    store
+        .delete_runner(runner.id, ev("runner.deleted", None))
+        .await
+        .expect("delete");
+    let r = store.run_by_id(active.id).await.expect("get").expect("run");
+    assert_eq!(r.state, RunState::Cancelled);
+    let all = store
+        .list_runs(RunFilter {
+            runner_id: Some(runner.id),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(all.len(), 4);
+    assert_eq!(all[0].id, active.id, "newest first");
 }
