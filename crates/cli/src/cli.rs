@@ -57,7 +57,7 @@ pub enum Command {
         echo \"$TOKEN\" | tether login --url https://tether.example.com"
     )]
     Login(LoginArgs),
-    /// Register, inspect, pause, restart and delete runners.
+    /// Register, inspect, pause, restart and delete runners; refresh and reveal their credentials.
     #[command(subcommand)]
     Runners(RunnersCommand),
     /// Manage users (admins only).
@@ -106,7 +106,7 @@ pub enum RunnersCommand {
         #[arg(long)]
         limit: Option<u32>,
     },
-    /// Show one runner: status and why, instances, credential generation.
+    /// Show one runner: status and why, auth health, instances and the credential generation each uses.
     Show {
         /// Runner name or id.
         runner: String,
@@ -153,6 +153,96 @@ pub enum RunnersCommand {
         #[arg(long)]
         limit: Option<u32>,
     },
+    /// Make a new client secret for a runner; the old one is revoked at once, or after a grace period.
+    #[command(long_about = REFRESH_ABOUT, after_help = REFRESH_HELP)]
+    RefreshCredentials(RefreshArgs),
+    /// Show the newest client secret again, while its reveal window is open (15 minutes by default).
+    #[command(after_help = "Examples:\n  tether runners reveal prod-eu-1\n  \
+        tether runners reveal prod-eu-1 --output json | jq -r .client_secret")]
+    Reveal {
+        /// Runner name or id.
+        runner: String,
+    },
+    /// Show a runner's client_id and its credential generations: state, expiry, last use, live sessions.
+    #[command(after_help = "Examples:\n  tether runners credentials prod-eu-1\n  \
+        tether runners credentials prod-eu-1 --output json   # generations[].sessions: who still uses which secret")]
+    Credentials {
+        /// Runner name or id.
+        runner: String,
+    },
+    /// Revoke every generation older than the active one now, ending an overlap early; instances
+    /// still using an old secret are disconnected.
+    #[command(
+        after_help = "Examples:\n  tether runners credentials prod-eu-1          # sessions on the old generation: 0?\n  \
+        tether runners revoke-previous prod-eu-1"
+    )]
+    RevokePrevious {
+        /// Runner name or id.
+        runner: String,
+        /// Do not ask to type the runner's name.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+const REFRESH_ABOUT: &str = "\
+Make a new client secret (the next credential generation) for a runner and print it once, with the
+steps to apply it on the runner's platform.
+
+Before asking, the command shows what will happen and which pipelines are running on the runner.
+Confirm by typing `refresh` (or pass --yes). While runs are in progress the control plane refuses
+unless you pass --force.
+
+--mode revoke (the default): the existing credentials are revoked at once and the running runner is
+disconnected. You must apply the new client_secret and restart the runner to reconnect; until then
+its status shows Unknown and it can't run pipelines.
+
+--mode overlap: the old secret keeps working until the grace period (--grace) ends and nothing is
+disconnected, so you can apply the new secret and restart without downtime.";
+
+const REFRESH_HELP: &str = "\
+Examples:
+  tether runners refresh-credentials prod-eu-1
+  tether runners refresh-credentials prod-eu-1 --mode overlap --grace 24h
+  tether runners refresh-credentials prod-eu-1 --yes --force    # even while pipelines run
+  tether runners refresh-credentials prod-eu-1 --yes --output json | jq -r .client_secret";
+
+/// `tether runners refresh-credentials`.
+#[derive(Debug, Args)]
+pub struct RefreshArgs {
+    /// Runner name or id.
+    pub runner: String,
+    /// revoke: the old secret stops working now and the running runner is disconnected.
+    /// overlap: the old secret keeps working until the grace period ends; nothing is disconnected.
+    #[arg(long, value_enum, default_value_t = RefreshMode::Revoke)]
+    pub mode: RefreshMode,
+    /// With --mode overlap: how long the old secret keeps working, e.g. 90s, 15m, 24h, 7d
+    /// (1s to 30d; default: the control plane's).
+    #[arg(long, value_name = "DURATION")]
+    pub grace: Option<String>,
+    /// Refresh even while pipelines are running on the runner.
+    #[arg(long)]
+    pub force: bool,
+    /// Do not ask to type `refresh`.
+    #[arg(long)]
+    pub yes: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RefreshMode {
+    /// Revoke the old secret now and disconnect the runner.
+    Revoke,
+    /// Keep the old secret working until the grace period ends (zero-downtime rotation).
+    Overlap,
+}
+
+impl RefreshMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefreshMode::Revoke => "revoke",
+            RefreshMode::Overlap => "overlap",
+        }
+    }
 }
 
 /// Every run and task state; the last four are final.

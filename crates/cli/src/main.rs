@@ -4,6 +4,8 @@
 mod cli;
 mod commands;
 mod config;
+mod duration;
+mod next_steps;
 mod output;
 mod pipeline_file;
 

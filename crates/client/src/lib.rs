@@ -1,14 +1,17 @@
 //! Typed HTTP client for tether's `/api/v1` and `/oauth` endpoints, used by the CLI and tests.
 //! Errors read as one line and never contain a token or secret. Pipelines and runs are in
-//! `pipelines.rs`.
+//! `pipelines.rs`, a runner's credential lifecycle in `credentials.rs`.
 
+mod credentials;
 mod pipelines;
+
+pub use credentials::{REVEAL_WINDOW_CLOSED, RUNS_IN_PROGRESS};
 
 use std::time::Duration;
 
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tether_protocol::api::{
     AuditList, CreateRunnerRequest, CreateTokenRequest, CreateUserRequest, CreatedRunner,
     CreatedToken, Me, Runner, RunnerList, User,
@@ -19,9 +22,14 @@ use url::Url;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The API answered with a problem document.
+    /// The API answered with a problem document. `document` is the whole document as sent,
+    /// including members beyond [`Problem`]'s (a `runs_in_progress` problem lists the `runs`).
     #[error("{} ({}, HTTP {status})", problem.detail, problem.code)]
-    Api { status: u16, problem: Box<Problem> },
+    Api {
+        status: u16,
+        problem: Box<Problem>,
+        document: Box<serde_json::Value>,
+    },
     /// An OAuth endpoint answered with an RFC 6749 error.
     #[error("{}: {} (HTTP {status})", error.error, error.error_description.as_deref().unwrap_or("no description"))]
     OAuth { status: u16, error: OAuthError },
@@ -41,6 +49,16 @@ impl ClientError {
     pub fn code(&self) -> Option<&str> {
         match self {
             ClientError::Api { problem, .. } => Some(&problem.code),
+            _ => None,
+        }
+    }
+
+    /// An extension member of an API problem document (RFC 9457 §3.2), e.g. `runs`.
+    pub fn problem_member<T: DeserializeOwned>(&self, name: &str) -> Option<T> {
+        match self {
+            ClientError::Api { document, .. } => {
+                document.get(name).and_then(|v| T::deserialize(v).ok())
+            }
             _ => None,
         }
     }
@@ -129,24 +147,7 @@ impl Client {
         }
         let status = resp.status().as_u16();
         let body = resp.text().await.unwrap_or_default();
-        if let Ok(problem) = serde_json::from_str::<Problem>(&body) {
-            return Err(ClientError::Api {
-                status,
-                problem: Box::new(problem),
-            });
-        }
-        if let Ok(error) = serde_json::from_str::<OAuthError>(&body) {
-            return Err(ClientError::OAuth { status, error });
-        }
-        let body: String = body.chars().take(200).collect();
-        Err(ClientError::Http {
-            status,
-            body: if body.is_empty() {
-                status_text(status)
-            } else {
-                body
-            },
-        })
+        Err(error_from_body(status, &body))
     }
 
     async fn post<B: Serialize, T: DeserializeOwned>(
@@ -283,6 +284,31 @@ impl Client {
             .basic_auth(client_id, Some(client_secret))
             .form(&[("grant_type", "client_credentials")]);
         self.send(req).await
+    }
+}
+
+/// The error for a non-success answer: a problem document, an OAuth error, or the raw text.
+fn error_from_body(status: u16, body: &str) -> ClientError {
+    if let Ok(document) = serde_json::from_str::<serde_json::Value>(body) {
+        if let Ok(problem) = Problem::deserialize(&document) {
+            return ClientError::Api {
+                status,
+                problem: Box::new(problem),
+                document: Box::new(document),
+            };
+        }
+        if let Ok(error) = OAuthError::deserialize(&document) {
+            return ClientError::OAuth { status, error };
+        }
+    }
+    let body: String = body.chars().take(200).collect();
+    ClientError::Http {
+        status,
+        body: if body.is_empty() {
+            status_text(status)
+        } else {
+            body
+        },
     }
 }
 

@@ -70,6 +70,9 @@ pub struct StatusFacts {
     /// The operator paused the runner (by whom, shown in the reason).
     pub paused_by: Option<String>,
     pub last_disconnect: Option<Disconnect>,
+    /// The credentials were refreshed with revocation and no instance has come back with the new
+    /// ones yet: why, for the reason shown.
+    pub credentials_revoked: Option<String>,
 }
 
 /// Status and a human reason for it.
@@ -82,6 +85,9 @@ pub fn derive_status(f: &StatusFacts) -> (RunnerStatus, String) {
         }
     };
     if f.live_sessions == 0 {
+        if let Some(reason) = &f.credentials_revoked {
+            return (RunnerStatus::Unknown, reason.clone());
+        }
         if !f.ever_connected {
             return (
                 RunnerStatus::Pending,
@@ -139,6 +145,25 @@ mod tests {
             live_sessions: 1,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn revoked_credentials_show_unknown_until_an_instance_is_back() {
+        let revoked = StatusFacts {
+            live_sessions: 0,
+            credentials_revoked: Some("credentials refreshed".into()),
+            last_disconnect: Some(Disconnect::Graceful { reason: "x".into() }),
+            ..facts()
+        };
+        assert_eq!(
+            derive_status(&revoked),
+            (RunnerStatus::Unknown, "credentials refreshed".to_owned())
+        );
+        let back = StatusFacts {
+            live_sessions: 1,
+            ..revoked
+        };
+        assert_eq!(derive_status(&back).0, RunnerStatus::Running);
     }
 
     #[test]

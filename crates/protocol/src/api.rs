@@ -35,6 +35,25 @@ pub struct Runner {
     pub runner_version: Option<String>,
     /// Who paused the runner (`user:<name>`), if it is paused.
     pub paused_by: Option<String>,
+    /// How the runner's token requests have been going.
+    #[serde(default)]
+    pub auth_health: AuthHealth,
+}
+
+/// Token requests of a runner's client id, as the control plane saw them since it started.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AuthHealth {
+    /// Refused token requests since the last successful one.
+    pub failed_token_requests: u64,
+    /// Why the last refused request was refused (`wrong_secret`, `malformed_secret`).
+    pub last_failure_reason: Option<String>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub last_failure_at: Option<OffsetDateTime>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub last_success_at: Option<OffsetDateTime>,
+    /// One line for people: "3 failed token requests since 12:04: wrong client secret; the secret
+    /// was refreshed at 12:03 by user:alice".
+    pub summary: String,
 }
 
 /// One live process of a runner.
@@ -245,4 +264,101 @@ pub struct RunTask {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunList {
     pub runs: Vec<Run>,
+}
+
+/// `POST /api/v1/runners/{runner}/credentials/refresh`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RefreshRequest {
+    /// Must be exactly `refresh`.
+    #[serde(default)]
+    pub confirm: Option<String>,
+    /// `revoke` (default): the old secret stops working now and sessions using it are closed.
+    /// `overlap`: both work until `grace_seconds` have passed (zero-downtime rotation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grace_seconds: Option<u64>,
+    /// Refresh even while runs are in progress on the runner.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// The new credentials, returned once (and again by `reveal` until `reveal_until`).
+#[derive(Clone, Serialize, Deserialize)]
+pub struct RefreshResponse {
+    pub client_id: String,
+    pub client_secret: String,
+    pub generation: u32,
+    /// The generation that was active before this refresh.
+    pub previous_generation: u32,
+    pub mode: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub reveal_until: OffsetDateTime,
+    /// Overlap mode: when the previous generation stops working.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub previous_expires_at: Option<OffsetDateTime>,
+    /// Sessions closed because their credentials were revoked.
+    pub sessions_closed: usize,
+}
+
+impl std::fmt::Debug for RefreshResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RefreshResponse")
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"[redacted]")
+            .field("generation", &self.generation)
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `POST /api/v1/runners/{runner}/credentials/reveal`.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct RevealResponse {
+    pub client_id: String,
+    pub client_secret: String,
+    pub generation: u32,
+    #[serde(with = "time::serde::rfc3339")]
+    pub reveal_until: OffsetDateTime,
+}
+
+impl std::fmt::Debug for RevealResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RevealResponse")
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"[redacted]")
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `GET /api/v1/runners/{runner}/credentials`: never a secret.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Credentials {
+    pub client_id: String,
+    /// Newest first.
+    pub generations: Vec<CredentialGeneration>,
+    /// Until when the newest secret can be revealed, if it still can.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub reveal_until: Option<OffsetDateTime>,
+    /// When the secret was last refreshed and by whom (none before the first refresh).
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub last_refreshed_at: Option<OffsetDateTime>,
+    pub last_refreshed_by: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CredentialGeneration {
+    pub generation: u32,
+    /// `active`, `retiring` (still accepted until `expires_at`) or `revoked`.
+    pub state: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    pub created_by: String,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub expires_at: Option<OffsetDateTime>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub last_used_at: Option<OffsetDateTime>,
+    /// Live instance sessions authenticated with this generation right now.
+    pub sessions: usize,
 }

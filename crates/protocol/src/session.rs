@@ -185,6 +185,10 @@ pub enum ServerMessage {
     Cancel { task_id: String },
     /// Updates of `task_id` up to and including `seq` are stored: drop them from the spool.
     Ack { task_id: String, seq: u64 },
+    /// A newer credential generation exists and the older one still works for a while (overlap
+    /// rotation): re-read the secret source and, once it holds the new secret, `reauth` on this
+    /// session with a token of the new generation.
+    CredentialsRotated { generation: u32 },
 }
 
 #[cfg(test)]

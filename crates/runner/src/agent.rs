@@ -1,9 +1,11 @@
 //! The runner's main loop: read the secret, get a token, hold a session, and when anything fails,
 //! back off (capped, with jitter) and try again. A refused secret is re-read before every attempt,
-//! so a new secret written to the file or to AWS Secrets Manager is picked up without a restart.
+//! so a new secret written to the file or to AWS Secrets Manager is picked up without a restart
+//! (while a session is up, `reload` moves it to a new secret without reconnecting).
 //! The agent owns the executor and the outbox, so tasks outlive sessions; it exits once a drain
 //! (signal or the server's `drain`) has no task left running.
 
+use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +19,7 @@ use crate::config::RunnerConfig;
 use crate::executor::{Executor, Grace};
 use crate::metrics::RunnerMetrics;
 use crate::outbox::Outbox;
+use crate::reload::ReloadTiming;
 use crate::secret::SecretSource;
 use crate::session::{self, SessionEnd};
 use crate::spool::Spool;
@@ -35,6 +38,11 @@ pub struct Agent {
     pub hostname: String,
     pub outbox: Arc<Outbox>,
     pub executor: Executor,
+    /// How often the secret source is watched while a session is up.
+    pub reload: ReloadTiming,
+    /// The newest credential generation the operator was told to deploy by hand (plain
+    /// `OAUTH_CLIENT_SECRET`), so the advice is logged once per generation, not once per session.
+    pub(crate) advised_generation: AtomicU32,
     /// Why this instance is draining, once it is.
     draining: watch::Sender<Option<String>>,
 }
@@ -77,6 +85,13 @@ impl Backoff {
 
     fn reset(&mut self) {
         self.attempt = 0;
+    }
+
+    /// While the control plane refuses the client credentials: the first attempts are at most
+    /// 2 s apart, so a secret written right after a refresh is picked up at once (a file source
+    /// is also polled during the wait), then exponential up to 5 minutes: never a retry storm.
+    fn refused_credentials() -> Self {
+        Self::new(Duration::from_millis(250), Duration::from_secs(300))
     }
 }
 
@@ -122,6 +137,8 @@ impl Agent {
             hostname,
             outbox,
             executor,
+            reload: ReloadTiming::default(),
+            advised_generation: AtomicU32::new(0),
             draining: watch::Sender::new(None),
         })
     }
@@ -148,7 +165,7 @@ impl Agent {
 
     pub async fn run(&self, mut shutdown: watch::Receiver<bool>) -> Exit {
         let mut network = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
-        let mut refused = Backoff::new(Duration::from_secs(1), Duration::from_secs(300));
+        let mut refused = Backoff::refused_credentials();
         let mut refused_since: Option<(Instant, u32)> = None;
         let mut last_secret: Option<ClientSecret> = None;
         let mut last_delivery_attempt = false;
@@ -174,7 +191,7 @@ impl Agent {
                 }
                 last_delivery_attempt = true;
             }
-            let secret = match self.secrets.read().await {
+            let mut secret = match self.secrets.read().await {
                 Ok(s) => s,
                 Err(e) => {
                     let delay = network.next();
@@ -206,7 +223,9 @@ impl Agent {
                     }
                     refused.reset();
                     let started = Instant::now();
-                    let end = session::run(self, token, &mut shutdown).await;
+                    // The session may move to a newer secret (hot reload): remember the one it ended with.
+                    let end = session::run(self, token, &mut secret, &mut shutdown).await;
+                    last_secret = Some(secret.clone());
                     if started.elapsed() > Duration::from_secs(60) {
                         network.reset();
                     }
@@ -355,5 +374,20 @@ mod tests {
         );
         b.reset();
         assert!(b.next() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn refused_credentials_are_retried_quickly_at_first_then_rarely() {
+        let mut b = Backoff::refused_credentials();
+        let delays: Vec<Duration> = (0..20).map(|_| b.next()).collect();
+        assert!(
+            delays[..4].iter().all(|d| *d <= Duration::from_secs(2)),
+            "{delays:?}"
+        );
+        assert!(
+            delays[6] >= Duration::from_secs(8),
+            "exponential: {delays:?}"
+        );
+        assert!(delays[19] >= Duration::from_secs(150) && delays[19] <= Duration::from_secs(300));
     }
 }

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use tether_domain::{ClientId, ClientSecret};
 use url::Url;
@@ -12,7 +13,8 @@ use url::Url;
 #[command(
     after_help = "Exactly one secret source must be set: OAUTH_CLIENT_SECRET (the value), \
 OAUTH_CLIENT_SECRET_FILE (a mounted file, re-read when it changes) or OAUTH_CLIENT_SECRET_ARN \
-(AWS Secrets Manager; JSON {\"client_id\",\"client_secret\"} or a plain string).\n\n\
+(AWS Secrets Manager; JSON {\"client_id\",\"client_secret\"} or a plain string; re-read every \
+TETHER_SECRET_REFRESH_SECONDS, default 300, and at once when the control plane rotates the secret).\n\n\
 Example:\n  TETHER_URL=https://tether.example.com OAUTH_CLIENT_ID=tcid_... \\\n  \
 OAUTH_CLIENT_SECRET_FILE=/var/run/secrets/tether/client_secret tether runner"
 )]
@@ -58,12 +60,26 @@ pub struct RunnerArgs {
     pub metrics_listen: Option<SocketAddr>,
 }
 
+/// How often an AWS Secrets Manager secret is re-read while a session is up, by default.
+pub const DEFAULT_SECRET_REFRESH: Duration = Duration::from_secs(300);
+
+/// Environment variable for the AWS Secrets Manager re-read interval.
+// Read in `validate`, not declared as a clap field: other crates build `RunnerArgs` with struct
+// literals that a new field would break. The flag `--secret-refresh-seconds` can join once they
+// spread `..` or set it.
+pub const SECRET_REFRESH_ENV: &str = "TETHER_SECRET_REFRESH_SECONDS";
+
 /// Where the client secret comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SecretSourceConfig {
     Value(ClientSecret),
     File(PathBuf),
-    AwsSecretsManager(String),
+    AwsSecretsManager {
+        /// The secret's ARN or name.
+        secret_id: String,
+        /// How often it is re-read while a session is up (`TETHER_SECRET_REFRESH_SECONDS`).
+        refresh: Duration,
+    },
 }
 
 impl SecretSourceConfig {
@@ -72,8 +88,8 @@ impl SecretSourceConfig {
         match self {
             SecretSourceConfig::Value(_) => "OAUTH_CLIENT_SECRET".into(),
             SecretSourceConfig::File(p) => format!("OAUTH_CLIENT_SECRET_FILE ({})", p.display()),
-            SecretSourceConfig::AwsSecretsManager(arn) => {
-                format!("OAUTH_CLIENT_SECRET_ARN ({arn})")
+            SecretSourceConfig::AwsSecretsManager { secret_id, .. } => {
+                format!("OAUTH_CLIENT_SECRET_ARN ({secret_id})")
             }
         }
     }
@@ -142,8 +158,12 @@ impl RunnerArgs {
             }
             sources.push(SecretSourceConfig::File(p));
         }
+        let refresh = secret_refresh(std::env::var(SECRET_REFRESH_ENV).ok().as_deref())?;
         if let Some(arn) = self.client_secret_arn.filter(|a| !a.trim().is_empty()) {
-            sources.push(SecretSourceConfig::AwsSecretsManager(arn.trim().to_owned()));
+            sources.push(SecretSourceConfig::AwsSecretsManager {
+                secret_id: arn.trim().to_owned(),
+                refresh,
+            });
         }
         let secret = match sources.len() {
             1 => sources.remove(0),
@@ -171,6 +191,19 @@ impl RunnerArgs {
             platform: self.platform,
             metrics_listen: self.metrics_listen,
         })
+    }
+}
+
+/// `TETHER_SECRET_REFRESH_SECONDS`: whole seconds, 1 to 86400; unset means the default.
+fn secret_refresh(raw: Option<&str>) -> Result<Duration, ConfigError> {
+    let Some(value) = raw.map(str::trim).filter(|v| !v.is_empty()) else {
+        return Ok(DEFAULT_SECRET_REFRESH);
+    };
+    match value.parse::<u64>() {
+        Ok(seconds @ 1..=86_400) => Ok(Duration::from_secs(seconds)),
+        _ => Err(ConfigError(format!(
+            "{SECRET_REFRESH_ENV} must be a whole number of seconds from 1 to 86400, not '{value}'"
+        ))),
     }
 }
 
@@ -271,5 +304,29 @@ mod tests {
             ..args()
         };
         assert!(message(bad).contains("OAUTH_CLIENT_SECRET_FILE"));
+    }
+
+    #[test]
+    fn secret_refresh_interval() {
+        assert_eq!(
+            secret_refresh(None).expect("default"),
+            DEFAULT_SECRET_REFRESH
+        );
+        assert_eq!(
+            secret_refresh(Some("")).expect("empty"),
+            DEFAULT_SECRET_REFRESH
+        );
+        assert_eq!(
+            secret_refresh(Some(" 60 ")).expect("60"),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            secret_refresh(Some("1")).expect("1"),
+            Duration::from_secs(1)
+        );
+        for bad in ["0", "-5", "1.5", "5m", "86401"] {
+            let e = secret_refresh(Some(bad)).expect_err(bad).0;
+            assert!(e.contains(SECRET_REFRESH_ENV) && e.contains(bad), "{e}");
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! The tether runner agent: connects outbound to the control plane with OAuth client credentials,
-//! keeps a WebSocket session with heartbeats, reconnects by itself, runs the tasks it is assigned
-//! and spools their updates until acknowledged. `tether runner` calls [`run`].
+//! keeps a WebSocket session with heartbeats, moves it to a new client secret without
+//! reconnecting when the secret source changes, reconnects by itself, runs the tasks it is
+//! assigned and spools their updates until acknowledged. `tether runner` calls [`run`].
 
 pub mod agent;
 pub mod auth;
@@ -8,6 +9,7 @@ pub mod config;
 pub mod executor;
 pub mod metrics;
 pub mod outbox;
+pub mod reload;
 pub mod secret;
 pub mod session;
 pub mod spool;

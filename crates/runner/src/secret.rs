@@ -1,7 +1,9 @@
 //! Reading the client secret from its source. File and AWS Secrets Manager sources are read again
-//! whenever the control plane refuses the secret, so a new secret is picked up without a restart.
+//! whenever the control plane refuses the secret, and watched while a session is up (see
+//! `reload`), so a new secret is picked up without a restart.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use aws_sdk_secretsmanager::Client as SecretsManager;
 use tether_domain::ClientSecret;
@@ -15,6 +17,8 @@ pub enum SecretSource {
     Aws {
         secret_id: String,
         client: SecretsManager,
+        /// How often it is re-read while a session is up.
+        refresh: Duration,
     },
 }
 
@@ -31,9 +35,10 @@ impl SecretSource {
         match config {
             SecretSourceConfig::Value(s) => SecretSource::Value(s.clone()),
             SecretSourceConfig::File(p) => SecretSource::File(p.clone()),
-            SecretSourceConfig::AwsSecretsManager(id) => SecretSource::Aws {
-                secret_id: id.clone(),
+            SecretSourceConfig::AwsSecretsManager { secret_id, refresh } => SecretSource::Aws {
+                secret_id: secret_id.clone(),
                 client: SecretsManager::new(&aws_sdk_config().await),
+                refresh: *refresh,
             },
         }
     }
@@ -57,7 +62,9 @@ impl SecretSource {
                     SecretError::Malformed(format!("the secret in {} {e}", path.display()))
                 })
             }
-            SecretSource::Aws { secret_id, client } => {
+            SecretSource::Aws {
+                secret_id, client, ..
+            } => {
                 let out = client
                     .get_secret_value()
                     .secret_id(secret_id)
@@ -79,6 +86,34 @@ impl SecretSource {
                 })
             }
         }
+    }
+}
+
+/// What a secret file is recognised by without reading it: the file its path resolves to right
+/// now (symlinks followed, so an atomic rename over it and a Kubernetes `..data` symlink swap both
+/// give another inode) and that file's size and change times. Taken fresh each time from the path:
+/// no descriptor is held, no inode watched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+impl FileStamp {
+    pub async fn of(path: &Path) -> std::io::Result<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let m = tokio::fs::metadata(path).await?;
+        let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
+        Ok(Self {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime_ns: ns(m.mtime(), m.mtime_nsec()),
+            ctime_ns: ns(m.ctime(), m.ctime_nsec()),
+        })
     }
 }
 
@@ -138,5 +173,35 @@ mod tests {
             .0
             .contains("client_secret"));
         assert!(parse_secret_string("{not json").is_err());
+    }
+
+    #[tokio::test]
+    async fn file_stamps_follow_renames_and_symlink_swaps() {
+        let dir = tempfile::tempdir().expect("dir");
+        let file = dir.path().join("client_secret");
+        std::fs::write(&file, "a").expect("write");
+        let first = FileStamp::of(&file).await.expect("stamp");
+        assert_eq!(FileStamp::of(&file).await.expect("stamp"), first, "stable");
+
+        // Same size, atomically renamed over the path: another inode.
+        let tmp = dir.path().join("tmp");
+        std::fs::write(&tmp, "b").expect("write");
+        std::fs::rename(&tmp, &file).expect("rename");
+        let renamed = FileStamp::of(&file).await.expect("stamp");
+        assert_ne!(renamed, first);
+
+        // Kubernetes: path -> ..data/client_secret, ..data -> a timestamped dir, swapped atomically.
+        let k8s = dir.path().join("mount");
+        for (version, content) in [("..v1", "a"), ("..v2", "b")] {
+            std::fs::create_dir_all(k8s.join(version)).expect("dir");
+            std::fs::write(k8s.join(version).join("client_secret"), content).expect("write");
+        }
+        std::os::unix::fs::symlink("..v1", k8s.join("..data")).expect("symlink");
+        let mounted = k8s.join("client_secret");
+        std::os::unix::fs::symlink("..data/client_secret", &mounted).expect("symlink");
+        let before = FileStamp::of(&mounted).await.expect("stamp");
+        std::os::unix::fs::symlink("..v2", k8s.join("..data_tmp")).expect("symlink");
+        std::fs::rename(k8s.join("..data_tmp"), k8s.join("..data")).expect("swap");
+        assert_ne!(FileStamp::of(&mounted).await.expect("stamp"), before);
     }
 }

@@ -1,10 +1,12 @@
 //! One WebSocket session with the control plane: `hello`, heartbeats, access-token renewal via
-//! `reauth`, task assignments, cancels and acks, delivery of task updates (spooled backlog first,
-//! then live), and draining. Returns how the session ended; the agent decides what next.
+//! `reauth`, moving to a new client secret via `reauth` (hot reload, `credentials_rotated`), task
+//! assignments, cancels and acks, delivery of task updates (spooled backlog first, then live), and
+//! draining. Returns how the session ended; the agent decides what next.
 
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
+use tether_domain::ClientSecret;
 use tether_protocol::session::{
     close_code, RunnerMessage, ServerMessage, TaskUpdate, CONNECT_PATH, PROTOCOL_VERSION,
 };
@@ -16,8 +18,9 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::Connector;
 
 use crate::agent::{self, Agent};
-use crate::auth::{self, AccessToken};
+use crate::auth::{self, AccessToken, AuthError};
 use crate::executor::Admission;
+use crate::reload::SecretWatch;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum SessionEnd {
@@ -32,9 +35,12 @@ pub enum SessionEnd {
     Lost(String),
 }
 
+/// Holds one session. `secret` is the one `token` was minted from; if the session moves to a new
+/// secret, `secret` is that one when this returns.
 pub async fn run(
     agent: &Agent,
     token: AccessToken,
+    secret: &mut ClientSecret,
     shutdown: &mut watch::Receiver<bool>,
 ) -> SessionEnd {
     let mut ws = match connect(agent, &token.token).await {
@@ -77,17 +83,34 @@ pub async fn run(
     };
     agent.metrics.set_connected(true);
     let (backlog, live) = agent.outbox.attach();
-    let end = serve(agent, &mut ws, token, heartbeat, shutdown, backlog, live).await;
+    let mut secrets = SecretWatch::new(secret.clone(), agent);
+    let end = serve(
+        agent,
+        &mut ws,
+        token,
+        &mut secrets,
+        heartbeat,
+        shutdown,
+        backlog,
+        live,
+    )
+    .await;
+    *secret = secrets.into_secret();
     agent.outbox.detach();
     agent.metrics.set_connected(false);
     end
 }
 
 /// The session after `welcome`.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site; the session's whole state"
+)]
 async fn serve(
     agent: &Agent,
     ws: &mut Ws,
     mut token: AccessToken,
+    secrets: &mut SecretWatch,
     heartbeat: Duration,
     shutdown: &mut watch::Receiver<bool>,
     backlog: Vec<TaskUpdate>,
@@ -129,10 +152,14 @@ async fn serve(
             }
         }
         let renew_in = token.renew_at.saturating_duration_since(Instant::now());
+        let check_at = secrets.next_check();
+        let check_in = check_at.map_or(Duration::ZERO, |at| {
+            at.saturating_duration_since(Instant::now())
+        });
         let sent = tokio::select! {
             incoming = ws.next() => match incoming {
                 Some(Ok(Message::Text(text))) => match serde_json::from_str::<ServerMessage>(&text) {
-                    Ok(msg) => on_message(agent, ws, msg, &mut draining).await,
+                    Ok(msg) => on_message(agent, ws, msg, secrets, &mut draining).await,
                     Err(e) => {
                         tracing::warn!(error = %e, "ignoring a message this runner does not understand");
                         Ok(())
@@ -155,7 +182,7 @@ async fn serve(
                 sent
             }
             _ = tokio::time::sleep(renew_in) => {
-                match renew(agent).await {
+                match renew(agent, secrets.in_use()).await {
                     Ok(fresh) => {
                         let reauth = RunnerMessage::Reauth { access_token: fresh.token.clone() };
                         token = fresh;
@@ -164,9 +191,23 @@ async fn serve(
                     Err(e) => {
                         // Keep the session; try again shortly. The server closes it if the token expires.
                         tracing::warn!(error = %e, "renewing the access token failed; retrying in 30 s");
+                        if matches!(e, AuthError::InvalidClient(_)) {
+                            // The secret in use is refused: the source may hold its successor.
+                            secrets.check_soon();
+                        }
                         token.renew_at = Instant::now() + Duration::from_secs(30);
                         Ok(())
                     }
+                }
+            }
+            _ = tokio::time::sleep(check_in), if check_at.is_some() => {
+                match secrets.check(agent).await {
+                    Some(fresh) => {
+                        let reauth = RunnerMessage::Reauth { access_token: fresh.token.clone() };
+                        token = fresh;
+                        send(ws, &reauth).await
+                    }
+                    None => Ok(()),
                 }
             }
             () = crate::stopped(shutdown), if draining.is_none() => {
@@ -184,6 +225,7 @@ async fn on_message(
     agent: &Agent,
     ws: &mut Ws,
     msg: ServerMessage,
+    secrets: &mut SecretWatch,
     draining: &mut Option<String>,
 ) -> Result<(), WsError> {
     match msg {
@@ -218,9 +260,8 @@ async fn on_message(
                 start_draining(agent, ws, &reason, draining).await?;
             }
         }
-        ServerMessage::Reauthenticated { generation, .. } => {
-            tracing::debug!(generation, "session re-authenticated");
-        }
+        ServerMessage::Reauthenticated { generation, .. } => secrets.reauthenticated(generation),
+        ServerMessage::CredentialsRotated { generation } => secrets.rotated(agent, generation),
         ServerMessage::Error { code, message } => {
             tracing::warn!(code = %code, "control plane reported an error: {message}");
         }
@@ -297,16 +338,16 @@ async fn connect(agent: &Agent, token: &str) -> Result<Ws, SessionEnd> {
     }
 }
 
-async fn renew(agent: &Agent) -> Result<AccessToken, String> {
-    let secret = agent.secrets.read().await.map_err(|e| e.to_string())?;
+/// A fresh token from the secret the session uses: a new secret in the source is the watcher's
+/// business, and one the control plane refused must not break renewals.
+async fn renew(agent: &Agent, secret: &ClientSecret) -> Result<AccessToken, AuthError> {
     auth::fetch_token(
         &agent.transport,
         &agent.config.url,
         &agent.config.client_id,
-        &secret,
+        secret,
     )
     .await
-    .map_err(|e| e.to_string())
 }
 
 async fn send(ws: &mut Ws, msg: &RunnerMessage) -> Result<(), WsError> {

@@ -170,7 +170,14 @@ async fn aws_secrets_manager_source_through_the_real_sdk() {
     let arn = created.arn().expect("arn").to_owned();
     let (stop, stop_rx) = watch::channel(false);
     let agent = tokio::spawn(tether_runner::run_until(
-        config(&app, &id, SecretSourceConfig::AwsSecretsManager(arn)),
+        config(
+            &app,
+            &id,
+            SecretSourceConfig::AwsSecretsManager {
+                secret_id: arn,
+                refresh: tether_runner::config::DEFAULT_SECRET_REFRESH,
+            },
+        ),
         stop_rx,
     ));
     wait_status(&app, "aws-runner", "running").await;

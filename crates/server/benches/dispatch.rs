@@ -124,6 +124,7 @@ async fn run() {
     for spread in [1usize, 10] {
         dispatch_scenario(&b, &names[..spread], runs).await;
     }
+    idle_latency(&b, &names[0], 100).await;
     chatty_scenario(&b, &names[0], log_mb).await;
     let _ = stop.send(true);
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -181,6 +182,40 @@ async fn dispatch_scenario(b: &Bench, runners: &[String], runs: u64) {
         runners.len(),
         ids.len(),
         ids.len() as f64 / elapsed.as_secs_f64(),
+        pct(0.5),
+        pct(0.99),
+        latencies.last().copied().unwrap_or(0.0)
+    );
+}
+
+/// One run at a time on an idle runner: POST-to-start latency without any queue.
+async fn idle_latency(b: &Bench, runner: &str, runs: usize) {
+    let mut latencies = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let run = b
+            .call(
+                reqwest::Method::POST,
+                "/api/v1/pipelines/noop/runs",
+                Some(json!({"runner": runner})),
+            )
+            .await;
+        let id = run["id"].as_str().expect("id").to_owned();
+        let run = loop {
+            let run = b
+                .call(reqwest::Method::GET, &format!("/api/v1/runs/{id}"), None)
+                .await;
+            if run["state"] == "succeeded" {
+                break run;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
+        let started = time_of(&run["tasks"][0]["started_at"]) - time_of(&run["created_at"]);
+        latencies.push(started.as_seconds_f64() * 1000.0);
+    }
+    latencies.sort_by(f64::total_cmp);
+    let pct = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p).round() as usize];
+    println!(
+        "\nidle runner, one run at a time ({runs} runs): POST to task start p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         pct(0.5),
         pct(0.99),
         latencies.last().copied().unwrap_or(0.0)

@@ -16,6 +16,7 @@ pub mod jwt;
 pub mod keys;
 pub mod metrics;
 pub mod runner_link;
+pub mod seal;
 pub mod services;
 pub mod state;
 pub mod telemetry;
@@ -108,6 +109,8 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         link: runner_link::RunnerLink::new(persist_tx),
         public_url: public_url.clone(),
         dispatch,
+        sealer: seal::Sealer::new(&keys.master),
+        health: Default::default(),
         started_at: now,
     });
     let persister = tokio::spawn(persist_statuses(state.store.clone(), persist_rx));
@@ -172,6 +175,12 @@ async fn background_loop(state: AppState, mut stop: watch::Receiver<bool>) {
             tracing::error!(
                 error = format!("{e:#}"),
                 "resuming runners whose pause ended failed"
+            );
+        }
+        if let Err(e) = services::credentials::sweep(&state).await {
+            tracing::error!(
+                error = format!("{e:#}"),
+                "expiring retiring credentials failed"
             );
         }
         if let Err(e) = services::runs::sweep_lost(&state).await {

@@ -30,6 +30,8 @@ pub struct Inner {
     pub metrics: Metrics,
     pub public_url: String,
     pub dispatch: Dispatcher,
+    pub sealer: crate::seal::Sealer,
+    pub health: crate::services::health::AuthHealthTracker,
     /// When this process started: tasks of instances it never saw count as gone since then.
     pub started_at: time::OffsetDateTime,
 }

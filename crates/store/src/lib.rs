@@ -157,10 +157,48 @@ pub trait PipelineStore: Send + Sync {
     async fn cancel_run(&self, id: RunId, audit: NewAuditEvent) -> StoreResult<CancelOutcome>;
 }
 
+/// Credential rotation: refresh, reveal, ending an overlap. Each change is one transaction with its
+/// audit event, so a crash leaves either the old or the new state, never a runner without exactly
+/// one active generation.
+#[async_trait]
+pub trait RotationStore: Send + Sync {
+    /// Makes a new active generation. The previous active one is revoked or retiring (per mode);
+    /// any older retiring one is revoked; older sealed secrets are deleted. The audit event's
+    /// detail gains `generation` and `previous_generation`.
+    async fn refresh_credentials(
+        &self,
+        new: NewGeneration,
+        audit: NewAuditEvent,
+    ) -> StoreResult<Refreshed>;
+    /// The newest generation's sealed secret while it may still be revealed. One whose window has
+    /// closed is deleted on the way.
+    async fn sealed_secret(
+        &self,
+        runner: RunnerId,
+        now_ms: i64,
+    ) -> StoreResult<Option<SealedSecret>>;
+    /// Deletes every sealed secret whose window closed. Returns how many.
+    async fn purge_sealed_secrets(&self, now_ms: i64) -> StoreResult<u64>;
+    /// Ends an overlap early: retiring generations become revoked. Returns them (none: no overlap).
+    async fn revoke_retiring(
+        &self,
+        runner: RunnerId,
+        audit: NewAuditEvent,
+    ) -> StoreResult<Vec<Generation>>;
+    /// Retiring generations whose grace ended at `now_ms` become revoked, each audited.
+    async fn expire_retiring(&self, now_ms: i64) -> StoreResult<Vec<ExpiredGeneration>>;
+}
+
 /// Everything the control plane needs from its database.
 #[async_trait]
 pub trait Store:
-    RunnerStore + CredentialStore + UserStore + AuditStore + PipelineStore + std::fmt::Debug
+    RunnerStore
+    + CredentialStore
+    + RotationStore
+    + UserStore
+    + AuditStore
+    + PipelineStore
+    + std::fmt::Debug
 {
     /// Cheap round trip for readiness checks.
     async fn ping(&self) -> StoreResult<()>;

@@ -52,6 +52,8 @@ pub struct CredentialRecord {
     pub created_at: OffsetDateTime,
     pub expires_at: Option<OffsetDateTime>,
     pub first_token_at: Option<OffsetDateTime>,
+    pub created_by: String,
+    pub last_used_at: Option<OffsetDateTime>,
 }
 
 #[derive(Debug, Clone)]
@@ -256,4 +258,68 @@ pub enum CancelOutcome {
     AlreadyFinished(RunState),
     /// Cancelled at once (nothing was running), or waiting for these running tasks to be killed.
     Requested { running: Vec<AssignedTask> },
+}
+
+/// What a refresh does to the generation that was active.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RotationMode {
+    /// Revoked at once (the seed guide's behaviour).
+    Revoke,
+    /// Still accepted until this time (unix ms): zero-downtime rotation.
+    Overlap { expires_at_ms: i64 },
+}
+
+#[derive(Clone)]
+pub struct NewGeneration {
+    pub runner_id: RunnerId,
+    pub verifier: Verifier,
+    /// The plaintext secret, encrypted by the caller; kept until `reveal_until_ms`.
+    pub sealed_secret: Vec<u8>,
+    pub reveal_until_ms: i64,
+    pub mode: RotationMode,
+    pub at_ms: i64,
+    pub created_by: String,
+}
+
+impl std::fmt::Debug for NewGeneration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewGeneration")
+            .field("runner_id", &self.runner_id)
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The outcome of a refresh.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refreshed {
+    pub generation: Generation,
+    pub previous: Generation,
+    /// Generations that stopped working with this refresh.
+    pub revoked: Vec<Generation>,
+}
+
+#[derive(Clone)]
+pub struct SealedSecret {
+    pub generation: Generation,
+    pub sealed: Vec<u8>,
+    pub reveal_until_ms: i64,
+}
+
+impl std::fmt::Debug for SealedSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealedSecret")
+            .field("generation", &self.generation)
+            .field("reveal_until_ms", &self.reveal_until_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A retiring generation whose grace period ended.
+#[derive(Debug, Clone)]
+pub struct ExpiredGeneration {
+    pub runner_id: RunnerId,
+    pub runner_name: RunnerName,
+    pub client_id: ClientId,
+    pub generation: Generation,
 }

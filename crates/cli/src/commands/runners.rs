@@ -1,6 +1,6 @@
 use anyhow::Context;
 use tether_client::Client;
-use tether_protocol::api::{CreateRunnerRequest, Runner};
+use tether_protocol::api::{AuthHealth, CreateRunnerRequest, Runner};
 
 use crate::cli::{Output, RunnersCommand};
 use crate::output;
@@ -160,6 +160,16 @@ pub async fn run(client: &Client, out: Output, command: RunnersCommand) -> anyho
             super::runs::list(&list.runs);
             Ok(())
         }
+        RunnersCommand::RefreshCredentials(args) => {
+            super::credentials::refresh(client, out, args).await
+        }
+        RunnersCommand::Reveal { runner } => super::credentials::reveal(client, out, &runner).await,
+        RunnersCommand::Credentials { runner } => {
+            super::credentials::show(client, out, &runner).await
+        }
+        RunnersCommand::RevokePrevious { runner, yes } => {
+            super::credentials::revoke_previous(client, out, &runner, yes).await
+        }
     }
 }
 
@@ -185,7 +195,8 @@ fn show(_client: &Client, out: Output, r: Runner) -> anyhow::Result<()> {
         ),
         ("reason", r.status_reason.clone()),
         ("client_id", r.client_id.clone()),
-        ("credential generation", r.credential_generation.to_string()),
+        ("credential generation", generations(&r)),
+        ("auth", auth(&r.auth_health)),
         (
             "version",
             r.runner_version.clone().unwrap_or_else(|| "-".into()),
@@ -231,4 +242,94 @@ fn show(_client: &Client, out: Output, r: Runner) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The active generation, and which instances still authenticate with an older one (after an
+/// overlap refresh, those are the ones that have not picked up the new secret yet).
+fn generations(r: &Runner) -> String {
+    let current = r.credential_generation;
+    let behind: Vec<String> = r
+        .instances
+        .iter()
+        .filter(|i| i.credential_generation != current)
+        .map(|i| format!("{} on {}", i.hostname, i.credential_generation))
+        .collect();
+    match (r.instances.len(), behind.len()) {
+        (0, _) => current.to_string(),
+        (n, 0) => format!("{current} (all {n} instance(s) on it)"),
+        (n, b) => format!(
+            "{current} ({b} of {n} instance(s) still on an older one: {})",
+            behind.join(", ")
+        ),
+    }
+}
+
+fn auth(h: &AuthHealth) -> String {
+    if !h.summary.is_empty() {
+        return h.summary.clone();
+    }
+    match (h.failed_token_requests, h.last_success_at) {
+        (0, Some(at)) => format!("ok (last token {})", output::time(at)),
+        (0, None) => "no token requests yet".to_owned(),
+        (n, _) => format!(
+            "{n} failed token request(s){}",
+            h.last_failure_reason
+                .as_deref()
+                .map(|r| format!(", last: {r}"))
+                .unwrap_or_default()
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runner(instance_generations: &[u32]) -> Runner {
+        let instances: Vec<serde_json::Value> = instance_generations
+            .iter()
+            .enumerate()
+            .map(|(n, g)| {
+                serde_json::json!({
+                    "instance_id": format!("i{n}"), "hostname": format!("host-{n}"),
+                    "connected_at": "2026-01-02T03:00:00Z", "last_heartbeat_at": "2026-01-02T03:00:01Z",
+                    "credential_generation": g, "running_tasks": 0
+                })
+            })
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "id": "r", "name": "n", "description": "", "platform": "gke", "status": "running",
+            "status_reason": "", "status_since": "2026-01-02T03:00:00Z", "client_id": "tcid_x",
+            "credential_generation": 2, "instances": instances, "paused_until": null,
+            "created_at": "2026-01-01T00:00:00Z", "last_seen_at": null, "runner_version": null,
+            "paused_by": null,
+            "auth_health": {"failed_token_requests": 3, "last_failure_reason": "wrong_secret",
+                "last_failure_at": "2026-01-02T03:04:00Z", "last_success_at": null,
+                "summary": "3 failed token requests since 03:04: wrong client secret"}
+        }))
+        .expect("runner")
+    }
+
+    #[test]
+    fn generation_line_names_instances_on_an_older_secret() {
+        assert_eq!(generations(&runner(&[])), "2");
+        assert_eq!(generations(&runner(&[2, 2])), "2 (all 2 instance(s) on it)");
+        assert_eq!(
+            generations(&runner(&[2, 1])),
+            "2 (1 of 2 instance(s) still on an older one: host-1 on 1)"
+        );
+    }
+
+    #[test]
+    fn auth_line_is_the_servers_summary_or_the_counts() {
+        let r = runner(&[]);
+        assert_eq!(
+            auth(&r.auth_health),
+            "3 failed token requests since 03:04: wrong client secret"
+        );
+        let mut h = r.auth_health.clone();
+        h.summary.clear();
+        assert_eq!(auth(&h), "3 failed token request(s), last: wrong_secret");
+        assert_eq!(auth(&AuthHealth::default()), "no token requests yet");
+    }
 }

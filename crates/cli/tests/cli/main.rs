@@ -2,7 +2,9 @@
 //! server and runner as real processes (status transitions, signals, restarts).
 
 mod admin;
+mod credentials;
 mod pipelines;
 mod procs;
+mod rotation;
 mod runner;
 mod runs;

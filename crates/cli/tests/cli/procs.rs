@@ -47,7 +47,20 @@ impl ServerProc {
         s
     }
 
+    /// Like [`Self::start`], with extra server settings (e.g. `TETHER_REVEAL_WINDOW_SECONDS`).
+    pub fn start_with_env(extra: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().expect("dir");
+        let data = dir.path().to_path_buf();
+        let mut s = Self::spawn(&data, "127.0.0.1:0", extra);
+        s._dir = Some(dir);
+        s
+    }
+
     pub fn start_at(data_dir: &Path, listen: &str) -> Self {
+        Self::spawn(data_dir, listen, &[])
+    }
+
+    fn spawn(data_dir: &Path, listen: &str, extra: &[(&str, &str)]) -> Self {
         let log = std::fs::File::create(data_dir.with_extension("server.log")).expect("log");
         let mut child = Command::new(BIN)
             .args(["server", "--listen", listen, "--data-dir"])
@@ -56,6 +69,7 @@ impl ServerProc {
             .env("TETHER_HEARTBEAT_SECONDS", "1")
             .env("TETHER_FLUSH_SECONDS", "1")
             .env("TETHER_LOST_AFTER_SECONDS", "8")
+            .envs(extra.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)

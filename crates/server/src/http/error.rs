@@ -22,6 +22,17 @@ pub enum ApiError {
         code: &'static str,
         detail: String,
     },
+    /// A conflict whose problem document carries more members (`runs` in progress).
+    ConflictWith {
+        code: &'static str,
+        detail: String,
+        extra: serde_json::Map<String, serde_json::Value>,
+    },
+    /// It existed and is gone for good (410).
+    Gone {
+        code: &'static str,
+        detail: String,
+    },
     /// A field failed validation (422).
     InvalidField {
         field: String,
@@ -57,6 +68,11 @@ impl From<ServiceError> for ApiError {
             ServiceError::NotFound { code, detail, .. } => ApiError::NotFound { code, detail },
             ServiceError::Conflict { code, detail } => ApiError::Conflict { code, detail },
             ServiceError::Forbidden { detail } => ApiError::Forbidden(detail),
+            ServiceError::Gone { code, detail } => ApiError::Gone { code, detail },
+            ServiceError::RunsInProgress { detail, .. } => ApiError::Conflict {
+                code: "runs_in_progress",
+                detail,
+            },
             ServiceError::Internal(e) => ApiError::Internal(e),
         }
     }
@@ -70,6 +86,7 @@ impl From<tether_store::StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let mut extra = serde_json::Map::new();
         let (status, code, title, detail, field) = match self {
             ApiError::Unauthenticated => (
                 StatusCode::UNAUTHORIZED,
@@ -88,6 +105,11 @@ impl IntoResponse for ApiError {
             ApiError::Forbidden(detail) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden", detail, None),
             ApiError::NotFound { code, detail } => (StatusCode::NOT_FOUND, code, "Not found", detail, None),
             ApiError::Conflict { code, detail } => (StatusCode::CONFLICT, code, "Conflict", detail, None),
+            ApiError::ConflictWith { code, detail, extra: more } => {
+                extra = more;
+                (StatusCode::CONFLICT, code, "Conflict", detail, None)
+            }
+            ApiError::Gone { code, detail } => (StatusCode::GONE, code, "Gone", detail, None),
             ApiError::InvalidField { field, detail } => (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid_field",
@@ -156,7 +178,11 @@ impl IntoResponse for ApiError {
             code: code.to_owned(),
             field,
         };
-        let mut response = (status, axum::Json(problem)).into_response();
+        let mut body = serde_json::to_value(problem).unwrap_or_default();
+        if let serde_json::Value::Object(members) = &mut body {
+            members.extend(extra);
+        }
+        let mut response = (status, axum::Json(body)).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
         if status == StatusCode::UNAUTHORIZED {

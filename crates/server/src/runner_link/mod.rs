@@ -57,6 +57,8 @@ struct LiveRunner {
     /// When each instance's last session ended (cleared when it reconnects): how long its tasks
     /// have been without an instance.
     departed: HashMap<String, OffsetDateTime>,
+    /// Set by a revoking refresh until an instance connects with the new credentials.
+    credentials_revoked: Option<String>,
 }
 
 impl LiveRunner {
@@ -73,6 +75,7 @@ impl LiveRunner {
             last_seen_at: r.status.last_seen_at,
             runner_version: r.status.runner_version.clone(),
             departed: HashMap::new(),
+            credentials_revoked: None,
         }
     }
 
@@ -84,6 +87,7 @@ impl LiveRunner {
             draining_sessions: self.sessions.values().filter(|s| s.draining).count(),
             paused_by: self.paused_by.clone(),
             last_disconnect: self.last_disconnect.clone(),
+            credentials_revoked: self.credentials_revoked.clone(),
         }
     }
 
@@ -110,6 +114,19 @@ impl LiveRunner {
             runner_version: self.runner_version.clone(),
         }
     }
+}
+
+/// Closes the sessions authenticated with a generation below `active`; returns their instances.
+fn close_older(live: &LiveRunner, active: u32) -> Vec<String> {
+    let mut closed = Vec::new();
+    for s in live.sessions.values().filter(|s| s.generation < active) {
+        let _ = s.tx.send(Outbound::Close {
+            code: tether_protocol::session::close_code::CREDENTIALS_REVOKED,
+            reason: "credentials_revoked".into(),
+        });
+        closed.push(s.instance_id.clone());
+    }
+    closed
 }
 
 /// A runner's live state as the API shows it.
@@ -210,6 +227,7 @@ impl RunnerLink {
                 tx,
             };
             live.departed.remove(&hello.instance_id);
+            live.credentials_revoked = None;
             if let Some(old) = live.sessions.insert(hello.instance_id, session) {
                 let _ = old.tx.send(Outbound::Close {
                     code: tether_protocol::session::close_code::SUPERSEDED,
@@ -296,6 +314,51 @@ impl RunnerLink {
             live.refresh(now)
         };
         self.publish(runner.id, change);
+    }
+
+    /// A revoking refresh: closes every session on a generation older than `active` with 4401 and
+    /// shows the runner `unknown` with `reason` until an instance connects with the new secret.
+    /// Returns the sessions closed.
+    pub fn credentials_revoked(
+        &self,
+        runner: &RunnerRecord,
+        active: u32,
+        reason: &str,
+    ) -> Vec<String> {
+        let now = OffsetDateTime::now_utc();
+        let (closed, change) = {
+            let mut map = self.lock();
+            let live = map
+                .entry(runner.id)
+                .or_insert_with(|| LiveRunner::from_record(runner));
+            live.credentials_revoked = Some(reason.to_owned());
+            let closed = close_older(live, active);
+            (closed, live.refresh(now))
+        };
+        self.publish(runner.id, change);
+        closed
+    }
+
+    /// Closes sessions on generations older than `active` (overlap ended). Returns their instances.
+    pub fn close_older_generations(&self, id: RunnerId, active: u32) -> Vec<String> {
+        self.lock()
+            .get(&id)
+            .map_or_else(Vec::new, |live| close_older(live, active))
+    }
+
+    /// Tells every live instance that `generation` exists (overlap began). Returns how many.
+    pub fn credentials_rotated(&self, id: RunnerId, generation: u32) -> usize {
+        let map = self.lock();
+        let Some(live) = map.get(&id) else { return 0 };
+        live.sessions
+            .values()
+            .filter(|s| {
+                s.tx.send(Outbound::Send(ServerMessage::CredentialsRotated {
+                    generation,
+                }))
+                .is_ok()
+            })
+            .count()
     }
 
     /// The instance said it is draining (SIGTERM): no new work for it.

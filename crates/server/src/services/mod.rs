@@ -4,6 +4,8 @@
 pub mod audit;
 pub mod bootstrap;
 pub mod clients;
+pub mod credentials;
+pub mod health;
 pub mod oauth;
 pub mod pipelines;
 pub mod runners;
@@ -26,6 +28,15 @@ pub enum ServiceError {
     Conflict { code: &'static str, detail: String },
     #[error("forbidden")]
     Forbidden { detail: String },
+    /// Existed once, is gone for good (a closed reveal window).
+    #[error("gone")]
+    Gone { code: &'static str, detail: String },
+    /// Refused while runs are in progress (unless forced); the runs are listed for the caller.
+    #[error("runs in progress")]
+    RunsInProgress {
+        detail: String,
+        runs: Vec<tether_store::RunRecord>,
+    },
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }

@@ -64,6 +64,11 @@ pub async fn authenticate_client(
         let runner = client
             .as_ref()
             .map(|c| (c.runner_id, c.runner_name.as_str().to_owned()));
+        if let Some(c) = client {
+            state
+                .health
+                .refused(c.runner_id, failure.reason(), OffsetDateTime::now_utc());
+        }
         state
             .usage
             .refused(Some(client_id), runner, failure.reason(), source_ip);
@@ -125,6 +130,7 @@ pub fn issue_token(
     };
     let token = state.signer.sign(&claims);
     state.metrics.tokens_issued.inc();
+    state.health.succeeded(client.runner_id, now);
     if let Some(g) = client.generation(generation) {
         g.unflushed_use_ms
             .store(tether_store::to_ms(now), Ordering::Relaxed);

@@ -2,6 +2,7 @@
 //! the write lock; reads use a small pool and see a consistent snapshot.
 
 mod audit;
+mod credentials;
 mod pipelines;
 mod runners;
 mod users;
@@ -27,6 +28,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "pipelines",
         include_str!("../../migrations/sqlite/0002_pipelines.sql"),
+    ),
+    (
+        3,
+        "reveal",
+        include_str!("../../migrations/sqlite/0003_reveal.sql"),
     ),
 ];
 

@@ -239,7 +239,8 @@ impl RunnerStore for SqliteStore {
 impl CredentialStore for SqliteStore {
     async fn client_by_id(&self, client_id: &ClientId) -> StoreResult<Option<ClientRecord>> {
         let rows = sqlx::query(
-            "SELECT r.id, r.name, c.generation, c.state, c.verifier, c.created_at, c.expires_at, c.first_token_at
+            "SELECT r.id, r.name, c.generation, c.state, c.verifier, c.created_at, c.expires_at, c.first_token_at,
+                    c.created_by, c.last_used_at
              FROM runners r JOIN credentials c ON c.runner_id = r.id
              WHERE r.client_id = ? ORDER BY c.generation DESC",
         )
@@ -276,6 +277,11 @@ impl CredentialStore for SqliteStore {
                         .map(from_ms),
                     first_token_at: row
                         .try_get::<Option<i64>, _>("first_token_at")
+                        .map_err(backend)?
+                        .map(from_ms),
+                    created_by: row.try_get("created_by").map_err(backend)?,
+                    last_used_at: row
+                        .try_get::<Option<i64>, _>("last_used_at")
                         .map_err(backend)?
                         .map(from_ms),
                 })

@@ -1,6 +1,7 @@
 //! `/api/v1`: the REST API for humans and scripts. One module per resource.
 
 mod audit;
+mod credentials;
 mod pipelines;
 mod runners;
 mod runs;
@@ -15,6 +16,7 @@ pub fn router() -> Router<AppState> {
         .merge(runners::router())
         .merge(users::router())
         .merge(audit::router())
+        .merge(credentials::router())
         .merge(pipelines::router())
         .merge(runs::router())
 }

@@ -169,5 +169,6 @@ pub(crate) fn view(state: &AppState, r: &RunnerRecord) -> Runner {
         last_seen_at: status.last_seen_at,
         runner_version: status.runner_version,
         paused_by: r.paused_by.clone(),
+        auth_health: state.health.view(r.id),
     }
 }

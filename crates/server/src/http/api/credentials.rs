@@ -1,0 +1,194 @@
+//! `/api/v1/runners/{runner}/credentials`: refresh, reveal, inspect, end an overlap.
+
+use axum::extract::{Path, State};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use tether_domain::Role;
+use tether_protocol::api::{
+    CredentialGeneration, Credentials, RefreshRequest, RefreshResponse, RevealResponse,
+};
+use tether_store::RunnerRecord;
+
+use super::runs::view as run_view;
+use crate::auth::Caller;
+use crate::http::error::ApiError;
+use crate::http::extract::ApiJson;
+use crate::services::credentials::{self, Mode};
+use crate::services::{runners, ServiceError};
+use crate::state::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/runners/{runner}/credentials", get(get_credentials))
+        .route(
+            "/api/v1/runners/{runner}/credentials/refresh",
+            post(refresh_credentials),
+        )
+        .route(
+            "/api/v1/runners/{runner}/credentials/reveal",
+            post(reveal_credentials),
+        )
+        .route(
+            "/api/v1/runners/{runner}/credentials/revoke-previous",
+            post(revoke_previous_credentials),
+        )
+}
+
+/// The word an operator must type to refresh (the guide: "type the word `refresh`").
+const REFRESH_CONFIRMATION: &str = "refresh";
+/// Default overlap: one day.
+const DEFAULT_GRACE_SECONDS: u64 = 86_400;
+/// Longest overlap: 30 days.
+const MAX_GRACE_SECONDS: u64 = 30 * 86_400;
+
+async fn refresh_credentials(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(runner): Path<String>,
+    ApiJson(req): ApiJson<RefreshRequest>,
+) -> Result<Json<RefreshResponse>, ApiError> {
+    caller.require(Role::Operator)?;
+    if req.confirm.as_deref() != Some(REFRESH_CONFIRMATION) {
+        return Err(ApiError::Confirmation {
+            field: "confirm",
+            expected: REFRESH_CONFIRMATION,
+        });
+    }
+    let mode = match req.mode.as_deref().unwrap_or("revoke") {
+        "revoke" => {
+            if req.grace_seconds.is_some() {
+                return Err(ApiError::invalid_field(
+                    "grace_seconds",
+                    "applies only to mode \"overlap\"",
+                ));
+            }
+            Mode::Revoke
+        }
+        "overlap" => {
+            let grace = req.grace_seconds.unwrap_or(DEFAULT_GRACE_SECONDS);
+            if grace == 0 || grace > MAX_GRACE_SECONDS {
+                return Err(ApiError::invalid_field(
+                    "grace_seconds",
+                    format!("must be from 1 to {MAX_GRACE_SECONDS} seconds"),
+                ));
+            }
+            Mode::Overlap {
+                grace: std::time::Duration::from_secs(grace),
+            }
+        }
+        _ => {
+            return Err(ApiError::invalid_field(
+                "mode",
+                "must be \"revoke\" or \"overlap\"",
+            ))
+        }
+    };
+    let outcome = match credentials::refresh(&state, &caller, &runner, mode, req.force).await {
+        Ok(o) => o,
+        Err(ServiceError::RunsInProgress { detail, runs }) => {
+            let runs: Vec<_> = runs.into_iter().map(|r| run_view(&state, r)).collect();
+            let mut extra = serde_json::Map::new();
+            extra.insert(
+                "runs".into(),
+                serde_json::to_value(runs).map_err(|e| ApiError::Internal(e.into()))?,
+            );
+            return Err(ApiError::ConflictWith {
+                code: "runs_in_progress",
+                detail,
+                extra,
+            });
+        }
+        Err(e) => return Err(e.into()),
+    };
+    Ok(Json(RefreshResponse {
+        client_id: outcome.runner.client_id.as_str().to_owned(),
+        client_secret: outcome.secret.expose().to_owned(),
+        generation: outcome.refreshed.generation.0,
+        previous_generation: outcome.refreshed.previous.0,
+        mode: outcome.mode.as_str().to_owned(),
+        reveal_until: outcome.reveal_until,
+        previous_expires_at: outcome.previous_expires_at,
+        sessions_closed: outcome.sessions_closed,
+    }))
+}
+
+async fn reveal_credentials(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(runner): Path<String>,
+) -> Result<Json<RevealResponse>, ApiError> {
+    let (record, secret, generation, reveal_until) =
+        credentials::reveal(&state, &caller, &runner).await?;
+    Ok(Json(RevealResponse {
+        client_id: record.client_id.as_str().to_owned(),
+        client_secret: secret.expose().to_owned(),
+        generation: generation.0,
+        reveal_until,
+    }))
+}
+
+async fn get_credentials(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(runner): Path<String>,
+) -> Result<Json<Credentials>, ApiError> {
+    caller.require(Role::Viewer)?;
+    let record = runners::find(&state, &runner).await?;
+    Ok(Json(view(&state, &record).await?))
+}
+
+async fn revoke_previous_credentials(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(runner): Path<String>,
+) -> Result<Json<Credentials>, ApiError> {
+    let record = credentials::revoke_previous(&state, &caller, &runner).await?;
+    Ok(Json(view(&state, &record).await?))
+}
+
+/// Every generation with its state and how many live sessions use it; never a secret.
+pub(crate) async fn view(state: &AppState, runner: &RunnerRecord) -> Result<Credentials, ApiError> {
+    let client = state
+        .store
+        .client_by_id(&runner.client_id)
+        .await?
+        .ok_or(ApiError::NotFound {
+            code: "runner_not_found",
+            detail: format!("no runner with the id or name '{}'", runner.name),
+        })?;
+    let instances = state
+        .link
+        .view(runner.id)
+        .map(|v| v.instances)
+        .unwrap_or_default();
+    let now = time::OffsetDateTime::now_utc();
+    let reveal_until = state
+        .store
+        .sealed_secret(runner.id, tether_store::to_ms(now))
+        .await?
+        .map(|s| tether_store::from_ms(s.reveal_until_ms));
+    let newest = client.generations.first();
+    let refreshed = newest.filter(|g| g.generation.0 > 1);
+    Ok(Credentials {
+        client_id: runner.client_id.as_str().to_owned(),
+        last_refreshed_at: refreshed.map(|g| g.created_at),
+        last_refreshed_by: refreshed.map(|g| g.created_by.clone()),
+        generations: client
+            .generations
+            .iter()
+            .map(|g| CredentialGeneration {
+                generation: g.generation.0,
+                state: g.state.as_str().to_owned(),
+                created_at: g.created_at,
+                created_by: g.created_by.clone(),
+                expires_at: g.expires_at,
+                last_used_at: g.last_used_at,
+                sessions: instances
+                    .iter()
+                    .filter(|i| i.credential_generation == g.generation.0)
+                    .count(),
+            })
+            .collect(),
+        reveal_until,
+    })
+}

@@ -1,0 +1,294 @@
+//! The runner credential lifecycle: refresh (revoke or overlap), reveal, ending an overlap, and
+//! the periodic expiry of retiring generations and of secrets awaiting reveal.
+//!
+//! Every change is one store transaction with its audit event; the in-memory effects (the client
+//! cache, cutting sessions, telling instances) come after the commit, so a crash in between leaves
+//! the database right and the effects moot (a restart has no sessions and an empty cache).
+
+use serde_json::json;
+use tether_domain::{ClientSecret, Generation, Role, RunState, RunnerId};
+use tether_store::{NewGeneration, Refreshed, RotationMode, RunFilter, RunnerRecord, StoreError};
+use time::OffsetDateTime;
+
+use super::audit::{self, AuditEventExt};
+use super::ServiceError;
+use crate::auth::Caller;
+use crate::state::AppState;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Revoke,
+    Overlap { grace: std::time::Duration },
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Revoke => "revoke",
+            Mode::Overlap { .. } => "overlap",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct RefreshOutcome {
+    pub runner: RunnerRecord,
+    pub secret: ClientSecret,
+    pub refreshed: Refreshed,
+    pub mode: Mode,
+    pub reveal_until: OffsetDateTime,
+    pub previous_expires_at: Option<OffsetDateTime>,
+    pub sessions_closed: usize,
+}
+
+/// Makes a new client secret for a runner. Refused with the list of runs while runs are running
+/// on it, unless `force`.
+pub async fn refresh(
+    state: &AppState,
+    caller: &Caller,
+    key: &str,
+    mode: Mode,
+    force: bool,
+) -> Result<RefreshOutcome, ServiceError> {
+    caller.require(Role::Operator)?;
+    let runner = super::runners::find(state, key).await?;
+    if !force {
+        let running = state
+            .store
+            .list_runs(RunFilter {
+                runner_id: Some(runner.id),
+                state: Some(RunState::Running),
+                before: None,
+                limit: 100,
+            })
+            .await?;
+        if !running.is_empty() {
+            return Err(ServiceError::RunsInProgress {
+                detail: format!(
+                    "{} run(s) in progress on runner '{}'; refreshing would disconnect it mid-run. \
+                     Wait for them to finish, or send \"force\": true to refresh anyway",
+                    running.len(),
+                    runner.name
+                ),
+                runs: running,
+            });
+        }
+    }
+    let now = OffsetDateTime::now_utc();
+    let secret = ClientSecret::generate();
+    let reveal_until = now + state.config.reveal_window;
+    let previous_expires_at = match mode {
+        Mode::Revoke => None,
+        Mode::Overlap { grace } => Some(now + grace),
+    };
+    let new = NewGeneration {
+        runner_id: runner.id,
+        verifier: state.pepper.verifier(secret.expose()),
+        sealed_secret: state
+            .sealer
+            .seal(secret.expose().as_bytes(), &aad(runner.id)),
+        reveal_until_ms: tether_store::to_ms(reveal_until),
+        mode: match previous_expires_at {
+            None => RotationMode::Revoke,
+            Some(t) => RotationMode::Overlap {
+                expires_at_ms: tether_store::to_ms(t),
+            },
+        },
+        at_ms: tether_store::to_ms(now),
+        created_by: caller.actor(),
+    };
+    let ev = audit::event(caller.actor(), "credentials.refreshed")
+        .runner(runner.id, runner.name.as_str())
+        .source_ip(caller.source_ip.clone())
+        .detail(json!({
+            "mode": mode.as_str(),
+            "client_id": runner.client_id.as_str(),
+            "forced": force,
+            "previous_expires_at": previous_expires_at.map(rfc3339),
+        }));
+    let refreshed = match state.store.refresh_credentials(new, ev).await {
+        Ok(r) => r,
+        Err(StoreError::NotFound) => {
+            return Err(super::runners::find(state, key)
+                .await
+                .err()
+                .unwrap_or_else(|| {
+                    ServiceError::Internal(anyhow::anyhow!(
+                        "runner '{}' has no active credential generation",
+                        runner.name
+                    ))
+                }))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    state.clients.invalidate(&runner.client_id);
+    state.health.refreshed(runner.id, now, &caller.actor());
+    let generation = refreshed.generation.0;
+    let closed = match mode {
+        Mode::Revoke => {
+            let reason = format!(
+                "credentials refreshed at {} by {}; apply the new client_secret and restart the runner",
+                clock(now),
+                caller.actor()
+            );
+            state.link.credentials_revoked(&runner, generation, &reason)
+        }
+        Mode::Overlap { .. } => {
+            let told = state.link.credentials_rotated(runner.id, generation);
+            tracing::info!(runner.id = %runner.id, generation, instances = told, "told instances about the new credential generation");
+            Vec::new()
+        }
+    };
+    audit_cuts(state, &runner, &closed, "credentials refreshed (revoke)").await?;
+    tracing::info!(runner.id = %runner.id, runner.name = %runner.name, generation, mode = mode.as_str(),
+        sessions_closed = closed.len(), "runner credentials refreshed");
+    Ok(RefreshOutcome {
+        runner,
+        secret,
+        refreshed,
+        mode,
+        reveal_until,
+        previous_expires_at,
+        sessions_closed: closed.len(),
+    })
+}
+
+/// The newest secret again, while its reveal window is open.
+pub async fn reveal(
+    state: &AppState,
+    caller: &Caller,
+    key: &str,
+) -> Result<(RunnerRecord, ClientSecret, Generation, OffsetDateTime), ServiceError> {
+    caller.require(Role::Operator)?;
+    let runner = super::runners::find(state, key).await?;
+    let now = OffsetDateTime::now_utc();
+    let closed = || {
+        ServiceError::Gone {
+        code: "reveal_window_closed",
+        detail: format!(
+            "no secret of runner '{}' can be revealed: the reveal window closed (or the credentials were never refreshed). \
+             Refresh the credentials again to get a new secret",
+            runner.name
+        ),
+    }
+    };
+    let Some(sealed) = state
+        .store
+        .sealed_secret(runner.id, tether_store::to_ms(now))
+        .await?
+    else {
+        return Err(closed());
+    };
+    let plain = state
+        .sealer
+        .open(&sealed.sealed, &aad(runner.id))
+        .and_then(|p| String::from_utf8(p).ok())
+        .and_then(|p| ClientSecret::parse(&p).ok())
+        .ok_or_else(|| {
+            ServiceError::Internal(anyhow::anyhow!(
+                "the sealed secret of runner {} does not open with this server's master key",
+                runner.id
+            ))
+        })?;
+    let ev = audit::event(caller.actor(), "credentials.revealed")
+        .runner(runner.id, runner.name.as_str())
+        .source_ip(caller.source_ip.clone())
+        .detail(json!({"generation": sealed.generation.0}));
+    state.store.append_audit(ev).await?;
+    Ok((
+        runner,
+        plain,
+        sealed.generation,
+        tether_store::from_ms(sealed.reveal_until_ms),
+    ))
+}
+
+/// Ends an overlap now: retiring generations stop working and their sessions are closed.
+pub async fn revoke_previous(
+    state: &AppState,
+    caller: &Caller,
+    key: &str,
+) -> Result<RunnerRecord, ServiceError> {
+    caller.require(Role::Operator)?;
+    let runner = super::runners::find(state, key).await?;
+    let ev = audit::event(caller.actor(), "credentials.previous_revoked")
+        .runner(runner.id, runner.name.as_str())
+        .source_ip(caller.source_ip.clone());
+    let revoked = state.store.revoke_retiring(runner.id, ev).await?;
+    state.clients.invalidate(&runner.client_id);
+    let closed = state
+        .link
+        .close_older_generations(runner.id, runner.generation.0);
+    audit_cuts(state, &runner, &closed, "previous credentials revoked").await?;
+    tracing::info!(runner.id = %runner.id, revoked = ?revoked, sessions_closed = closed.len(), "previous credentials revoked");
+    Ok(runner)
+}
+
+/// Retiring generations whose grace ended stop working, and reveal windows that closed lose their
+/// ciphertext (run periodically).
+pub async fn sweep(state: &AppState) -> anyhow::Result<()> {
+    let now = OffsetDateTime::now_utc();
+    for e in state
+        .store
+        .expire_retiring(tether_store::to_ms(now))
+        .await?
+    {
+        state.clients.invalidate(&e.client_id);
+        let closed = state
+            .link
+            .close_older_generations(e.runner_id, e.generation.0 + 1);
+        tracing::info!(runner.id = %e.runner_id, generation = e.generation.0, sessions_closed = closed.len(),
+            "grace period ended; previous credentials revoked");
+        if let Some(runner) = state.store.runner_by_id(e.runner_id).await? {
+            audit_cuts(
+                state,
+                &runner,
+                &closed,
+                "grace period of the previous credentials ended",
+            )
+            .await?;
+        }
+    }
+    let purged = state
+        .store
+        .purge_sealed_secrets(tether_store::to_ms(now))
+        .await?;
+    if purged > 0 {
+        tracing::debug!(
+            secrets = purged,
+            "reveal windows closed; sealed secrets deleted"
+        );
+    }
+    Ok(())
+}
+
+async fn audit_cuts(
+    state: &AppState,
+    runner: &RunnerRecord,
+    instances: &[String],
+    why: &str,
+) -> Result<(), ServiceError> {
+    for instance in instances {
+        let ev = audit::event("system", "session.cut")
+            .runner(runner.id, runner.name.as_str())
+            .target(format!("instance:{instance}"))
+            .detail(json!({"reason": why, "close_code": tether_protocol::session::close_code::CREDENTIALS_REVOKED}));
+        state.store.append_audit(ev).await?;
+    }
+    Ok(())
+}
+
+fn aad(runner: RunnerId) -> Vec<u8> {
+    format!("tether-runner:{runner}").into_bytes()
+}
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// `2026-11-23 12:04:10 UTC`
+pub fn clock(t: OffsetDateTime) -> String {
+    let f = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second] UTC");
+    t.format(&f).unwrap_or_default()
+}

@@ -1,0 +1,226 @@
+//! Credential rotation in SQLite. The single writer connection serialises refreshes, so two
+//! concurrent refreshes of one runner run one after the other: the second sees the first's
+//! generation as the previous one. The partial unique index on active generations is the last
+//! line of defence: whatever the code does, a runner never has two.
+
+use async_trait::async_trait;
+use serde_json::Value;
+use sqlx::Row;
+use tether_domain::{ClientId, Generation, RunnerId, RunnerName};
+
+use super::{backend, corrupt, insert_audit, SqliteStore};
+use crate::{
+    ExpiredGeneration, NewAuditEvent, NewGeneration, Refreshed, RotationMode, RotationStore,
+    SealedSecret, StoreError, StoreResult,
+};
+
+#[async_trait]
+impl RotationStore for SqliteStore {
+    async fn refresh_credentials(
+        &self,
+        new: NewGeneration,
+        mut audit: NewAuditEvent,
+    ) -> StoreResult<Refreshed> {
+        let runner = new.runner_id.to_string();
+        let mut tx = self.writer.begin().await.map_err(backend)?;
+        let previous: Option<u32> = sqlx::query_scalar(
+            "SELECT generation FROM credentials WHERE runner_id = ? AND state = 'active'",
+        )
+        .bind(&runner)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(backend)?;
+        let Some(previous) = previous else {
+            return Err(StoreError::NotFound);
+        };
+        let newest: u32 =
+            sqlx::query_scalar("SELECT MAX(generation) FROM credentials WHERE runner_id = ?")
+                .bind(&runner)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(backend)?;
+        let generation = newest + 1;
+        // Older retiring generations end now, whatever the mode: at most two secrets work at once.
+        let mut revoked: Vec<u32> = sqlx::query_scalar(
+            "UPDATE credentials SET state = 'revoked', revoked_at = ?
+             WHERE runner_id = ? AND state = 'retiring' RETURNING generation",
+        )
+        .bind(new.at_ms)
+        .bind(&runner)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(backend)?;
+        match new.mode {
+            RotationMode::Revoke => {
+                sqlx::query(
+                    "UPDATE credentials SET state = 'revoked', revoked_at = ?
+                     WHERE runner_id = ? AND generation = ?",
+                )
+                .bind(new.at_ms)
+                .bind(&runner)
+                .bind(previous)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+                revoked.push(previous);
+            }
+            RotationMode::Overlap { expires_at_ms } => {
+                sqlx::query(
+                    "UPDATE credentials SET state = 'retiring', expires_at = ?
+                     WHERE runner_id = ? AND generation = ?",
+                )
+                .bind(expires_at_ms)
+                .bind(&runner)
+                .bind(previous)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+            }
+        }
+        sqlx::query(
+            "UPDATE credentials SET sealed_secret = NULL, reveal_until = NULL
+             WHERE runner_id = ? AND sealed_secret IS NOT NULL",
+        )
+        .bind(&runner)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        sqlx::query(
+            "INSERT INTO credentials (runner_id, generation, state, verifier, created_at, created_by,
+                                      sealed_secret, reveal_until)
+             VALUES (?, ?, 'active', ?, ?, ?, ?, ?)",
+        )
+        .bind(&runner)
+        .bind(generation)
+        .bind(new.verifier.as_bytes().as_slice())
+        .bind(new.at_ms)
+        .bind(&new.created_by)
+        .bind(&new.sealed_secret)
+        .bind(new.reveal_until_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        if let Value::Object(detail) = &mut audit.detail {
+            detail.insert("generation".into(), generation.into());
+            detail.insert("previous_generation".into(), previous.into());
+            detail.insert("revoked_generations".into(), revoked.clone().into());
+        }
+        insert_audit(&mut *tx, &audit).await?;
+        tx.commit().await.map_err(backend)?;
+        revoked.sort_unstable();
+        Ok(Refreshed {
+            generation: Generation(generation),
+            previous: Generation(previous),
+            revoked: revoked.into_iter().map(Generation).collect(),
+        })
+    }
+
+    async fn sealed_secret(
+        &self,
+        runner: RunnerId,
+        now_ms: i64,
+    ) -> StoreResult<Option<SealedSecret>> {
+        let row = sqlx::query(
+            "SELECT generation, sealed_secret, reveal_until FROM credentials
+             WHERE runner_id = ? AND sealed_secret IS NOT NULL
+             ORDER BY generation DESC LIMIT 1",
+        )
+        .bind(runner.to_string())
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(backend)?;
+        let Some(row) = row else { return Ok(None) };
+        let reveal_until: i64 = row.try_get("reveal_until").map_err(backend)?;
+        if reveal_until <= now_ms {
+            self.purge_sealed_secrets(now_ms).await?;
+            return Ok(None);
+        }
+        Ok(Some(SealedSecret {
+            generation: Generation(row.try_get("generation").map_err(backend)?),
+            sealed: row.try_get("sealed_secret").map_err(backend)?,
+            reveal_until_ms: reveal_until,
+        }))
+    }
+
+    async fn purge_sealed_secrets(&self, now_ms: i64) -> StoreResult<u64> {
+        Ok(sqlx::query(
+            "UPDATE credentials SET sealed_secret = NULL, reveal_until = NULL
+             WHERE sealed_secret IS NOT NULL AND reveal_until <= ?",
+        )
+        .bind(now_ms)
+        .execute(&self.writer)
+        .await
+        .map_err(backend)?
+        .rows_affected())
+    }
+
+    async fn revoke_retiring(
+        &self,
+        runner: RunnerId,
+        mut audit: NewAuditEvent,
+    ) -> StoreResult<Vec<Generation>> {
+        let mut tx = self.writer.begin().await.map_err(backend)?;
+        let revoked: Vec<u32> = sqlx::query_scalar(
+            "UPDATE credentials SET state = 'revoked', revoked_at = ?
+             WHERE runner_id = ? AND state = 'retiring' RETURNING generation",
+        )
+        .bind(crate::to_ms(audit.at))
+        .bind(runner.to_string())
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(backend)?;
+        if let Value::Object(detail) = &mut audit.detail {
+            detail.insert("revoked_generations".into(), revoked.clone().into());
+        }
+        insert_audit(&mut *tx, &audit).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(revoked.into_iter().map(Generation).collect())
+    }
+
+    async fn expire_retiring(&self, now_ms: i64) -> StoreResult<Vec<ExpiredGeneration>> {
+        let mut tx = self.writer.begin().await.map_err(backend)?;
+        let rows = sqlx::query(
+            "UPDATE credentials SET state = 'revoked', revoked_at = ?
+             WHERE state = 'retiring' AND expires_at <= ?
+             RETURNING runner_id, generation",
+        )
+        .bind(now_ms)
+        .bind(now_ms)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(backend)?;
+        let mut expired = Vec::with_capacity(rows.len());
+        for row in rows {
+            let runner_id: String = row.try_get("runner_id").map_err(backend)?;
+            let generation: u32 = row.try_get("generation").map_err(backend)?;
+            let r = sqlx::query("SELECT name, client_id FROM runners WHERE id = ?")
+                .bind(&runner_id)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(backend)?;
+            let name: String = r.try_get("name").map_err(backend)?;
+            let client_id: String = r.try_get("client_id").map_err(backend)?;
+            let e = ExpiredGeneration {
+                runner_id: runner_id.parse().map_err(|e| corrupt("runners.id", e))?,
+                runner_name: RunnerName::parse(&name).map_err(|e| corrupt("runners.name", e))?,
+                client_id: ClientId::parse(&client_id)
+                    .map_err(|e| corrupt("runners.client_id", e))?,
+                generation: Generation(generation),
+            };
+            let ev = crate::NewAuditEvent {
+                at: crate::from_ms(now_ms),
+                actor: "system".into(),
+                action: "credential.grace_expired".into(),
+                runner_id: Some(e.runner_id),
+                runner_name: Some(name),
+                target: None,
+                source_ip: None,
+                detail: serde_json::json!({"generation": generation}),
+            };
+            insert_audit(&mut *tx, &ev).await?;
+            expired.push(e);
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(expired)
+    }
+}
