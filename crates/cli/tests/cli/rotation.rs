@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::procs::{stderr, stdout, RunnerProc, ServerProc};
-use crate::runner::{admin, setup, status, Setup};
+use crate::runner::{admin, aws_secret, setup, status, Setup};
 
 fn json(o: &std::process::Output) -> Value {
     assert!(o.status.success(), "{}", stderr(o));
@@ -125,27 +125,7 @@ fn the_guides_flow_with_aws_secrets_manager_reconnects_without_a_restart() {
     std::env::var("AWS_ENDPOINT_URL")
         .expect("AWS_ENDPOINT_URL is not set: run the suite with scripts/test, which starts the moto AWS emulator");
     let s = setup("guide-arn");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("rt");
-    let sdk = rt.block_on(async {
-        aws_sdk_secretsmanager::Client::new(&tether_runner::secret::aws_sdk_config().await)
-    });
-    let arn = rt.block_on(async {
-        sdk.create_secret()
-            .name(format!("tether/rotation-test/{}", s.client_id))
-            .secret_string(
-                serde_json::json!({"client_id": s.client_id, "client_secret": s.secret})
-                    .to_string(),
-            )
-            .send()
-            .await
-            .expect("create secret")
-            .arn()
-            .expect("arn")
-            .to_owned()
-    });
+    let (rt, sdk, arn) = aws_secret(&s, "rotation-test");
     let mut env = s.runner_env();
     env.retain(|(k, _)| *k != "OAUTH_CLIENT_SECRET");
     env.push(("OAUTH_CLIENT_SECRET_ARN", arn.clone()));

@@ -435,26 +435,7 @@ fn aws_secret_arn_source() {
     let endpoint = std::env::var("AWS_ENDPOINT_URL")
         .expect("AWS_ENDPOINT_URL is not set: run the suite with scripts/test, which starts the moto AWS emulator");
     let s = setup("arn");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("rt");
-    let arn = rt.block_on(async {
-        let sdk =
-            aws_sdk_secretsmanager::Client::new(&tether_runner::secret::aws_sdk_config().await);
-        sdk.create_secret()
-            .name(format!("tether/cli-test/{}", s.client_id))
-            .secret_string(
-                serde_json::json!({"client_id": s.client_id, "client_secret": s.secret})
-                    .to_string(),
-            )
-            .send()
-            .await
-            .expect("create secret")
-            .arn()
-            .expect("arn")
-            .to_owned()
-    });
+    let (_rt, _sdk, arn) = aws_secret(&s, "cli-test");
     let mut env = s.runner_env();
     env.retain(|(k, _)| *k != "OAUTH_CLIENT_SECRET");
     env.push(("OAUTH_CLIENT_SECRET_ARN", arn));
@@ -470,4 +451,38 @@ fn aws_secret_arn_source() {
         "{}",
         runner.log()
     );
+}
+
+/// A Secrets Manager secret (in the moto emulator) holding the runner's credentials as JSON, the
+/// way the AWS template stores them. Returns a runtime and a client to update it, and its ARN.
+pub(crate) fn aws_secret(
+    s: &Setup,
+    prefix: &str,
+) -> (
+    tokio::runtime::Runtime,
+    aws_sdk_secretsmanager::Client,
+    String,
+) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    let sdk = rt.block_on(async {
+        aws_sdk_secretsmanager::Client::new(&tether_runner::secret::aws_sdk_config().await)
+    });
+    let arn = rt.block_on(async {
+        sdk.create_secret()
+            .name(format!("tether/{prefix}/{}", s.client_id))
+            .secret_string(
+                serde_json::json!({"client_id": s.client_id, "client_secret": s.secret})
+                    .to_string(),
+            )
+            .send()
+            .await
+            .expect("create secret")
+            .arn()
+            .expect("arn")
+            .to_owned()
+    });
+    (rt, sdk, arn)
 }

@@ -142,18 +142,7 @@ impl SqliteStore {
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             let run_id: String = row.try_get("id").map_err(backend)?;
-            let task_rows = sqlx::query(
-                "SELECT id, name, state, exit_code, reason, instance_id, started_at, finished_at
-                 FROM run_tasks WHERE run_id = ? ORDER BY idx",
-            )
-            .bind(&run_id)
-            .fetch_all(&self.reader)
-            .await
-            .map_err(backend)?;
-            let tasks = task_rows
-                .iter()
-                .map(task_from_row)
-                .collect::<StoreResult<_>>()?;
+            let tasks = load_tasks(&self.reader, &run_id).await?;
             out.push(run_from_row(&row, tasks)?);
         }
         Ok(out)
@@ -165,20 +154,27 @@ impl SqliteStore {
             .fetch_one(&mut **tx)
             .await
             .map_err(backend)?;
-        let task_rows = sqlx::query(
-            "SELECT id, name, state, exit_code, reason, instance_id, started_at, finished_at
-             FROM run_tasks WHERE run_id = ? ORDER BY idx",
-        )
-        .bind(id)
-        .fetch_all(&mut **tx)
-        .await
-        .map_err(backend)?;
-        let tasks = task_rows
-            .iter()
-            .map(task_from_row)
-            .collect::<StoreResult<_>>()?;
+        let tasks = load_tasks(&mut **tx, id).await?;
         run_from_row(&row, tasks)
     }
+}
+
+/// A run's tasks in execution order.
+async fn load_tasks<'c, E>(exec: E, run_id: &str) -> StoreResult<Vec<RunTaskRecord>>
+where
+    E: sqlx::Executor<'c, Database = Sqlite>,
+{
+    sqlx::query(
+        "SELECT id, name, state, exit_code, reason, instance_id, started_at, finished_at
+         FROM run_tasks WHERE run_id = ? ORDER BY idx",
+    )
+    .bind(run_id)
+    .fetch_all(exec)
+    .await
+    .map_err(backend)?
+    .iter()
+    .map(task_from_row)
+    .collect()
 }
 
 /// Ends a run in `state` with `reason` and cancels its tasks that never started.
