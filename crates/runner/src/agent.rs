@@ -238,6 +238,14 @@ impl Agent {
                             code: close_code::RUNNER_DELETED,
                             reason,
                         } => {
+                            // Its runs were cancelled with it: stop their process groups too.
+                            if self.executor.cancel_all() > 0 {
+                                let _ = tokio::time::timeout(
+                                    Duration::from_secs(15),
+                                    self.executor.wait_idle(),
+                                )
+                                .await;
+                            }
                             return Exit::Fatal(format!(
                                 "the control plane closed the session: {reason}. This runner no longer exists; \
                                  register it again and deploy the new client credentials"

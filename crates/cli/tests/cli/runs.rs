@@ -290,3 +290,34 @@ fn a_task_whose_runner_was_killed_becomes_lost() {
         "{run}"
     );
 }
+
+#[test]
+fn deleting_a_runner_stops_the_tasks_it_was_running() {
+    let (s, mut runner) = connected("e2e-deleted");
+    let pid_file = s.dir.path().join("task.pid");
+    apply(
+        &s,
+        "long",
+        &format!(
+            "tasks:\n- name: long\n  run: echo $$ > {}; echo started; sleep 30\n",
+            pid_file.display()
+        ),
+    );
+    let id = start(&s, "long", "e2e-deleted");
+    wait_log(&s.server, &id, "started", Duration::from_secs(15));
+    let pid = std::fs::read_to_string(&pid_file).expect("pid file");
+    let proc_dir = format!("/proc/{}", pid.trim());
+    assert!(std::path::Path::new(&proc_dir).exists());
+    let o = admin(&s.server, &["runners", "delete", "e2e-deleted", "--yes"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        runner.wait_exit(Duration::from_secs(20)),
+        Some(1),
+        "{}",
+        runner.log()
+    );
+    // The task's shell is gone (a zombie has no cmdline) and the run was cancelled with the runner.
+    let cmdline = std::fs::read(format!("{proc_dir}/cmdline")).unwrap_or_default();
+    assert!(cmdline.is_empty(), "the task still runs: {proc_dir}");
+    assert_eq!(show_run(&s.server, &id)["state"], "cancelled");
+}

@@ -137,6 +137,19 @@ impl Executor {
         true
     }
 
+    /// Cancels every running task (the runner was deleted: nobody wants their results).
+    pub fn cancel_all(&self) -> usize {
+        let mut state = self.shared.lock();
+        let mut n = 0;
+        for cancel in state.running.values_mut() {
+            if let Some(tx) = cancel.take() {
+                let _ = tx.send(());
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// How many tasks run now.
     pub fn running(&self) -> usize {
         *self.shared.running.borrow()
