@@ -95,15 +95,19 @@ impl Transport {
     /// A TCP stream to `host:port`, through an HTTP CONNECT tunnel when a proxy applies.
     pub async fn connect_tcp(&self, host: &str, port: u16) -> anyhow::Result<TcpStream> {
         let Some(proxy) = self.proxy_for(host) else {
-            return TcpStream::connect((host, port))
+            let stream = TcpStream::connect((host, port))
                 .await
-                .with_context(|| format!("connecting to {host}:{port}"));
+                .with_context(|| format!("connecting to {host}:{port}"))?;
+            // Session messages are small and latency-bound: no Nagle delay behind delayed ACKs.
+            stream.set_nodelay(true).context("setting TCP_NODELAY")?;
+            return Ok(stream);
         };
         let proxy_host = proxy.host_str().context("HTTPS_PROXY has no host")?;
         let proxy_port = proxy.port_or_known_default().unwrap_or(8080);
         let mut stream = TcpStream::connect((proxy_host, proxy_port))
             .await
             .with_context(|| format!("connecting to proxy {proxy_host}:{proxy_port}"))?;
+        stream.set_nodelay(true).context("setting TCP_NODELAY")?;
         let mut request = format!("CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n");
         if !proxy.username().is_empty() {
             use base64::Engine;

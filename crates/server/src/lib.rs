@@ -125,6 +125,13 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
 
     let (shutdown, mut stop) = watch::channel(false);
     let app = http::router(state.clone());
+    // Runner sessions exchange small latency-bound frames (assign, update, ack): without
+    // TCP_NODELAY each one can wait up to 40 ms behind the peer's delayed ACK.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY on a connection");
+        }
+    });
     let serve = tokio::spawn(async move {
         axum::serve(
             listener,
