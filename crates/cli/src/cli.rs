@@ -183,6 +183,186 @@ pub enum RunnersCommand {
         #[arg(long)]
         yes: bool,
     },
+    /// Put a runner's new client secret where its platform keeps it, and restart it if it needs
+    /// one (AWS: done here with the AWS SDK; Azure, Google Cloud, Snowflake: the exact commands,
+    /// run with --execute).
+    #[command(long_about = APPLY_CREDENTIALS_ABOUT, after_help = APPLY_CREDENTIALS_HELP)]
+    ApplyCredentials(ApplyArgs),
+    /// Zero-downtime rotation on AWS: refresh (overlap), write the new secret into Secrets Manager,
+    /// wait until every instance has reloaded it, then revoke the old one.
+    #[command(long_about = ROTATE_ABOUT, after_help = ROTATE_HELP)]
+    Rotate(RotateArgs),
+}
+
+const APPLY_CREDENTIALS_ABOUT: &str = "\
+Apply a runner's new client_secret (the guide's \"Apply the new credentials\" steps) in one command.
+
+The secret is the one the last refresh made, taken from the reveal endpoint (so run it within the
+reveal window after `tether runners refresh-credentials`), or read from standard input with
+--secret-stdin. It is never printed.
+
+--platform aws (done here, with the AWS SDK and your standard AWS credential chain: environment,
+profile, SSO, role):
+  1. reads the Secrets Manager secret (--secret-id, ARN or name). A JSON value keeps its other keys
+     (`client_id` stays; it is added if missing) and gets the new `client_secret`; a plain string
+     value is replaced by the plain secret. A secret of another runner (other client_id) or one
+     that holds no tether secret is refused, and nothing is written;
+  2. writes the new value (PutSecretValue) and reads it back to verify it;
+  3. with --cluster and --service, restarts the runner with a new ECS deployment
+     (UpdateService forceNewDeployment) -- unless the runner reloads the secret by itself: that is
+     detected from the service's task definition (a container whose environment sets
+     OAUTH_CLIENT_SECRET_ARN), or declared with --hot-reload (no ECS call at all). Then no restart
+     is needed: the runner re-reads the secret (at once when its old one is refused).
+
+--platform azure | gcp | snowflake prints the exact steps with the runner's values:
+  azure      az containerapp secret set ... and az containerapp revision restart ...
+  gcp        set config.oauthClientSecret in values-gcp.yaml, then helm upgrade ...
+  snowflake  ALTER SECRET ... SET SECRET_STRING, ALTER SERVICE ... SUSPEND / RESUME
+With --execute it runs them with the secret (`az`, `helm` or `snowsql` must be on PATH; without it
+the command says so and exits 1). --execute edits the values file in place for gcp, and passes the
+SQL to snowsql in a private temporary file; `az` takes the secret as an argument.
+
+--platform defaults to the runner's registered platform.";
+
+const APPLY_CREDENTIALS_HELP: &str = "\
+Examples:
+  tether runners refresh-credentials prod-eu-1 --yes
+  tether runners apply-credentials prod-eu-1 --platform aws \\
+      --secret-id arn:aws:secretsmanager:eu-west-1:123456789012:secret:tether-runner/prod-eu-1-AbCdEf \\
+      --cluster tether-prod-eu-1 --service tether-runner
+  tether runners apply-credentials prod-eu-1 --platform aws --secret-id tether-runner/prod-eu-1 --hot-reload
+  tether runners apply-credentials prod-eu-1 --platform gcp --release tether-runner --namespace tether-runner
+  tether runners apply-credentials prod-eu-1 --platform gcp --values ./values-gcp.yaml --execute
+  tether runners apply-credentials az-runner --platform azure --resource-group rg-tether --execute
+  tether runners apply-credentials sf-runner --platform snowflake --connection prod --execute
+  pass show tether/prod-eu-1 | tether runners apply-credentials prod-eu-1 --platform aws \\
+      --secret-id tether-runner/prod-eu-1 --secret-stdin";
+
+const ROTATE_ABOUT: &str = "\
+Rotate a runner's client secret with no downtime and nothing to do by hand, for runners that read
+their secret from AWS Secrets Manager through OAUTH_CLIENT_SECRET_ARN (the hot-reload deployment):
+
+  0. checks the secret (--secret-id) holds this runner's credentials, before changing anything;
+  1. refreshes in overlap mode: a new generation is active and the old one keeps working for
+     --grace (default 1h); no session is cut and running pipelines go on;
+  2. writes the new secret into the Secrets Manager secret (as apply-credentials does) and reads
+     it back;
+  3. waits (up to --timeout, default 10m) until every live instance of the runner uses the new
+     generation on its open session -- the runners re-read the secret when told it rotated;
+  4. revokes the previous generation.
+
+If a step fails it stops there, revokes nothing, and says what to do next: the old secret keeps
+working until the grace period ends. With --cluster and --service, a service whose runners do not
+reload the secret themselves gets a new ECS deployment after step 2, and step 3 waits for the
+new tasks to replace the old ones.
+
+Each step is printed as it completes. Confirm by typing `rotate` (or pass --yes). The control
+plane audits the refresh and the revocation.";
+
+const ROTATE_HELP: &str = "\
+Examples:
+  tether runners rotate prod-eu-1 --platform aws --secret-id tether-runner/prod-eu-1
+  tether runners rotate prod-eu-1 --platform aws --secret-id arn:aws:secretsmanager:... \\
+      --grace 2h --timeout 15m --yes";
+
+/// Where `apply-credentials` and `rotate` put the secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TargetPlatform {
+    /// AWS ECS Fargate with AWS Secrets Manager.
+    Aws,
+    /// Azure Container Apps.
+    Azure,
+    /// Google Kubernetes Engine with the Helm chart.
+    Gcp,
+    /// Snowflake Snowpark Container Services.
+    Snowflake,
+}
+
+/// `tether runners apply-credentials`.
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// Runner name or id.
+    pub runner: String,
+    /// Where the runner runs (default: its registered platform).
+    #[arg(long, value_enum)]
+    pub platform: Option<TargetPlatform>,
+    /// Where the secret lives. aws: the Secrets Manager secret's ARN or name (required).
+    /// azure: the Container App secret (default tether-client-secret). snowflake: the SECRET
+    /// object (default tether_db.runner.tether_client_secret).
+    #[arg(long, value_name = "ID")]
+    pub secret_id: Option<String>,
+    /// Read the new client_secret from standard input instead of the reveal endpoint.
+    #[arg(long)]
+    pub secret_stdin: bool,
+    /// aws: the AWS region (default: from the standard chain, e.g. AWS_REGION or the profile).
+    #[arg(long)]
+    pub region: Option<String>,
+    /// aws: the ECS cluster of the runner's service (with --service).
+    #[arg(long, requires = "service")]
+    pub cluster: Option<String>,
+    /// aws: the ECS service to redeploy (with --cluster). snowflake: the service to suspend and
+    /// resume (default tether_db.runner.tether_runner).
+    #[arg(long)]
+    pub service: Option<String>,
+    /// aws: the runner reads the secret itself (OAUTH_CLIENT_SECRET_ARN); restart nothing.
+    #[arg(long, conflicts_with_all = ["cluster", "service"])]
+    pub hot_reload: bool,
+    /// azure: the Container App's name (default: the runner's name).
+    #[arg(long)]
+    pub app: Option<String>,
+    /// azure: the Container App's resource group (required with --execute).
+    #[arg(long)]
+    pub resource_group: Option<String>,
+    /// gcp: the Helm release (default tether-runner).
+    #[arg(long)]
+    pub release: Option<String>,
+    /// gcp: the Kubernetes namespace (default tether-runner).
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// gcp: the chart (directory or reference) to upgrade with (default `.`, the chart's directory).
+    #[arg(long)]
+    pub chart: Option<String>,
+    /// gcp: the values file holding config.oauthClientSecret (default values-gcp.yaml).
+    #[arg(long, value_name = "FILE")]
+    pub values: Option<String>,
+    /// snowflake: the snowsql connection to run the SQL with (`snowsql -c NAME`).
+    #[arg(long)]
+    pub connection: Option<String>,
+    /// azure, gcp, snowflake: run the printed steps with the secret (needs az, helm or snowsql).
+    #[arg(long)]
+    pub execute: bool,
+}
+
+/// `tether runners rotate`.
+#[derive(Debug, Args)]
+pub struct RotateArgs {
+    /// Runner name or id.
+    pub runner: String,
+    /// Where the runner runs; only aws (Secrets Manager) can be rotated without a person.
+    #[arg(long, value_enum)]
+    pub platform: Option<TargetPlatform>,
+    /// The Secrets Manager secret (ARN or name) the runner reads through OAUTH_CLIENT_SECRET_ARN.
+    #[arg(long, value_name = "ID")]
+    pub secret_id: String,
+    /// The AWS region (default: from the standard chain, e.g. AWS_REGION or the profile).
+    #[arg(long)]
+    pub region: Option<String>,
+    /// How long the old secret keeps working if the rotation stops half-way (1s to 30d).
+    #[arg(long, value_name = "DURATION", default_value = "1h")]
+    pub grace: String,
+    /// How long to wait for every instance to use the new secret (shorter than --grace).
+    #[arg(long, value_name = "DURATION", default_value = "10m")]
+    pub timeout: String,
+    /// The ECS cluster of the runner's service (with --service): redeploy it after writing the
+    /// secret unless its task definition sets OAUTH_CLIENT_SECRET_ARN.
+    #[arg(long, requires = "service")]
+    pub cluster: Option<String>,
+    /// The ECS service (with --cluster).
+    #[arg(long, requires = "cluster")]
+    pub service: Option<String>,
+    /// Do not ask to type `rotate`.
+    #[arg(long)]
+    pub yes: bool,
 }
 
 const REFRESH_ABOUT: &str = "\

@@ -1,6 +1,7 @@
 //! `tether`: one binary for the control plane (`server`), the agent (`runner`) and the admin
 //! commands that talk to the REST API. Parses arguments and hands off; the work is in the libraries.
 
+mod aws;
 mod cli;
 mod commands;
 mod config;
@@ -8,6 +9,7 @@ mod duration;
 mod next_steps;
 mod output;
 mod pipeline_file;
+mod platform_steps;
 
 use std::process::ExitCode;
 

@@ -180,7 +180,8 @@ pub struct Vars<'a> {
     pub generation: u32,
 }
 
-fn fill(template: &str, v: &Vars<'_>) -> String {
+/// A guide text with its `{...}` placeholders filled in.
+pub fn fill(template: &str, v: &Vars<'_>) -> String {
     template
         .replace("{client_id}", v.client_id)
         .replace("{runner}", v.runner)

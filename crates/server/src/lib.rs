@@ -97,6 +97,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     }
     let (persist_tx, persist_rx) = tokio::sync::mpsc::unbounded_channel();
     let (dispatch, dispatch_rx) = services::runs::Dispatcher::new();
+    let (shutdown, mut stop) = watch::channel(false);
     let state = AppState::new(Inner {
         config,
         store,
@@ -112,6 +113,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         sealer: seal::Sealer::new(&keys.master),
         health: Default::default(),
         started_at: now,
+        stopping: shutdown.subscribe(),
     });
     let persister = tokio::spawn(persist_statuses(state.store.clone(), persist_rx));
     let dispatcher = tokio::spawn(services::runs::dispatch_loop(state.clone(), dispatch_rx));
@@ -123,7 +125,6 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     );
     let bootstrapped = services::bootstrap::ensure_admin(&state).await?;
 
-    let (shutdown, mut stop) = watch::channel(false);
     let app = http::router(state.clone());
     // Runner sessions exchange small latency-bound frames (assign, update, ack): without
     // TCP_NODELAY each one can wait up to 40 ms behind the peer's delayed ACK.
@@ -192,6 +193,13 @@ async fn background_loop(state: AppState, mut stop: watch::Receiver<bool>) {
         }
         if let Err(e) = services::runs::sweep_lost(&state).await {
             tracing::error!(error = format!("{e:#}"), "checking for lost tasks failed");
+        }
+        if let Err(e) = state
+            .store
+            .purge_web_sessions(tether_store::to_ms(now))
+            .await
+        {
+            tracing::error!(error = %e, "deleting expired web sessions failed");
         }
     }
 }
@@ -330,6 +338,7 @@ pub async fn run_with(
 fn print_banner(server: &RunningServer, data_dir: &std::path::Path, dev: bool) {
     let url = &server.public_url;
     say!("tether control plane listening on {}", server.local_addr);
+    say!("  UI:        {url}/   (log in with a username and password)");
     say!("  API:       {url}/api/v1   (OpenAPI: {url}/api/v1/openapi.json)");
     say!(
         "  OAuth:     {url}/oauth/token   (metadata: {url}/.well-known/oauth-authorization-server)"

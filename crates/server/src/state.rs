@@ -34,6 +34,9 @@ pub struct Inner {
     pub health: crate::services::health::AuthHealthTracker,
     /// When this process started: tasks of instances it never saw count as gone since then.
     pub started_at: time::OffsetDateTime,
+    /// Turns true when the server shuts down: long-lived responses (the UI's event stream) end
+    /// then, so graceful shutdown does not wait for them forever.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl AppState {

@@ -10,8 +10,8 @@ pub mod sqlite;
 
 use async_trait::async_trait;
 use tether_domain::{
-    ClientId, Generation, PipelineName, RunId, RunState, RunnerId, RunnerName, TaskId, Username,
-    Verifier,
+    ClientId, Generation, PipelineName, Role, RunId, RunState, RunnerId, RunnerName, TaskId,
+    Username, Verifier,
 };
 
 pub use error::StoreError;
@@ -94,6 +94,43 @@ pub trait UserStore: Send + Sync {
     async fn create_api_token(&self, new: NewApiToken, audit: NewAuditEvent) -> StoreResult<()>;
     /// The owner of the API token with this verifier.
     async fn user_by_token(&self, verifier: &Verifier) -> StoreResult<Option<UserRecord>>;
+    /// Every user, by username.
+    async fn list_users(&self) -> StoreResult<Vec<UserRecord>>;
+    /// Changes a user's role, refusing to demote the last admin.
+    async fn set_user_role(
+        &self,
+        username: &Username,
+        role: Role,
+        audit: NewAuditEvent,
+    ) -> StoreResult<RoleChange>;
+    /// Replaces a user's password hash and ends their web sessions. False if no such user.
+    async fn set_user_password(
+        &self,
+        username: &Username,
+        password_hash: &str,
+        audit: NewAuditEvent,
+    ) -> StoreResult<bool>;
+}
+
+/// Browser sessions of the web UI, looked up by the verifier of the id the cookie carries.
+#[async_trait]
+pub trait WebSessionStore: Send + Sync {
+    async fn create_web_session(&self, new: NewWebSession, audit: NewAuditEvent)
+        -> StoreResult<()>;
+    /// The session and its user, unless it expired at or before `now_ms`.
+    async fn web_session(
+        &self,
+        verifier: &Verifier,
+        now_ms: i64,
+    ) -> StoreResult<Option<WebSessionRecord>>;
+    /// Ends a session (logout). False if it did not exist; then nothing is audited.
+    async fn delete_web_session(
+        &self,
+        verifier: &Verifier,
+        audit: NewAuditEvent,
+    ) -> StoreResult<bool>;
+    /// Deletes sessions that expired at or before `now_ms`. Returns how many.
+    async fn purge_web_sessions(&self, now_ms: i64) -> StoreResult<u64>;
 }
 
 #[async_trait]
@@ -196,6 +233,7 @@ pub trait Store:
     + CredentialStore
     + RotationStore
     + UserStore
+    + WebSessionStore
     + AuditStore
     + PipelineStore
     + std::fmt::Debug

@@ -91,6 +91,41 @@ pub struct UserRecord {
     pub created_at: OffsetDateTime,
 }
 
+/// What an admin's role change did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoleChange {
+    Changed,
+    NoSuchUser,
+    /// Refused: it would leave no admin. Nothing was written.
+    LastAdmin,
+}
+
+/// A browser session of the web UI. The session id itself is never stored, only its verifier.
+#[derive(Clone)]
+pub struct NewWebSession {
+    pub verifier: Verifier,
+    pub user_id: UserId,
+    pub created_at: OffsetDateTime,
+    pub expires_at: OffsetDateTime,
+}
+
+impl std::fmt::Debug for NewWebSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewWebSession")
+            .field("user_id", &self.user_id)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A live web session with its user as they are now (a role change applies at the next request).
+#[derive(Debug, Clone)]
+pub struct WebSessionRecord {
+    pub user: UserRecord,
+    pub created_at: OffsetDateTime,
+    pub expires_at: OffsetDateTime,
+}
+
 #[derive(Debug, Clone)]
 pub struct NewApiToken {
     pub user_id: UserId,

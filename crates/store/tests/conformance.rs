@@ -11,8 +11,8 @@ use tether_domain::{
 use tether_store::sqlite::SqliteStore;
 use tether_store::{
     to_ms, AuditFilter, AuditStore, CancelOutcome, CredentialUse, NewApiToken, NewAuditEvent,
-    NewRun, NewRunner, NewUser, PipelineRecord, RunFilter, RunRecord, RunnerStore, Store,
-    StoreError, TaskProgress, UpdateOutcome,
+    NewRun, NewRunner, NewUser, NewWebSession, PipelineRecord, RoleChange, RunFilter, RunRecord,
+    RunnerStore, Store, StoreError, TaskProgress, UpdateOutcome,
 };
 use time::OffsetDateTime;
 
@@ -326,6 +326,257 @@ async fn users_tokens_and_bootstrap_once() {
         matches!(ghost, Err(StoreError::NotFound)),
         "a token needs an existing user"
     );
+}
+
+fn person(name: &str, role: Role) -> NewUser {
+    NewUser {
+        id: UserId::new(),
+        username: Username::parse(name).expect("name"),
+        password_hash: format!("$argon2id$fake-{name}"),
+        role,
+        created_at: OffsetDateTime::now_utc(),
+    }
+}
+
+async fn audit_count(store: &Arc<dyn Store>) -> usize {
+    store
+        .list_audit(AuditFilter {
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .expect("audit")
+        .len()
+}
+
+#[tokio::test]
+async fn roles_change_passwords_reset_and_the_last_admin_stays() {
+    let (store, _dir) = sqlite().await;
+    let name = |n: &str| Username::parse(n).expect("name");
+    store
+        .create_user(person("root", Role::Admin), ev("user.created", None))
+        .await
+        .expect("create");
+    store
+        .create_user(person("bob", Role::Viewer), ev("user.created", None))
+        .await
+        .expect("create");
+    let listed: Vec<_> = store
+        .list_users()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|u| (u.username.as_str().to_owned(), u.role))
+        .collect();
+    assert_eq!(
+        listed,
+        vec![
+            ("bob".to_owned(), Role::Viewer),
+            ("root".to_owned(), Role::Admin)
+        ]
+    );
+
+    let before = audit_count(&store).await;
+    assert_eq!(
+        store
+            .set_user_role(&name("root"), Role::Operator, ev("user.role_changed", None))
+            .await
+            .expect("role"),
+        RoleChange::LastAdmin
+    );
+    assert_eq!(
+        store
+            .set_user_role(
+                &name("ghost"),
+                Role::Operator,
+                ev("user.role_changed", None)
+            )
+            .await
+            .expect("role"),
+        RoleChange::NoSuchUser
+    );
+    assert_eq!(audit_count(&store).await, before, "refusals write nothing");
+    let role_of = |n: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .user_by_name(&Username::parse(n).expect("name"))
+                .await
+                .expect("get")
+                .expect("exists")
+                .role
+        }
+    };
+    assert_eq!(role_of("root").await, Role::Admin);
+
+    assert_eq!(
+        store
+            .set_user_role(&name("bob"), Role::Admin, ev("user.role_changed", None))
+            .await
+            .expect("role"),
+        RoleChange::Changed
+    );
+    assert_eq!(
+        store
+            .set_user_role(&name("root"), Role::Viewer, ev("user.role_changed", None))
+            .await
+            .expect("role"),
+        RoleChange::Changed,
+        "another admin exists now"
+    );
+    assert_eq!(role_of("root").await, Role::Viewer);
+    assert_eq!(role_of("bob").await, Role::Admin);
+    assert_eq!(audit_count(&store).await, before + 2);
+
+    assert!(store
+        .set_user_password(
+            &name("bob"),
+            "$argon2id$new",
+            ev("user.password_reset", None)
+        )
+        .await
+        .expect("reset"));
+    let bob = store
+        .user_by_name(&name("bob"))
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(bob.password_hash, "$argon2id$new");
+    assert!(!store
+        .set_user_password(
+            &name("ghost"),
+            "$argon2id$x",
+            ev("user.password_reset", None)
+        )
+        .await
+        .expect("reset"));
+    assert_eq!(audit_count(&store).await, before + 3);
+}
+
+#[tokio::test]
+async fn web_sessions_resolve_to_the_current_user_expire_and_end() {
+    let (store, _dir) = sqlite().await;
+    let pepper = Pepper::from_bytes([3; 32]);
+    let alice = store
+        .create_user(person("alice", Role::Operator), ev("user.created", None))
+        .await
+        .expect("create");
+    let now = OffsetDateTime::now_utc();
+    let session = |id: &str, user_id, ttl: time::Duration| NewWebSession {
+        verifier: pepper.verifier(id),
+        user_id,
+        created_at: now,
+        expires_at: now + ttl,
+    };
+    let before = audit_count(&store).await;
+    store
+        .create_web_session(
+            session("s1", alice.id, time::Duration::hours(1)),
+            ev("user.logged_in", None),
+        )
+        .await
+        .expect("create");
+    store
+        .create_web_session(
+            session("s2", alice.id, time::Duration::minutes(1)),
+            ev("user.logged_in", None),
+        )
+        .await
+        .expect("create");
+    assert_eq!(audit_count(&store).await, before + 2);
+    let ghost = store
+        .create_web_session(
+            session("s3", UserId::new(), time::Duration::hours(1)),
+            ev("user.logged_in", None),
+        )
+        .await;
+    assert!(matches!(ghost, Err(StoreError::NotFound)), "needs a user");
+
+    let found = store
+        .web_session(&pepper.verifier("s1"), to_ms(now))
+        .await
+        .expect("get")
+        .expect("live");
+    assert_eq!(found.user.username.as_str(), "alice");
+    assert_eq!(found.user.role, Role::Operator);
+    assert_eq!(
+        to_ms(found.expires_at),
+        to_ms(now + time::Duration::hours(1))
+    );
+    assert!(store
+        .web_session(&pepper.verifier("nope"), to_ms(now))
+        .await
+        .expect("get")
+        .is_none());
+
+    // A second admin lets the role change go through; the session sees it at once.
+    store
+        .create_user(person("root", Role::Admin), ev("user.created", None))
+        .await
+        .expect("create");
+    store
+        .set_user_role(&alice.username, Role::Viewer, ev("user.role_changed", None))
+        .await
+        .expect("role");
+    let found = store
+        .web_session(&pepper.verifier("s1"), to_ms(now))
+        .await
+        .expect("get")
+        .expect("live");
+    assert_eq!(found.user.role, Role::Viewer);
+
+    // Expiry: not returned at or after expires_at, and purged then.
+    let later = to_ms(now + time::Duration::minutes(2));
+    assert!(store
+        .web_session(&pepper.verifier("s2"), later)
+        .await
+        .expect("get")
+        .is_none());
+    assert_eq!(store.purge_web_sessions(later).await.expect("purge"), 1);
+    assert!(store
+        .web_session(&pepper.verifier("s1"), later)
+        .await
+        .expect("get")
+        .is_some());
+
+    // Logout ends exactly that session, audited once.
+    let before = audit_count(&store).await;
+    assert!(store
+        .delete_web_session(&pepper.verifier("s1"), ev("user.logged_out", None))
+        .await
+        .expect("delete"));
+    assert!(!store
+        .delete_web_session(&pepper.verifier("s1"), ev("user.logged_out", None))
+        .await
+        .expect("delete"));
+    assert_eq!(audit_count(&store).await, before + 1);
+    assert!(store
+        .web_session(&pepper.verifier("s1"), to_ms(now))
+        .await
+        .expect("get")
+        .is_none());
+
+    // A password reset ends every session of that user.
+    store
+        .create_web_session(
+            session("s4", alice.id, time::Duration::hours(1)),
+            ev("user.logged_in", None),
+        )
+        .await
+        .expect("create");
+    store
+        .set_user_password(
+            &alice.username,
+            "$argon2id$new",
+            ev("user.password_reset", None),
+        )
+        .await
+        .expect("reset");
+    assert!(store
+        .web_session(&pepper.verifier("s4"), to_ms(now))
+        .await
+        .expect("get")
+        .is_none());
 }
 
 #[tokio::test]

@@ -1,9 +1,11 @@
 //! Admin commands: each resolves the control plane URL and token, calls the API, prints.
 
+pub mod apply;
 pub mod audit;
 pub mod credentials;
 pub mod login;
 pub mod pipelines;
+pub mod rotate;
 pub mod runners;
 pub mod runs;
 pub mod server;

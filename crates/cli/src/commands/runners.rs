@@ -170,6 +170,8 @@ pub async fn run(client: &Client, out: Output, command: RunnersCommand) -> anyho
         RunnersCommand::RevokePrevious { runner, yes } => {
             super::credentials::revoke_previous(client, out, &runner, yes).await
         }
+        RunnersCommand::ApplyCredentials(args) => super::apply::run(client, out, args).await,
+        RunnersCommand::Rotate(args) => super::rotate::run(client, out, args).await,
     }
 }
 

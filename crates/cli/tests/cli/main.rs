@@ -2,6 +2,7 @@
 //! server and runner as real processes (status transitions, signals, restarts).
 
 mod admin;
+mod apply;
 mod credentials;
 mod pipelines;
 mod procs;

@@ -20,6 +20,11 @@ pub(crate) fn admin(server: &ServerProc, args: &[&str]) -> std::process::Output 
 }
 
 pub(crate) fn setup(name: &str) -> Setup {
+    setup_on(name, "local")
+}
+
+/// A server process with one runner registered on `platform`.
+pub(crate) fn setup_on(name: &str, platform: &str) -> Setup {
     let server = ServerProc::start();
     let o = admin(
         &server,
@@ -28,7 +33,7 @@ pub(crate) fn setup(name: &str) -> Setup {
             "create",
             name,
             "--platform",
-            "local",
+            platform,
             "--output",
             "json",
         ],

@@ -1,11 +1,12 @@
-//! HTTP surface: the REST API, OAuth endpoints, discovery documents and ops endpoints, assembled
-//! into one router here.
+//! HTTP surface: the REST API, OAuth endpoints, discovery documents, ops endpoints and the web UI,
+//! assembled into one router here.
 
 pub mod api;
 pub mod error;
 pub mod extract;
 pub mod oauth;
 pub mod ops;
+pub mod web;
 pub mod wellknown;
 
 use axum::extract::DefaultBodyLimit;
@@ -28,6 +29,7 @@ pub fn router(state: AppState) -> Router {
         .merge(oauth::router())
         .merge(wellknown::router())
         .merge(ops::router())
+        .merge(web::router())
         .route("/api/v1/openapi.json", get(get_openapi))
         .route(
             tether_protocol::session::CONNECT_PATH,

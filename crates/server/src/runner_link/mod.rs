@@ -17,7 +17,7 @@ use tether_protocol::api::Instance;
 use tether_protocol::session::ServerMessage;
 use tether_store::{PersistedStatus, RunnerRecord};
 use time::OffsetDateTime;
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 
 /// What a session task is told to do by the rest of the server.
 #[derive(Debug)]
@@ -45,6 +45,8 @@ pub struct LiveSession {
 
 #[derive(Debug)]
 struct LiveRunner {
+    /// For status events (runners are never renamed).
+    name: String,
     sessions: HashMap<String, LiveSession>,
     ever_connected: bool,
     paused_by: Option<String>,
@@ -64,6 +66,7 @@ struct LiveRunner {
 impl LiveRunner {
     fn from_record(r: &RunnerRecord) -> Self {
         Self {
+            name: r.name.as_str().to_owned(),
             sessions: HashMap::new(),
             ever_connected: r.status.status != RunnerStatus::Pending
                 || r.status.last_seen_at.is_some(),
@@ -91,8 +94,8 @@ impl LiveRunner {
         }
     }
 
-    /// Re-derives the status; returns what to persist if it changed.
-    fn refresh(&mut self, now: OffsetDateTime) -> Option<PersistedStatus> {
+    /// Re-derives the status; returns what to persist and announce if it changed.
+    fn refresh(&mut self, now: OffsetDateTime) -> Option<Changed> {
         let (status, reason) = derive_status(&self.facts());
         if status == self.status && reason == self.reason {
             return None;
@@ -102,7 +105,10 @@ impl LiveRunner {
         }
         self.status = status;
         self.reason = reason;
-        Some(self.persisted())
+        Some(Changed {
+            name: self.name.clone(),
+            status: self.persisted(),
+        })
     }
 
     fn persisted(&self) -> PersistedStatus {
@@ -148,6 +154,24 @@ pub struct Hello {
 /// A status change to write to the store.
 pub type StatusChange = (RunnerId, PersistedStatus);
 
+#[derive(Debug)]
+struct Changed {
+    name: String,
+    status: PersistedStatus,
+}
+
+/// A status change as the web UI's live updates announce it.
+#[derive(Debug, Clone)]
+pub struct StatusEvent {
+    pub runner_id: RunnerId,
+    pub name: String,
+    pub status: RunnerStatus,
+    pub reason: String,
+}
+
+/// Status events a slow subscriber may fall behind by before it misses some.
+const EVENT_BACKLOG: usize = 256;
+
 /// An instance that may be given new tasks.
 #[derive(Debug, Clone)]
 pub struct DispatchTarget {
@@ -170,6 +194,7 @@ pub struct RunnerLink {
     runners: Mutex<HashMap<RunnerId, LiveRunner>>,
     next_session: AtomicU64,
     persist: mpsc::UnboundedSender<StatusChange>,
+    events: broadcast::Sender<StatusEvent>,
 }
 
 impl RunnerLink {
@@ -179,16 +204,29 @@ impl RunnerLink {
             runners: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
             persist,
+            events: broadcast::channel(EVENT_BACKLOG).0,
         }
+    }
+
+    /// Every status change from now on (for live updates in the web UI).
+    pub fn subscribe(&self) -> broadcast::Receiver<StatusEvent> {
+        self.events.subscribe()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RunnerId, LiveRunner>> {
         self.runners.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn publish(&self, id: RunnerId, change: Option<PersistedStatus>) {
-        if let Some(status) = change {
+    fn publish(&self, id: RunnerId, change: Option<Changed>) {
+        if let Some(Changed { name, status }) = change {
             tracing::info!(runner.id = %id, status = status.status.as_str(), reason = %status.reason, "runner status changed");
+            // No subscriber is not an error: nobody has the UI open.
+            let _ = self.events.send(StatusEvent {
+                runner_id: id,
+                name,
+                status: status.status,
+                reason: status.reason.clone(),
+            });
             let _ = self.persist.send((id, status));
         }
     }

@@ -1,10 +1,12 @@
 //! Humans: users with roles and their personal API tokens.
 
-use argon2::password_hash::{PasswordHasher, SaltString};
+use std::sync::OnceLock;
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 use serde_json::json;
 use tether_domain::{random_bytes, ApiToken, Password, Role, TokenName, UserId, Username};
-use tether_store::{NewApiToken, NewUser, StoreError, UserRecord};
+use tether_store::{NewApiToken, NewUser, RoleChange, StoreError, UserRecord};
 use time::OffsetDateTime;
 
 use super::audit::{self, AuditEventExt};
@@ -95,4 +97,101 @@ pub async fn create_token(
         )
         .await?;
     Ok((token, user, created_at))
+}
+
+/// The user whose password this is, or `None` (unknown user or wrong password: the caller cannot
+/// tell which, and both take one argon2 verification, so timing does not tell either).
+pub async fn authenticate(
+    state: &AppState,
+    username: &str,
+    password: &str,
+) -> Result<Option<UserRecord>, ServiceError> {
+    let user = match Username::parse(username) {
+        Ok(name) => state.store.user_by_name(&name).await?,
+        Err(_) => None,
+    };
+    let hash = user.as_ref().map(|u| u.password_hash.clone());
+    let password = password.to_owned();
+    let matches = tokio::task::spawn_blocking(move || {
+        let hash = hash.unwrap_or_else(|| dummy_hash().to_owned());
+        PasswordHash::new(&hash).is_ok_and(|parsed| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &parsed)
+                .is_ok()
+        })
+    })
+    .await
+    .map_err(|e| ServiceError::Internal(e.into()))?;
+    Ok(user.filter(|_| matches))
+}
+
+/// A real argon2id hash of a random password, verified against when the user does not exist.
+fn dummy_hash() -> &'static str {
+    static DUMMY: OnceLock<String> = OnceLock::new();
+    DUMMY.get_or_init(|| {
+        let salt = SaltString::encode_b64(&random_bytes::<16>()).ok();
+        salt.and_then(|salt| {
+            Argon2::default()
+                .hash_password(&random_bytes::<16>(), &salt)
+                .ok()
+                .map(|h| h.to_string())
+        })
+        .unwrap_or_default()
+    })
+}
+
+pub async fn list(state: &AppState, caller: &Caller) -> Result<Vec<UserRecord>, ServiceError> {
+    caller.require(Role::Admin)?;
+    Ok(state.store.list_users().await?)
+}
+
+fn user_not_found(username: &str) -> ServiceError {
+    ServiceError::NotFound {
+        what: "user",
+        code: "user_not_found",
+        detail: format!("no user named '{username}'"),
+    }
+}
+
+/// Gives a user another role; the last admin cannot be demoted.
+pub async fn set_role(
+    state: &AppState,
+    caller: &Caller,
+    username: &str,
+    role: Role,
+) -> Result<(), ServiceError> {
+    caller.require(Role::Admin)?;
+    let name = Username::parse(username).map_err(|_| user_not_found(username))?;
+    let ev = audit::event(caller.actor(), "user.role_changed")
+        .target(format!("user:{name}"))
+        .source_ip(caller.source_ip.clone())
+        .detail(json!({"role": role.as_str()}));
+    match state.store.set_user_role(&name, role, ev).await? {
+        RoleChange::Changed => Ok(()),
+        RoleChange::NoSuchUser => Err(user_not_found(username)),
+        RoleChange::LastAdmin => Err(ServiceError::Conflict {
+            code: "last_admin",
+            detail: format!("'{name}' is the only admin; make another user admin first"),
+        }),
+    }
+}
+
+/// Sets a new password for a user and ends their web sessions (their API tokens keep working).
+pub async fn reset_password(
+    state: &AppState,
+    caller: &Caller,
+    username: &str,
+    password: Password,
+) -> Result<(), ServiceError> {
+    caller.require(Role::Admin)?;
+    let name = Username::parse(username).map_err(|_| user_not_found(username))?;
+    let hash = hash_password(password).await?;
+    let ev = audit::event(caller.actor(), "user.password_reset")
+        .target(format!("user:{name}"))
+        .source_ip(caller.source_ip.clone());
+    if state.store.set_user_password(&name, &hash, ev).await? {
+        Ok(())
+    } else {
+        Err(user_not_found(username))
+    }
 }

@@ -13,4 +13,5 @@ mod roles;
 mod runners;
 mod sessions;
 mod users;
+mod web;
 mod ws;

@@ -6,6 +6,7 @@ mod credentials;
 mod pipelines;
 mod runners;
 mod users;
+mod web_sessions;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -33,6 +34,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         3,
         "reveal",
         include_str!("../../migrations/sqlite/0003_reveal.sql"),
+    ),
+    (
+        4,
+        "web_sessions",
+        include_str!("../../migrations/sqlite/0004_web_sessions.sql"),
     ),
 ];
 

@@ -5,10 +5,11 @@ use tether_domain::{Role, UserId, Username, Verifier};
 
 use super::{backend, corrupt, insert_audit, SqliteStore};
 use crate::{
-    from_ms, to_ms, NewApiToken, NewAuditEvent, NewUser, StoreResult, UserRecord, UserStore,
+    from_ms, to_ms, NewApiToken, NewAuditEvent, NewUser, RoleChange, StoreResult, UserRecord,
+    UserStore,
 };
 
-fn user_from_row(row: &SqliteRow) -> StoreResult<UserRecord> {
+pub(super) fn user_from_row(row: &SqliteRow) -> StoreResult<UserRecord> {
     let get = |col: &str| row.try_get::<String, _>(col).map_err(backend);
     Ok(UserRecord {
         id: get("id")?.parse().map_err(|e| corrupt("users.id", e))?,
@@ -121,5 +122,81 @@ impl UserStore for SqliteStore {
         .await
         .map_err(backend)?;
         row.as_ref().map(user_from_row).transpose()
+    }
+
+    async fn list_users(&self) -> StoreResult<Vec<UserRecord>> {
+        let rows = sqlx::query(
+            "SELECT id, username, password_hash, role, created_at FROM users ORDER BY username",
+        )
+        .fetch_all(&self.reader)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(user_from_row).collect()
+    }
+
+    async fn set_user_role(
+        &self,
+        username: &Username,
+        role: Role,
+        audit: NewAuditEvent,
+    ) -> StoreResult<RoleChange> {
+        // One writer connection: the count and the update cannot interleave with another change.
+        let mut tx = self.writer.begin().await.map_err(backend)?;
+        let current: Option<String> =
+            sqlx::query_scalar("SELECT role FROM users WHERE username = ?")
+                .bind(username.as_str())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(backend)?;
+        let Some(current) = current else {
+            return Ok(RoleChange::NoSuchUser);
+        };
+        if current == Role::Admin.as_str() && role != Role::Admin {
+            let admins: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE role = 'admin'")
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(backend)?;
+            if admins <= 1 {
+                return Ok(RoleChange::LastAdmin);
+            }
+        }
+        sqlx::query("UPDATE users SET role = ? WHERE username = ?")
+            .bind(role.as_str())
+            .bind(username.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        insert_audit(&mut *tx, &audit).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(RoleChange::Changed)
+    }
+
+    async fn set_user_password(
+        &self,
+        username: &Username,
+        password_hash: &str,
+        audit: NewAuditEvent,
+    ) -> StoreResult<bool> {
+        let mut tx = self.writer.begin().await.map_err(backend)?;
+        let changed = sqlx::query("UPDATE users SET password_hash = ? WHERE username = ?")
+            .bind(password_hash)
+            .bind(username.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?
+            .rows_affected();
+        if changed == 0 {
+            return Ok(false);
+        }
+        sqlx::query(
+            "DELETE FROM web_sessions WHERE user_id = (SELECT id FROM users WHERE username = ?)",
+        )
+        .bind(username.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        insert_audit(&mut *tx, &audit).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(true)
     }
 }

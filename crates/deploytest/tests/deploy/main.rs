@@ -1,0 +1,10 @@
+//! Checks of the deployment templates (`deploy/`) and platform guides (`docs/platforms/`): one test
+//! binary, one module per platform. The linters come from `scripts/install-deploy-tools`.
+
+mod aws;
+mod azure;
+mod docker;
+mod docs;
+mod helm;
+mod snowflake;
+mod support;

@@ -1,0 +1,225 @@
+//! Login, logout, sessions, redirects to /login and CSRF.
+
+use tether_testkit::spawn_app;
+
+use super::browser::{cookie_value, field_value, generations, set_cookie, user, Browser, PASSWORD};
+
+#[tokio::test]
+async fn login_works_with_the_right_password_only() {
+    let app = spawn_app().await;
+    user(&app, "olga", "operator").await;
+    let mut b = Browser::new(&app);
+
+    let form = b.get("/login").await;
+    assert_eq!(form.status, 200);
+    for needle in [
+        "id=\"username\"",
+        "name=\"username\"",
+        "id=\"password\"",
+        "name=\"password\"",
+        ">Username</label>",
+        ">Password</label>",
+        ">Log in</button>",
+    ] {
+        assert!(form.body.contains(needle), "{needle} in {}", form.body);
+    }
+
+    for (name, password) in [("olga", "wrong password!!"), ("nobody", PASSWORD), ("", "")] {
+        let r = b.try_login(name, password, None).await;
+        assert_eq!(r.status, 401, "{name}: {}", r.body);
+        assert!(r.body.contains("role=\"alert\""), "{}", r.body);
+        assert!(r.body.contains("Wrong username or password."), "{}", r.body);
+        assert!(set_cookie(&r, "tether_session").is_none());
+    }
+    assert!(b.cookie.is_none());
+
+    let r = b.try_login("olga", PASSWORD, None).await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(r.header("location"), Some("/runners"));
+    let cookie = set_cookie(&r, "tether_session").expect("session cookie");
+    for attr in ["HttpOnly", "SameSite=Strict", "Path=/;"] {
+        assert!(cookie.contains(attr), "{attr} in {cookie}");
+    }
+    assert!(!cookie.contains("Secure"), "plain http: {cookie}");
+    let page = b.get("/runners").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("<nav aria-label=\"Main\""));
+    assert!(page.body.contains("Runners &amp; Instances"));
+    assert!(page.body.contains("olga"));
+    assert!(page.body.contains(">Log out</button>"));
+}
+
+#[tokio::test]
+async fn pages_without_a_session_redirect_to_login_and_back() {
+    let app = spawn_app().await;
+    user(&app, "vic", "viewer").await;
+    let anonymous = Browser::new(&app);
+    for (path, next) in [
+        ("/runners", "/runners"),
+        ("/runners/r1/credentials", "/runners/r1/credentials"),
+        ("/users", "/users"),
+        ("/ui/events", "/ui/events"),
+        (
+            "/runners/r1/credentials?refreshed=1",
+            "/runners/r1/credentials%3Frefreshed%3D1",
+        ),
+    ] {
+        let r = anonymous.get(path).await;
+        assert_eq!(r.status, 303, "{path}: {}", r.body);
+        assert_eq!(
+            r.header("location"),
+            Some(format!("/login?next={next}").as_str()),
+            "{path}"
+        );
+    }
+    let root = anonymous.get("/").await;
+    assert_eq!(
+        (root.status, root.header("location")),
+        (303, Some("/runners"))
+    );
+
+    let mut forged = Browser::new(&app);
+    forged.cookie = Some("A".repeat(43));
+    assert_eq!(
+        forged.get("/runners").await.status,
+        303,
+        "unknown session id"
+    );
+
+    // After login the browser goes where it was sent; never to another site.
+    let mut b = Browser::new(&app);
+    let r = b
+        .try_login("vic", PASSWORD, Some("/runners/r1/activity"))
+        .await;
+    assert_eq!(r.header("location"), Some("/runners/r1/activity"));
+    for evil in [
+        "//evil.example/x",
+        "https://evil.example/",
+        "/\\evil.example",
+    ] {
+        let mut b = Browser::new(&app);
+        let r = b.try_login("vic", PASSWORD, Some(evil)).await;
+        assert_eq!(r.header("location"), Some("/runners"), "{evil}");
+    }
+}
+
+#[tokio::test]
+async fn logout_ends_the_session_on_the_server() {
+    let app = spawn_app().await;
+    user(&app, "vic", "viewer").await;
+    let b = Browser::login(&app, "vic", PASSWORD).await;
+    let r = b.post("/logout", &[]).await;
+    assert_eq!((r.status, r.header("location")), (303, Some("/login")));
+    let cleared = set_cookie(&r, "tether_session").expect("cookie cleared");
+    assert!(cleared.contains("Max-Age=0"), "{cleared}");
+    // The old cookie no longer works, even if the browser kept it.
+    assert_eq!(b.get("/runners").await.status, 303);
+    let audit = app
+        .get("/api/v1/audit", Some(&app.admin_token))
+        .await
+        .json();
+    let actions: Vec<_> = audit["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["actor"] == "user:vic")
+        .map(|e| e["action"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(actions, ["user.logged_out", "user.logged_in"]);
+}
+
+#[tokio::test]
+async fn posts_without_a_valid_csrf_token_are_403_and_change_nothing() {
+    let app = spawn_app().await;
+    app.create_runner("r1", "local").await;
+    user(&app, "olga", "operator").await;
+    let a = Browser::login(&app, "olga", PASSWORD).await;
+    let b = Browser::login(&app, "olga", PASSWORD).await;
+    assert_ne!(a.csrf, b.csrf, "a token per session");
+    let refresh = "/runners/r1/credentials/refresh";
+    let confirm = ("confirm", "refresh");
+    let attempts = [
+        a.post_raw(refresh, &[confirm]).await,
+        a.post_raw(refresh, &[("csrf", ""), confirm]).await,
+        a.post_raw(refresh, &[("csrf", "x".repeat(43).as_str()), confirm])
+            .await,
+        a.post_raw(refresh, &[("csrf", b.csrf.as_str()), confirm])
+            .await,
+        Browser::new(&app)
+            .post_raw(refresh, &[("csrf", a.csrf.as_str()), confirm])
+            .await,
+        a.post_raw("/logout", &[]).await,
+    ];
+    for r in attempts {
+        assert_eq!(r.status, 403, "{}", r.body);
+    }
+    assert_eq!(generations(&app, "r1").await, [(1, "active".to_owned())]);
+    // The session survived the refused logout.
+    assert_eq!(a.get("/runners").await.status, 200);
+
+    // The login form is protected too: its token must match its cookie.
+    let mut c = Browser::new(&app);
+    let form = c.get("/login").await;
+    let token = field_value(&form.body, "csrf").expect("token");
+    assert!(cookie_value(&form, "tether_login").is_some());
+    let r = c
+        .post_raw(
+            "/login",
+            &[
+                ("csrf", token.as_str()),
+                ("username", "olga"),
+                ("password", PASSWORD),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 403, "no login cookie: {}", r.body);
+    assert!(c.try_login("olga", PASSWORD, None).await.status == 303);
+}
+
+#[tokio::test]
+async fn the_session_cookie_is_secure_behind_https() {
+    let app = tether_testkit::spawn_app_with(|c| {
+        c.public_url = Some(url::Url::parse("https://tether.example.com").expect("url"));
+    })
+    .await;
+    // The server still listens on loopback; reach it there.
+    let direct = format!("http://{}", app.server().local_addr);
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let created = http
+        .post(format!("{direct}/api/v1/users"))
+        .bearer_auth(&app.admin_token)
+        .json(&serde_json::json!({"username": "vic", "password": PASSWORD, "role": "viewer"}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(created.status(), 201);
+    let form = tether_testkit::TestApp::read(
+        http.get(format!("{direct}/login"))
+            .send()
+            .await
+            .expect("sent"),
+    )
+    .await;
+    let token = field_value(&form.body, "csrf").expect("token");
+    let login = cookie_value(&form, "tether_login").expect("cookie");
+    assert!(set_cookie(&form, "tether_login").is_some_and(|c| c.contains("; Secure")));
+    let r = tether_testkit::TestApp::read(
+        http.post(format!("{direct}/login"))
+            .header("cookie", format!("tether_login={login}"))
+            .form(&[
+                ("csrf", token.as_str()),
+                ("username", "vic"),
+                ("password", PASSWORD),
+            ])
+            .send()
+            .await
+            .expect("sent"),
+    )
+    .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    let cookie = set_cookie(&r, "tether_session").expect("session cookie");
+    assert!(cookie.ends_with("; Secure"), "{cookie}");
+}
