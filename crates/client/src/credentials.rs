@@ -3,7 +3,10 @@
 //! built here carries one.
 
 use reqwest::Method;
-use tether_protocol::api::{Credentials, RefreshRequest, RefreshResponse, RevealResponse, Run};
+use tether_protocol::api::{
+    Credentials, RefreshRequest, RefreshResponse, RevealResponse, RevokePreviousRequest,
+    RotationStep, RotationStepRequest, Run,
+};
 
 use crate::{Client, ClientError};
 
@@ -38,8 +41,37 @@ impl Client {
 
     /// Revokes every generation older than the active one, closing sessions still using them.
     pub async fn revoke_previous(&self, runner: &str) -> Result<Credentials, ClientError> {
+        self.revoke_previous_in(runner, None).await
+    }
+
+    /// Like [`Client::revoke_previous`], as a step of the rotation `rotation_id`.
+    pub async fn revoke_previous_in(
+        &self,
+        runner: &str,
+        rotation_id: Option<&str>,
+    ) -> Result<Credentials, ClientError> {
         let path = Self::segment_path("api/v1/runners", runner, "/credentials/revoke-previous");
-        self.post(&path, &serde_json::json!({})).await
+        let req = RevokePreviousRequest {
+            rotation_id: rotation_id.map(str::to_owned),
+        };
+        self.post(&path, &req).await
+    }
+
+    /// Records a step of a rotation in the audit log; `started` (with no id) returns a new id.
+    pub async fn rotation_step(
+        &self,
+        runner: &str,
+        step: &str,
+        rotation_id: Option<&str>,
+        detail: serde_json::Value,
+    ) -> Result<RotationStep, ClientError> {
+        let path = Self::segment_path("api/v1/runners", runner, "/rotations");
+        let req = RotationStepRequest {
+            step: step.to_owned(),
+            rotation_id: rotation_id.map(str::to_owned),
+            detail: Some(detail),
+        };
+        self.post(&path, &req).await
     }
 }
 

@@ -281,6 +281,36 @@ pub struct RefreshRequest {
     /// Refresh even while runs are in progress on the runner.
     #[serde(default)]
     pub force: bool,
+    /// Part of a rotation (`POST /api/v1/runners/{runner}/rotations`): its audit event says so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation_id: Option<String>,
+}
+
+/// `POST /api/v1/runners/{runner}/credentials/revoke-previous`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RevokePreviousRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation_id: Option<String>,
+}
+
+/// `POST /api/v1/runners/{runner}/rotations`: one step of a rotation driven by a client (the CLI's
+/// `rotate`), so the audit log shows the rotation as one story. `started` opens a rotation and
+/// returns its id; later steps name it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RotationStepRequest {
+    /// `started`, `secret_written`, `deployment_forced`, `instances_moved`, `completed` or `failed`.
+    pub step: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation_id: Option<String>,
+    /// Facts about the step (names, counts, never a secret); an object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RotationStep {
+    pub rotation_id: String,
+    pub step: String,
 }
 
 /// The new credentials, returned once (and again by `reveal` until `reveal_until`).

@@ -53,6 +53,7 @@ pub async fn refresh(client: &Client, out: Output, args: RefreshArgs) -> anyhow:
         mode: Some(args.mode.as_str().to_owned()),
         grace_seconds: grace,
         force: args.force,
+        rotation_id: None,
     };
     let refreshed = match client.refresh_credentials(&runner.id, &req).await {
         Ok(r) => r,

@@ -86,114 +86,181 @@ pub async fn run(client: &Client, out: Output, args: RotateArgs) -> anyhow::Resu
             .unwrap_or_default()
     ));
 
-    // 1. Overlap refresh: nothing is disconnected, so running pipelines need no --force.
-    let running = client
-        .runner_runs(&runner.id, Some("running"), None)
-        .await
-        .map(|l| l.runs.len())
-        .unwrap_or(0);
-    let req = RefreshRequest {
-        confirm: Some("refresh".to_owned()),
-        mode: Some("overlap".to_owned()),
-        grace_seconds: Some(grace),
-        force: true,
-    };
-    let refreshed = client
-        .refresh_credentials(&runner.id, &req)
-        .await
-        .context("refreshing the credentials (nothing was changed)")?;
-    let ctx = Stopped {
-        runner: runner.name.clone(),
-        secret: current.arn.clone(),
-        old: refreshed.previous_generation,
-        new: refreshed.generation,
-        old_expires: refreshed.previous_expires_at,
-        reveal_until: refreshed.reveal_until,
-    };
-    steps.done(format!(
-        "Refreshed in overlap mode: generation {} is active; generation {} keeps working until {}; \
-         nothing was disconnected{}.",
-        refreshed.generation,
-        refreshed.previous_generation,
-        output::opt_time(refreshed.previous_expires_at),
-        match running {
-            0 => String::new(),
-            n => format!(" and the {n} running pipeline run(s) go on"),
-        }
-    ));
-    let new = secret_of(&refreshed)?;
-
-    // 2. Store it and read it back.
-    let written = apply::write_and_verify(&aws, secret_id, &runner, &current, &new, &mut steps)
-        .await
-        .map_err(|e| anyhow!("{}", ctx.write_failed(&format!("{e:#}"))))?;
-    let restart = match (&args.cluster, &args.service) {
-        (Some(cluster), Some(service)) => Some(
-            apply::restart_ecs(&aws, cluster, service, &written.secret_arn, &mut steps)
-                .await
-                .map_err(|e| anyhow!("{}", ctx.after_write(&format!("{e:#}"))))?,
-        ),
-        _ => None,
-    };
-
-    // 3. Wait until every live instance uses the new generation.
-    let started = Instant::now();
-    let moved =
-        wait_for_instances(client, &runner, &ctx, Duration::from_secs(timeout), &steps).await?;
-    steps.done(match moved {
-        0 => format!(
-            "No instance of the runner is connected, so none has to move; one that starts reads \
-             generation {} from the secret.",
-            ctx.new
-        ),
-        n => format!(
-            "All {n} live instance(s) use generation {} (after {}s){}.",
-            ctx.new,
-            started.elapsed().as_secs(),
-            if matches!(restart, Some(Restart::NewDeployment { .. })) {
-                ""
-            } else {
-                ", on their open sessions"
-            }
-        ),
-    });
-
-    // 4. Revoke the previous generation.
-    let creds = client.revoke_previous(&runner.id).await.map_err(|e| {
-        anyhow!(
-            "{}",
-            ctx.after_write(&format!("revoking the previous generation failed: {e}"))
+    // The rotation's steps share one id in the audit log.
+    let rotation = client
+        .rotation_step(
+            &runner.id,
+            "started",
+            None,
+            serde_json::json!({"secret": current.arn, "grace_seconds": grace, "timeout_seconds": timeout}),
         )
-    })?;
-    let revoked: Vec<String> = creds
-        .generations
-        .iter()
-        .filter(|g| g.generation < ctx.new && g.state == "revoked")
-        .map(|g| g.generation.to_string())
-        .collect();
-    steps.done(format!(
-        "Revoked generation {}: it no longer works, and no session was using it.",
-        ctx.old
-    ));
-    steps.line(&format!(
-        "Rotated runner '{}' to generation {}{}.",
-        runner.name,
-        ctx.new,
-        if moved > 0 { " with no disconnect" } else { "" }
-    ));
-    if out == Output::Json {
-        output::json(&serde_json::json!({
-            "runner": runner.name,
-            "generation": ctx.new,
-            "previous_generation": ctx.old,
-            "secret_arn": written.secret_arn,
-            "version_id": written.version_id,
-            "instances": moved,
-            "revoked": revoked,
-            "restart": restart,
-        }))?;
+        .await
+        .context("recording the start of the rotation in the audit log (nothing was changed)")?
+        .rotation_id;
+    let result: anyhow::Result<()> = async {
+        // 1. Overlap refresh: nothing is disconnected, so running pipelines need no --force.
+        let running = client
+            .runner_runs(&runner.id, Some("running"), None)
+            .await
+            .map(|l| l.runs.len())
+            .unwrap_or(0);
+        let req = RefreshRequest {
+            confirm: Some("refresh".to_owned()),
+            mode: Some("overlap".to_owned()),
+            grace_seconds: Some(grace),
+            force: true,
+            rotation_id: Some(rotation.clone()),
+        };
+        let refreshed = client
+            .refresh_credentials(&runner.id, &req)
+            .await
+            .context("refreshing the credentials (nothing was changed)")?;
+        let ctx = Stopped {
+            runner: runner.name.clone(),
+            secret: current.arn.clone(),
+            old: refreshed.previous_generation,
+            new: refreshed.generation,
+            old_expires: refreshed.previous_expires_at,
+            reveal_until: refreshed.reveal_until,
+        };
+        steps.done(format!(
+            "Refreshed in overlap mode: generation {} is active; generation {} keeps working until {}; \
+             nothing was disconnected{}.",
+            refreshed.generation,
+            refreshed.previous_generation,
+            output::opt_time(refreshed.previous_expires_at),
+            match running {
+                0 => String::new(),
+                n => format!(" and the {n} running pipeline run(s) go on"),
+            }
+        ));
+        let new = secret_of(&refreshed)?;
+
+        // 2. Store it and read it back.
+        let written = apply::write_and_verify(&aws, secret_id, &runner, &current, &new, &mut steps)
+            .await
+            .map_err(|e| anyhow!("{}", ctx.write_failed(&format!("{e:#}"))))?;
+        audit_step(
+            client,
+            &runner.id,
+            &rotation,
+            "secret_written",
+            serde_json::json!({"secret_arn": written.secret_arn, "version_id": written.version_id}),
+        )
+        .await;
+        let restart = match (&args.cluster, &args.service) {
+            (Some(cluster), Some(service)) => Some(
+                apply::restart_ecs(&aws, cluster, service, &written.secret_arn, &mut steps)
+                    .await
+                    .map_err(|e| anyhow!("{}", ctx.after_write(&format!("{e:#}"))))?,
+            ),
+            _ => None,
+        };
+        if let Some(Restart::NewDeployment { .. }) = &restart {
+            audit_step(
+                client,
+                &runner.id,
+                &rotation,
+                "deployment_forced",
+                serde_json::json!({"cluster": args.cluster, "service": args.service}),
+            )
+            .await;
+        }
+
+        // 3. Wait until every live instance uses the new generation.
+        let started = Instant::now();
+        let moved =
+            wait_for_instances(client, &runner, &ctx, Duration::from_secs(timeout), &steps).await?;
+        steps.done(match moved {
+            0 => format!(
+                "No instance of the runner is connected, so none has to move; one that starts reads \
+                 generation {} from the secret.",
+                ctx.new
+            ),
+            n => format!(
+                "All {n} live instance(s) use generation {} (after {}s){}.",
+                ctx.new,
+                started.elapsed().as_secs(),
+                if matches!(restart, Some(Restart::NewDeployment { .. })) {
+                    ""
+                } else {
+                    ", on their open sessions"
+                }
+            ),
+        });
+
+        audit_step(
+            client,
+            &runner.id,
+            &rotation,
+            "instances_moved",
+            serde_json::json!({"instances": moved, "generation": ctx.new}),
+        )
+        .await;
+
+        // 4. Revoke the previous generation.
+        let creds = client
+            .revoke_previous_in(&runner.id, Some(&rotation))
+            .await
+            .map_err(|e| {
+            anyhow!(
+                "{}",
+                ctx.after_write(&format!("revoking the previous generation failed: {e}"))
+            )
+        })?;
+        let revoked: Vec<String> = creds
+            .generations
+            .iter()
+            .filter(|g| g.generation < ctx.new && g.state == "revoked")
+            .map(|g| g.generation.to_string())
+            .collect();
+        steps.done(format!(
+            "Revoked generation {}: it no longer works, and no session was using it.",
+            ctx.old
+        ));
+        steps.line(&format!(
+            "Rotated runner '{}' to generation {}{}.",
+            runner.name,
+            ctx.new,
+            if moved > 0 { " with no disconnect" } else { "" }
+        ));
+        if out == Output::Json {
+            output::json(&serde_json::json!({
+                "runner": runner.name,
+                "generation": ctx.new,
+                "previous_generation": ctx.old,
+                "secret_arn": written.secret_arn,
+                "version_id": written.version_id,
+                "instances": moved,
+                "revoked": revoked,
+                "restart": restart,
+            }))?;
+        }
+        Ok(())
     }
-    Ok(())
+    .await;
+    let (step, detail) = match &result {
+        Ok(()) => ("completed", serde_json::json!({})),
+        Err(e) => ("failed", serde_json::json!({"reason": format!("{e:#}")})),
+    };
+    audit_step(client, &runner.id, &rotation, step, detail).await;
+    result
+}
+
+/// Records a rotation step; the rotation goes on (with a warning) if the audit write fails.
+async fn audit_step(
+    client: &Client,
+    runner: &str,
+    rotation: &str,
+    step: &str,
+    detail: serde_json::Value,
+) {
+    if let Err(e) = client
+        .rotation_step(runner, step, Some(rotation), detail)
+        .await
+    {
+        eprintln!("warning: recording the rotation step `{step}` in the audit log failed: {e}");
+    }
 }
 
 fn secret_of(r: &RefreshResponse) -> anyhow::Result<NewSecret> {

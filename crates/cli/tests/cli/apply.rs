@@ -624,6 +624,40 @@ fn rotate_moves_two_instances_to_the_new_secret_with_no_disconnect_while_a_pipel
         "still the same sessions"
     );
     assert!(!a.log().contains(new_secret) && !b.log().contains(new_secret));
+
+    // The audit log tells the rotation as one story: every step carries the same rotation id.
+    let audit = json(&admin(
+        &s.server,
+        &[
+            "audit", "list", "--runner", "rotate", "--limit", "100", "--output", "json",
+        ],
+    ));
+    let events = audit["events"].as_array().expect("events");
+    let started = events
+        .iter()
+        .find(|e| e["action"] == "rotation.started")
+        .expect("rotation.started");
+    let rotation = started["detail"]["rotation_id"]
+        .as_str()
+        .expect("rotation id");
+    let mut steps: Vec<&str> = events
+        .iter()
+        .filter(|e| e["detail"]["rotation_id"] == rotation)
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    steps.reverse();
+    assert_eq!(
+        steps,
+        [
+            "rotation.started",
+            "credentials.refreshed",
+            "rotation.secret_written",
+            "rotation.instances_moved",
+            "credentials.previous_revoked",
+            "rotation.completed"
+        ],
+        "{audit}"
+    );
 }
 
 #[test]

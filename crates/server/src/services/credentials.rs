@@ -49,6 +49,7 @@ pub async fn refresh(
     key: &str,
     mode: Mode,
     force: bool,
+    rotation_id: Option<&str>,
 ) -> Result<RefreshOutcome, ServiceError> {
     caller.require(Role::Operator)?;
     let runner = super::runners::find(state, key).await?;
@@ -105,6 +106,7 @@ pub async fn refresh(
             "client_id": runner.client_id.as_str(),
             "forced": force,
             "previous_expires_at": previous_expires_at.map(rfc3339),
+            "rotation_id": rotation_id,
         }));
     let refreshed = match state.store.refresh_credentials(new, ev).await {
         Ok(r) => r,
@@ -208,12 +210,14 @@ pub async fn revoke_previous(
     state: &AppState,
     caller: &Caller,
     key: &str,
+    rotation_id: Option<&str>,
 ) -> Result<RunnerRecord, ServiceError> {
     caller.require(Role::Operator)?;
     let runner = super::runners::find(state, key).await?;
     let ev = audit::event(caller.actor(), "credentials.previous_revoked")
         .runner(runner.id, runner.name.as_str())
-        .source_ip(caller.source_ip.clone());
+        .source_ip(caller.source_ip.clone())
+        .detail(json!({"rotation_id": rotation_id}));
     let revoked = state.store.revoke_retiring(runner.id, ev).await?;
     state.clients.invalidate(&runner.client_id);
     let closed = state
@@ -222,6 +226,47 @@ pub async fn revoke_previous(
     audit_cuts(state, &runner, &closed, "previous credentials revoked").await?;
     tracing::info!(runner.id = %runner.id, revoked = ?revoked, sessions_closed = closed.len(), "previous credentials revoked");
     Ok(runner)
+}
+
+/// The steps a client-driven rotation records.
+pub const ROTATION_STEPS: [&str; 6] = [
+    "started",
+    "secret_written",
+    "deployment_forced",
+    "instances_moved",
+    "completed",
+    "failed",
+];
+
+/// Records one step of a rotation in the audit log (`rotation.<step>`). `started` makes the id.
+pub async fn record_rotation_step(
+    state: &AppState,
+    caller: &Caller,
+    key: &str,
+    step: &str,
+    rotation_id: Option<String>,
+    detail: serde_json::Map<String, serde_json::Value>,
+) -> Result<String, ServiceError> {
+    caller.require(Role::Operator)?;
+    let runner = super::runners::find(state, key).await?;
+    let id = match rotation_id {
+        Some(id) => id,
+        None => format!(
+            "rot_{}",
+            tether_domain::random_bytes::<8>()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        ),
+    };
+    let mut detail = detail;
+    detail.insert("rotation_id".into(), id.clone().into());
+    let ev = audit::event(caller.actor(), &format!("rotation.{step}"))
+        .runner(runner.id, runner.name.as_str())
+        .source_ip(caller.source_ip.clone())
+        .detail(serde_json::Value::Object(detail));
+    state.store.append_audit(ev).await?;
+    Ok(id)
 }
 
 /// Retiring generations whose grace ended stop working, and reveal windows that closed lose their

@@ -459,3 +459,92 @@ async fn reveal_returns_the_new_secret_until_the_window_closes_and_leaves_no_pla
         .expect("query");
     assert!(sealed.is_none(), "the sweeper deleted the ciphertext");
 }
+
+#[tokio::test]
+async fn a_rotations_steps_share_one_id_in_the_audit_log() {
+    let app = app().await;
+    runner(&app, "c8").await;
+    let step = |body: Value| {
+        let app = &app;
+        async move {
+            app.post(
+                "/api/v1/runners/c8/rotations",
+                Some(&app.admin_token),
+                &body,
+            )
+            .await
+        }
+    };
+    let started = step(json!({"step": "started", "detail": {"secret": "arn:x"}})).await;
+    assert_eq!(started.status, 201, "{}", started.body);
+    let id = started.json()["rotation_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    assert!(id.starts_with("rot_") && id.len() == 20, "{id}");
+    step(json!({"step": "secret_written"}))
+        .await
+        .assert_problem(422, "invalid_field");
+    step(json!({"step": "started", "rotation_id": id}))
+        .await
+        .assert_problem(422, "invalid_field");
+    step(json!({"step": "exploded", "rotation_id": id}))
+        .await
+        .assert_problem(422, "invalid_field");
+    step(json!({"step": "completed", "rotation_id": "rot_nothex!"}))
+        .await
+        .assert_problem(422, "invalid_field");
+    step(json!({"step": "completed", "rotation_id": id, "detail": [1]}))
+        .await
+        .assert_problem(422, "invalid_field");
+    let viewer = app.user_token("v", "viewer").await;
+    app.post(
+        "/api/v1/runners/c8/rotations",
+        Some(&viewer),
+        &json!({"step": "started"}),
+    )
+    .await
+    .assert_problem(403, "forbidden");
+    let r = refresh(
+        &app,
+        "c8",
+        json!({"confirm": "refresh", "mode": "overlap", "rotation_id": id}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = app
+        .post(
+            "/api/v1/runners/c8/credentials/revoke-previous",
+            Some(&app.admin_token),
+            &json!({"rotation_id": id}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        step(json!({"step": "completed", "rotation_id": id}))
+            .await
+            .status,
+        201
+    );
+    let audit = app
+        .get("/api/v1/audit?runner=c8", Some(&app.admin_token))
+        .await
+        .json();
+    let mut steps: Vec<&str> = audit["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["detail"]["rotation_id"] == id.as_str())
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    steps.reverse();
+    assert_eq!(
+        steps,
+        [
+            "rotation.started",
+            "credentials.refreshed",
+            "credentials.previous_revoked",
+            "rotation.completed"
+        ]
+    );
+}

@@ -1,11 +1,13 @@
 //! `/api/v1/runners/{runner}/credentials`: refresh, reveal, inspect, end an overlap.
 
 use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use tether_domain::Role;
 use tether_protocol::api::{
     CredentialGeneration, Credentials, RefreshRequest, RefreshResponse, RevealResponse,
+    RevokePreviousRequest, RotationStep, RotationStepRequest,
 };
 use tether_store::RunnerRecord;
 
@@ -31,6 +33,10 @@ pub fn router() -> Router<AppState> {
         .route(
             "/api/v1/runners/{runner}/credentials/revoke-previous",
             post(revoke_previous_credentials),
+        )
+        .route(
+            "/api/v1/runners/{runner}/rotations",
+            post(record_rotation_step),
         )
 }
 
@@ -83,23 +89,29 @@ async fn refresh_credentials(
             ))
         }
     };
-    let outcome = match credentials::refresh(&state, &caller, &runner, mode, req.force).await {
-        Ok(o) => o,
-        Err(ServiceError::RunsInProgress { detail, runs }) => {
-            let runs: Vec<_> = runs.into_iter().map(|r| run_view(&state, r)).collect();
-            let mut extra = serde_json::Map::new();
-            extra.insert(
-                "runs".into(),
-                serde_json::to_value(runs).map_err(|e| ApiError::Internal(e.into()))?,
-            );
-            return Err(ApiError::ConflictWith {
-                code: "runs_in_progress",
-                detail,
-                extra,
-            });
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let rotation_id = req
+        .rotation_id
+        .as_deref()
+        .map(|id| parse_rotation_id(id).map(|()| id))
+        .transpose()?;
+    let outcome =
+        match credentials::refresh(&state, &caller, &runner, mode, req.force, rotation_id).await {
+            Ok(o) => o,
+            Err(ServiceError::RunsInProgress { detail, runs }) => {
+                let runs: Vec<_> = runs.into_iter().map(|r| run_view(&state, r)).collect();
+                let mut extra = serde_json::Map::new();
+                extra.insert(
+                    "runs".into(),
+                    serde_json::to_value(runs).map_err(|e| ApiError::Internal(e.into()))?,
+                );
+                return Err(ApiError::ConflictWith {
+                    code: "runs_in_progress",
+                    detail,
+                    extra,
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
     Ok(Json(RefreshResponse {
         client_id: outcome.runner.client_id.as_str().to_owned(),
         client_secret: outcome.secret.expose().to_owned(),
@@ -141,9 +153,90 @@ async fn revoke_previous_credentials(
     State(state): State<AppState>,
     caller: Caller,
     Path(runner): Path<String>,
+    ApiJson(req): ApiJson<RevokePreviousRequest>,
 ) -> Result<Json<Credentials>, ApiError> {
-    let record = credentials::revoke_previous(&state, &caller, &runner).await?;
+    caller.require(Role::Operator)?;
+    if let Some(id) = &req.rotation_id {
+        parse_rotation_id(id)?;
+    }
+    let record =
+        credentials::revoke_previous(&state, &caller, &runner, req.rotation_id.as_deref()).await?;
     Ok(Json(view(&state, &record).await?))
+}
+
+/// `POST /api/v1/runners/{runner}/rotations`: one step of a client-driven rotation, audited.
+async fn record_rotation_step(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(runner): Path<String>,
+    ApiJson(req): ApiJson<RotationStepRequest>,
+) -> Result<(StatusCode, Json<RotationStep>), ApiError> {
+    caller.require(Role::Operator)?;
+    if !credentials::ROTATION_STEPS.contains(&req.step.as_str()) {
+        return Err(ApiError::invalid_field(
+            "step",
+            format!("must be one of {}", credentials::ROTATION_STEPS.join(", ")),
+        ));
+    }
+    match (&req.rotation_id, req.step.as_str()) {
+        (Some(_), "started") => {
+            return Err(ApiError::invalid_field(
+                "rotation_id",
+                "is made by the control plane when a rotation starts; leave it out for `started`",
+            ))
+        }
+        (None, step) if step != "started" => {
+            return Err(ApiError::invalid_field(
+                "rotation_id",
+                "names the rotation this step belongs to (returned by its `started` step)",
+            ))
+        }
+        (Some(id), _) => parse_rotation_id(id)?,
+        (None, _) => {}
+    }
+    let detail = match req.detail {
+        None => serde_json::Map::new(),
+        Some(serde_json::Value::Object(map))
+            if serde_json::to_string(&map).map_or(0, |s| s.len()) <= 4096 =>
+        {
+            map
+        }
+        Some(_) => {
+            return Err(ApiError::invalid_field(
+                "detail",
+                "must be a JSON object of at most 4096 bytes",
+            ))
+        }
+    };
+    let id = credentials::record_rotation_step(
+        &state,
+        &caller,
+        &runner,
+        &req.step,
+        req.rotation_id,
+        detail,
+    )
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(RotationStep {
+            rotation_id: id,
+            step: req.step,
+        }),
+    ))
+}
+
+/// Rotation ids are `rot_` and 16 hex digits, as the control plane makes them.
+fn parse_rotation_id(id: &str) -> Result<(), ApiError> {
+    let hex = id.strip_prefix("rot_").unwrap_or_default();
+    if hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(())
+    } else {
+        Err(ApiError::invalid_field(
+            "rotation_id",
+            "is not a rotation id (rot_ and 16 hex digits)",
+        ))
+    }
 }
 
 /// Every generation with its state and how many live sessions use it; never a secret.

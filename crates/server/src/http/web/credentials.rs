@@ -260,7 +260,7 @@ async fn refresh_credentials(
         Mode::Revoke
     };
     let force = post.form.checked("force");
-    match credentials::refresh(&state, caller, &name, mode, force).await {
+    match credentials::refresh(&state, caller, &name, mode, force, None).await {
         Ok(outcome) => Ok(see_other(&format!(
             "/runners/{}/credentials?refreshed=1",
             outcome.runner.name
@@ -318,7 +318,7 @@ async fn revoke_previous_credentials(
     Path(name): Path<String>,
     post: PostForm,
 ) -> Result<Response, WebError> {
-    let record = credentials::revoke_previous(&state, &post.visitor.caller, &name).await?;
+    let record = credentials::revoke_previous(&state, &post.visitor.caller, &name, None).await?;
     Ok(see_other(&format!(
         "/runners/{}/credentials?done=revoked-previous",
         record.name
