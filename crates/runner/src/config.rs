@@ -58,15 +58,17 @@ pub struct RunnerArgs {
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464).
     #[arg(long, env = "TETHER_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+
+    /// With OAUTH_CLIENT_SECRET_ARN: how often (seconds, 1-86400) the secret is re-read while
+    /// connected, so a new secret is picked up without a restart. Default 300.
+    #[arg(long, env = "TETHER_SECRET_REFRESH_SECONDS")]
+    pub secret_refresh_seconds: Option<String>,
 }
 
 /// How often an AWS Secrets Manager secret is re-read while a session is up, by default.
 pub const DEFAULT_SECRET_REFRESH: Duration = Duration::from_secs(300);
 
-/// Environment variable for the AWS Secrets Manager re-read interval.
-// Read in `validate`, not declared as a clap field: other crates build `RunnerArgs` with struct
-// literals that a new field would break. The flag `--secret-refresh-seconds` can join once they
-// spread `..` or set it.
+/// Environment variable for the AWS Secrets Manager re-read interval (flag `--secret-refresh-seconds`).
 pub const SECRET_REFRESH_ENV: &str = "TETHER_SECRET_REFRESH_SECONDS";
 
 /// Where the client secret comes from.
@@ -158,7 +160,7 @@ impl RunnerArgs {
             }
             sources.push(SecretSourceConfig::File(p));
         }
-        let refresh = secret_refresh(std::env::var(SECRET_REFRESH_ENV).ok().as_deref())?;
+        let refresh = secret_refresh(self.secret_refresh_seconds.as_deref())?;
         if let Some(arn) = self.client_secret_arn.filter(|a| !a.trim().is_empty()) {
             sources.push(SecretSourceConfig::AwsSecretsManager {
                 secret_id: arn.trim().to_owned(),
@@ -223,11 +225,29 @@ mod tests {
             workdir: "w".into(),
             platform: "local".into(),
             metrics_listen: None,
+            secret_refresh_seconds: None,
         }
     }
 
     fn message(a: RunnerArgs) -> String {
         a.validate().expect_err("invalid").0
+    }
+
+    #[test]
+    fn the_secret_refresh_interval_comes_from_its_flag() {
+        let mut a = args();
+        a.client_secret = None;
+        a.client_secret_arn = Some("arn:aws:secretsmanager:us-east-1:1:secret:x".into());
+        a.secret_refresh_seconds = Some("7".into());
+        match a.validate().expect("valid").secret {
+            SecretSourceConfig::AwsSecretsManager { refresh, .. } => {
+                assert_eq!(refresh, std::time::Duration::from_secs(7));
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut bad = args();
+        bad.secret_refresh_seconds = Some("0".into());
+        assert!(message(bad).contains(SECRET_REFRESH_ENV));
     }
 
     #[test]

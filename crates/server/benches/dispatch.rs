@@ -94,6 +94,7 @@ async fn run() {
             workdir: dir.path().join(format!("work-{i}")),
             platform: "local".into(),
             metrics_listen: None,
+            secret_refresh_seconds: None,
         };
         let config = args.validate().expect("runner config");
         let rx = stop_rx.clone();

@@ -202,6 +202,7 @@ impl Env {
             workdir: work.path().join("work"),
             platform: PLATFORM.into(),
             metrics_listen: None,
+            secret_refresh_seconds: None,
         }
         .validate()
         .expect("runner config");
