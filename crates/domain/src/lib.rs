@@ -2,6 +2,7 @@
 //! Nothing here does I/O beyond asking the OS for random bytes; parsing happens once, at the edge,
 //! and everything past a handler works with these types instead of raw strings.
 
+pub mod apply_guide;
 mod base62;
 pub mod credential;
 pub mod ids;
