@@ -112,6 +112,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         dispatch,
         sealer: seal::Sealer::new(&keys.master),
         health: Default::default(),
+        login_throttle: Default::default(),
         started_at: now,
         stopping: shutdown.subscribe(),
     });

@@ -32,6 +32,7 @@ pub struct Inner {
     pub dispatch: Dispatcher,
     pub sealer: crate::seal::Sealer,
     pub health: crate::services::health::AuthHealthTracker,
+    pub login_throttle: crate::http::web::throttle::LoginThrottle,
     /// When this process started: tasks of instances it never saw count as gone since then.
     pub started_at: time::OffsetDateTime,
     /// Turns true when the server shuts down: long-lived responses (the UI's event stream) end

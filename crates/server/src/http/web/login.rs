@@ -31,6 +31,8 @@ struct LoginPage {
     next: String,
     username: String,
     failed: bool,
+    /// Set when this username is locked out from this address (too many failures).
+    locked_minutes: Option<u64>,
 }
 
 /// Only paths of this site: never `//host` or `/\host`, which browsers treat as other sites.
@@ -54,6 +56,7 @@ fn login_page(
     next: String,
     username: String,
     failed: bool,
+    locked_minutes: Option<u64>,
 ) -> Result<Response, WebError> {
     let cookie = set_cookie(state, LOGIN_COOKIE, &token, "/login", 3600);
     let body = LoginPage {
@@ -61,6 +64,7 @@ fn login_page(
         next,
         username,
         failed,
+        locked_minutes,
     };
     let mut response = page(status, &body)?;
     if let Ok(v) = cookie.parse() {
@@ -83,7 +87,15 @@ async fn show_login(
     let token = cookie(&headers, LOGIN_COOKIE)
         .filter(|t| t.len() == 43)
         .map_or_else(random_token, str::to_owned);
-    login_page(&state, StatusCode::OK, token, next, String::new(), false)
+    login_page(
+        &state,
+        StatusCode::OK,
+        token,
+        next,
+        String::new(),
+        false,
+        None,
+    )
 }
 
 async fn log_in(
@@ -99,7 +111,28 @@ async fn log_in(
     }
     let next = safe_next(form.get("next"));
     let username = form.get("username").trim().to_owned();
+    let ip = source_ip.as_deref();
+    if let Some(left) = state.login_throttle.locked_for(&username, ip) {
+        tracing::warn!(user = %username, source_ip = ?source_ip, retry_after_s = left.as_secs(),
+            "web login refused: too many failed logins; locked out for a while");
+        let mut response = login_page(
+            &state,
+            StatusCode::TOO_MANY_REQUESTS,
+            token.to_owned(),
+            next,
+            username,
+            true,
+            Some(left.as_secs().div_ceil(60).max(1)),
+        )?;
+        if let Ok(v) = left.as_secs().max(1).to_string().parse() {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, v);
+        }
+        return Ok(response);
+    }
     let Some(user) = users::authenticate(&state, &username, form.get("password")).await? else {
+        state.login_throttle.failed(&username, ip);
         tracing::warn!(user = %username, source_ip = ?source_ip, "web login refused: wrong username or password");
         return login_page(
             &state,
@@ -108,8 +141,10 @@ async fn log_in(
             next,
             username,
             true,
+            None,
         );
     };
+    state.login_throttle.succeeded(&username, ip);
     let session_cookie = session::start(&state, &user, source_ip).await?;
     let mut response = see_other(&next);
     let headers = response.headers_mut();

@@ -13,6 +13,7 @@ mod events;
 mod login;
 mod runners;
 mod session;
+pub mod throttle;
 mod users;
 
 use askama::Template;

@@ -223,3 +223,34 @@ async fn the_session_cookie_is_secure_behind_https() {
     let cookie = set_cookie(&r, "tether_session").expect("session cookie");
     assert!(cookie.ends_with("; Secure"), "{cookie}");
 }
+
+#[tokio::test]
+async fn repeated_wrong_passwords_lock_the_user_out_from_that_address_for_a_while() {
+    let app = spawn_app().await;
+    user(&app, "pat", "operator").await;
+    let mut b = Browser::new(&app);
+    b.get("/login").await;
+    for attempt in 1..=5 {
+        let r = b.try_login("pat", "not the password!", None).await;
+        assert_eq!(r.status, 401, "attempt {attempt}: {}", r.body);
+    }
+    // Now even the right password is refused without being checked, and the page says why.
+    let r = b.try_login("pat", PASSWORD, None).await;
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert!(
+        r.body.contains("Too many failed logins") && r.body.contains("Try again in 15 minutes"),
+        "{}",
+        r.body
+    );
+    let retry: u64 = r
+        .header("retry-after")
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After");
+    assert!((840..=900).contains(&retry), "{retry}");
+    assert!(set_cookie(&r, "tether_session").is_none());
+    // Another user from the same address is not affected.
+    user(&app, "quinn", "viewer").await;
+    let mut other = Browser::new(&app);
+    other.get("/login").await;
+    assert_eq!(other.try_login("quinn", PASSWORD, None).await.status, 303);
+}
