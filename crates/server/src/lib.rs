@@ -48,6 +48,7 @@ pub struct RunningServer {
     background: JoinHandle<()>,
     sweeper: JoinHandle<()>,
     persister: JoinHandle<()>,
+    flush_persister: tokio::sync::mpsc::UnboundedSender<FlushRequest>,
     dispatcher: JoinHandle<()>,
 }
 
@@ -116,7 +117,8 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         started_at: now,
         stopping: shutdown.subscribe(),
     });
-    let persister = tokio::spawn(persist_statuses(state.store.clone(), persist_rx));
+    let (flush_persister, flush_rx) = tokio::sync::mpsc::unbounded_channel();
+    let persister = tokio::spawn(persist_statuses(state.store.clone(), persist_rx, flush_rx));
     let dispatcher = tokio::spawn(services::runs::dispatch_loop(state.clone(), dispatch_rx));
     state.revoked.load(
         state
@@ -157,6 +159,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         background,
         sweeper,
         persister,
+        flush_persister,
         dispatcher,
     })
 }
@@ -225,13 +228,32 @@ async fn sweep_loop(state: AppState, mut stop: watch::Receiver<bool>) {
 }
 
 /// Writes runner status changes to the store in the order they happened.
+/// A flush asks the persister to write everything queued so far, then answers.
+type FlushRequest = tokio::sync::oneshot::Sender<()>;
+
 async fn persist_statuses(
     store: Arc<dyn Store>,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<runner_link::StatusChange>,
+    mut flush: tokio::sync::mpsc::UnboundedReceiver<FlushRequest>,
 ) {
-    while let Some((id, status)) = rx.recv().await {
+    let save = |store: Arc<dyn Store>, (id, status): runner_link::StatusChange| async move {
         if let Err(e) = store.save_runner_status(id, &status).await {
             tracing::error!(error = %e, runner.id = %id, "saving runner status failed");
+        }
+    };
+    loop {
+        tokio::select! {
+            biased;
+            change = rx.recv() => match change {
+                Some(change) => save(store.clone(), change).await,
+                None => return,
+            },
+            Some(done) = flush.recv() => {
+                while let Ok(change) = rx.try_recv() {
+                    save(store.clone(), change).await;
+                }
+                let _ = done.send(());
+            }
         }
     }
 }
@@ -244,6 +266,12 @@ impl RunningServer {
     /// Stops accepting connections, lets in-flight requests finish and writes pending usage data.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let _ = self.shutdown.send(true);
+        // Statuses reached before the shutdown are written; the ones the shutdown itself causes
+        // are not, so after a restart the runners read "the control plane restarted".
+        let (done, flushed) = tokio::sync::oneshot::channel();
+        if self.flush_persister.send(done).is_ok() {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), flushed).await;
+        }
         // Runner sessions are upgraded connections the HTTP server no longer tracks: close them so
         // instances reconnect (to this server after a restart, or to another replica).
         self.state
