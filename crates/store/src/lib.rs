@@ -164,6 +164,8 @@ pub trait PipelineStore: Send + Sync {
     /// The run's log from byte `offset` on (empty past the end).
     async fn run_log(&self, id: RunId, offset: u64) -> StoreResult<String>;
 
+    /// Runners with at least one queued or running run.
+    async fn runners_with_active_runs(&self) -> StoreResult<Vec<RunnerId>>;
     /// Tasks ready to start on a runner, oldest run first.
     async fn ready_tasks(&self, runner_id: RunnerId, limit: u32) -> StoreResult<Vec<ReadyTask>>;
     /// What to send an instance to run a task (to assign it again after a reconnect).

@@ -713,8 +713,17 @@ async fn tasks_are_claimed_once_updates_apply_once_and_logs_keep_their_order() {
         .create_runner(runner.clone(), ev("runner.created", None))
         .await
         .expect("runner");
+    assert!(store
+        .runners_with_active_runs()
+        .await
+        .expect("active")
+        .is_empty());
     let run = queued_run(&store, &runner, &["one", "two"]).await;
     let (one, two) = (run.tasks[0].id, run.tasks[1].id);
+    assert_eq!(
+        store.runners_with_active_runs().await.expect("active"),
+        vec![runner.id]
+    );
 
     // Only the first task is ready; it can be claimed by exactly one instance.
     let ready = store.ready_tasks(runner.id, 10).await.expect("ready");
@@ -807,6 +816,14 @@ async fn tasks_are_claimed_once_updates_apply_once_and_logs_keep_their_order() {
     assert_eq!(store.run_log(run.id, 99).await.expect("log"), "");
     let finished = store.run_by_id(run.id).await.expect("get").expect("run");
     assert_eq!(finished.state, RunState::Succeeded);
+    assert!(
+        store
+            .runners_with_active_runs()
+            .await
+            .expect("active")
+            .is_empty(),
+        "a finished run is no work"
+    );
     assert!(finished.finished_at.is_some());
     assert_eq!(
         store

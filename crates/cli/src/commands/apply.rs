@@ -422,11 +422,7 @@ async fn aws(
             Restart::NotAsked
         }
     };
-    steps.line(&format!(
-        "Done. Check that it is back: `tether runners show {}` shows it running, with its instances \
-         on generation {}.",
-        runner.name, new.generation
-    ));
+    steps.line(&check_back(&runner.name, new.generation));
     if out == Output::Json {
         output::json(&serde_json::json!({
             "runner": runner.name,
@@ -640,11 +636,7 @@ async fn other(
             ));
         }
     }
-    steps.line(&format!(
-        "Done. Check that it is back: `tether runners show {}` shows it running, with its instances \
-         on generation {}.",
-        runner.name, new.generation
-    ));
+    steps.line(&check_back(&runner.name, new.generation));
     if out == Output::Json {
         output::json(&serde_json::json!({
             "runner": runner.name,
@@ -720,6 +712,14 @@ async fn run_tool(argv: &[String], secret: &ClientSecret) -> anyhow::Result<Stri
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The last line of an apply: how to see the runner came back with the new generation.
+fn check_back(runner: &str, generation: u32) -> String {
+    format!(
+        "Done. Check that it is back: `tether runners show {runner}` shows it running, with its \
+         instances on generation {generation}."
+    )
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use tether_store::{NewGeneration, Refreshed, RotationMode, RunFilter, RunnerReco
 use time::OffsetDateTime;
 
 use super::audit::{self, AuditEventExt};
-use super::ServiceError;
+use super::{rfc3339, ServiceError};
 use crate::auth::Caller;
 use crate::state::AppState;
 
@@ -110,16 +110,13 @@ pub async fn refresh(
         }));
     let refreshed = match state.store.refresh_credentials(new, ev).await {
         Ok(r) => r,
+        // Every runner has an active generation, so this is a runner deleted meanwhile.
         Err(StoreError::NotFound) => {
-            return Err(super::runners::find(state, key)
-                .await
-                .err()
-                .unwrap_or_else(|| {
-                    ServiceError::Internal(anyhow::anyhow!(
-                        "runner '{}' has no active credential generation",
-                        runner.name
-                    ))
-                }))
+            return Err(ServiceError::NotFound {
+                what: "runner",
+                code: "runner_not_found",
+                detail: format!("runner '{}' was deleted", runner.name),
+            })
         }
         Err(e) => return Err(e.into()),
     };
@@ -325,11 +322,6 @@ async fn audit_cuts(
 
 fn aad(runner: RunnerId) -> Vec<u8> {
     format!("tether-runner:{runner}").into_bytes()
-}
-
-fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }
 
 /// `2026-11-23 12:04:10 UTC`

@@ -46,3 +46,9 @@ impl From<StoreError> for ServiceError {
         ServiceError::Internal(anyhow::Error::new(e))
     }
 }
+
+/// A time as RFC 3339 text, for audit event details.
+pub(crate) fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}

@@ -6,7 +6,7 @@ use tether_store::{NewRunner, RunnerRecord, StoreError};
 use time::OffsetDateTime;
 
 use super::audit::{self, AuditEventExt};
-use super::ServiceError;
+use super::{rfc3339, ServiceError};
 use crate::auth::Caller;
 use crate::state::AppState;
 
@@ -200,9 +200,4 @@ pub async fn resume_due(state: &AppState) -> anyhow::Result<()> {
         tracing::info!(runner.id = %id, runner.name = %name, "pause period ended; runner resumed");
     }
     Ok(())
-}
-
-fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }

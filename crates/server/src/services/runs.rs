@@ -366,9 +366,12 @@ pub async fn sweep_lost(state: &AppState) -> anyhow::Result<()> {
         }
     }
     state.link.forget_departed(lost_after * 2);
-    // A safety net for pokes lost to a crash mid-pass: every connected runner gets a pass.
-    for runner in state.link.connected_runners() {
-        state.dispatch.poke(runner);
+    // A safety net for pokes lost to a crash mid-pass: a connected runner with work gets a pass.
+    let connected: HashSet<RunnerId> = state.link.connected_runners().into_iter().collect();
+    for runner in state.store.runners_with_active_runs().await? {
+        if connected.contains(&runner) {
+            state.dispatch.poke(runner);
+        }
     }
     Ok(())
 }

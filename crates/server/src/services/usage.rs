@@ -13,6 +13,7 @@ use time::OffsetDateTime;
 
 use super::audit::{self, AuditEventExt};
 use super::clients::ClientCache;
+use super::rfc3339;
 
 /// Distinct client ids tracked per interval; beyond this, refusals are pooled under "unknown" so
 /// a flood of made-up ids cannot grow memory.
@@ -105,9 +106,4 @@ impl UsageTracker {
         }
         store.record_credential_use(&uses).await
     }
-}
-
-fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }

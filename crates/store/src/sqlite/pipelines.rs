@@ -396,6 +396,18 @@ impl PipelineStore for SqliteStore {
         Ok(out)
     }
 
+    async fn runners_with_active_runs(&self) -> StoreResult<Vec<RunnerId>> {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT runner_id FROM runs WHERE state IN ('queued', 'running')",
+        )
+        .fetch_all(&self.reader)
+        .await
+        .map_err(backend)?;
+        ids.iter()
+            .map(|id| id.parse().map_err(|e| corrupt("runs.runner_id", e)))
+            .collect()
+    }
+
     async fn ready_tasks(&self, runner: RunnerId, limit: u32) -> StoreResult<Vec<ReadyTask>> {
         let rows = sqlx::query(
             "SELECT t.id, t.run_id, r.pipeline, t.name, t.command, t.env, t.timeout_seconds
