@@ -236,6 +236,14 @@ impl Ecs {
     }
 }
 
+/// Refreshes `runner` in overlap mode (nothing is cut) and returns the new client_secret.
+fn overlap_secret(s: &Setup, runner: &str) -> String {
+    refresh(s, runner, &["--mode", "overlap", "--grace", "1h"])["client_secret"]
+        .as_str()
+        .expect("secret")
+        .to_owned()
+}
+
 #[test]
 fn apply_credentials_on_aws_writes_the_secret_redeploys_ecs_and_the_runner_is_back_without_a_restart(
 ) {
@@ -789,11 +797,7 @@ fn fake_tools(dir: &Path, scripts: &[(&str, &str)]) -> String {
 #[test]
 fn apply_credentials_for_gcp_prints_the_helm_steps_and_runs_them_with_execute() {
     let s = setup_on("apply-gke", "gke");
-    let refreshed = refresh(&s, "apply-gke", &["--mode", "overlap", "--grace", "1h"]);
-    let secret = refreshed["client_secret"]
-        .as_str()
-        .expect("secret")
-        .to_owned();
+    let secret = overlap_secret(&s, "apply-gke");
 
     // The platform comes from the runner's registration; the release and namespace are the chart's.
     let o = cli(
@@ -965,11 +969,7 @@ fn apply_credentials_for_gcp_prints_the_helm_steps_and_runs_them_with_execute() 
 #[test]
 fn apply_credentials_for_azure_and_snowflake_prints_and_executes_their_steps() {
     let s = setup_on("apply-az", "azure_container_app");
-    let refreshed = refresh(&s, "apply-az", &["--mode", "overlap", "--grace", "1h"]);
-    let secret = refreshed["client_secret"]
-        .as_str()
-        .expect("secret")
-        .to_owned();
+    let secret = overlap_secret(&s, "apply-az");
     let o = cli(
         &s,
         &[
@@ -1066,11 +1066,7 @@ fn apply_credentials_for_azure_and_snowflake_prints_and_executes_their_steps() {
 
     // Snowflake: the SQL with the deploy/snowflake names, run through snowsql from a private file.
     let sf = setup_on("apply-sf", "snowflake");
-    let refreshed = refresh(&sf, "apply-sf", &["--mode", "overlap", "--grace", "1h"]);
-    let secret = refreshed["client_secret"]
-        .as_str()
-        .expect("secret")
-        .to_owned();
+    let secret = overlap_secret(&sf, "apply-sf");
     let o = cli(
         &sf,
         &["runners", "apply-credentials", "apply-sf"],

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::procs::{stderr, stdout, tether, RunnerProc, ServerProc, BIN};
+use crate::procs::{
+    admin_command, assert_help, stderr, stdout, tether, RunnerProc, ServerProc, BIN,
+};
 
 const NIGHTLY: &str = "\
 name: nightly
@@ -41,12 +43,8 @@ fn json(s: &ServerProc, args: &[&str]) -> Value {
 
 /// Runs `tether` with `input` on standard input.
 fn run_stdin(s: &ServerProc, args: &[&str], input: &str) -> Output {
-    let mut child = Command::new(BIN)
+    let mut child = admin_command(s)
         .args(args)
-        .env_clear()
-        .env("TETHER_URL", &s.url)
-        .env("TETHER_TOKEN", crate::procs::ADMIN_TOKEN)
-        .env("TETHER_CONFIG_DIR", s.data_dir.join("cfg"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -483,13 +481,7 @@ fn every_new_command_has_help() {
         vec!["runs", "cancel", "--help"],
         vec!["runners", "runs", "--help"],
     ] {
-        let o = tether(&args, &[]);
-        assert!(o.status.success(), "{args:?}");
-        let text = stdout(&o);
-        assert!(
-            text.contains("Usage:") && text.lines().count() > 3,
-            "{args:?}: {text}"
-        );
+        assert_help(&args);
     }
     let apply = stdout(&tether(&["pipelines", "apply", "--help"], &[]));
     assert!(
@@ -507,12 +499,8 @@ fn every_new_command_has_help() {
 
 /// Runs an admin command, killing it if it has not finished within `within`.
 fn run_within(s: &ServerProc, args: &[&str], within: Duration) -> Output {
-    let mut child = Command::new(BIN)
+    let mut child = admin_command(s)
         .args(args)
-        .env_clear()
-        .env("TETHER_URL", &s.url)
-        .env("TETHER_TOKEN", crate::procs::ADMIN_TOKEN)
-        .env("TETHER_CONFIG_DIR", s.data_dir.join("cfg"))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -21,6 +21,30 @@ pub fn tether(args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.stdin(Stdio::null()).output().expect("tether runs")
 }
 
+/// Runs `tether <args>` (ending in `--help`) and checks it printed real help; returns the text.
+pub fn assert_help(args: &[&str]) -> String {
+    let o = tether(args, &[]);
+    assert!(o.status.success(), "{args:?}");
+    let text = stdout(&o);
+    assert!(
+        text.contains("Usage:") && text.lines().count() > 3,
+        "{args:?}: {text}"
+    );
+    text
+}
+
+/// `tether` with the server's URL and admin token, its own config dir and a clean environment;
+/// the caller sets the arguments and standard streams.
+pub fn admin_command(s: &ServerProc) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("TETHER_URL", &s.url)
+        .env("TETHER_TOKEN", ADMIN_TOKEN)
+        .env("TETHER_CONFIG_DIR", s.data_dir.join("cfg"));
+    cmd
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }

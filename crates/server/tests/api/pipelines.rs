@@ -102,6 +102,37 @@ async fn finish(ws: &mut Ws, name: &str, state: &str, extra: Value) -> String {
     task
 }
 
+/// The three-task pipeline `p` on a new runner `name` with one connected instance `i1`, a run
+/// of it queued, and its first task assigned and reported started.
+struct Started {
+    ws: Ws,
+    run_id: String,
+    task: String,
+    /// The runner's client id and secret, to connect again.
+    client: (String, String),
+}
+
+async fn started_task(app: &TestApp, name: &str) -> Started {
+    put(app, "p", three_tasks()).await;
+    let (id, secret) = runner(app, name).await;
+    let mut ws = connect(app, &id, &secret, "i1").await;
+    let run_id = start_run(app, "p", name).await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let task = expect(&mut ws, "assign").await["task"]["task_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    update(&mut ws, &task, 1, "running", json!({})).await;
+    Started {
+        ws,
+        run_id,
+        task,
+        client: (id, secret),
+    }
+}
+
 fn three_tasks() -> Value {
     json!([
         {"name": "build", "run": "echo build", "env": {"MODE": "release"}, "timeout_seconds": 60},
@@ -372,18 +403,12 @@ async fn a_failing_task_fails_the_run_and_skips_the_rest() {
 #[tokio::test]
 async fn cancelling_a_running_run_asks_the_instance_to_kill_the_task() {
     let app = app().await;
-    put(&app, "p", three_tasks()).await;
-    let (id, secret) = runner(&app, "r4").await;
-    let mut ws = connect(&app, &id, &secret, "i1").await;
-    let run_id = start_run(&app, "p", "r4").await["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
-    let task = expect(&mut ws, "assign").await["task"]["task_id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
-    update(&mut ws, &task, 1, "running", json!({})).await;
+    let Started {
+        mut ws,
+        run_id,
+        task,
+        ..
+    } = started_task(&app, "r4").await;
     let c = app
         .post(
             &format!("/api/v1/runs/{run_id}/cancel"),
@@ -520,18 +545,12 @@ async fn a_task_whose_instance_vanishes_becomes_lost() {
         c.flush_interval = Duration::from_millis(200);
     })
     .await;
-    put(&app, "p", three_tasks()).await;
-    let (id, secret) = runner(&app, "r7").await;
-    let mut ws = connect(&app, &id, &secret, "i1").await;
-    let run_id = start_run(&app, "p", "r7").await["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
-    let task = expect(&mut ws, "assign").await["task"]["task_id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
-    update(&mut ws, &task, 1, "running", json!({})).await;
+    let Started {
+        ws,
+        run_id,
+        task,
+        client: (id, secret),
+    } = started_task(&app, "r7").await;
     drop(ws);
     let r = wait_run(&app, &run_id, "lost").await;
     assert_eq!(r["tasks"][0]["state"], "lost");
