@@ -276,6 +276,8 @@ pub enum TargetPlatform {
     Gcp,
     /// Snowflake Snowpark Container Services.
     Snowflake,
+    /// A runner on this machine that reads OAUTH_CLIENT_SECRET_FILE (e.g. the `server --dev` one).
+    Local,
 }
 
 /// `tether runners apply-credentials`.
@@ -331,6 +333,10 @@ pub struct ApplyArgs {
     /// azure, gcp, snowflake: run the printed steps with the secret (needs az, helm or snowsql).
     #[arg(long)]
     pub execute: bool,
+    /// local: the file the runner reads (OAUTH_CLIENT_SECRET_FILE); default: the one its live
+    /// instances report.
+    #[arg(long, value_name = "FILE")]
+    pub secret_file: Option<std::path::PathBuf>,
 }
 
 /// `tether runners rotate`.

@@ -4,10 +4,44 @@
 //! say `<client_secret>`, and the caller prints the value once, next to them.
 
 pub use tether_domain::apply_guide::{fill, guide, Guide, Vars};
+use tether_protocol::api::Instance;
+
+/// How a runner's live instances pick up a new secret, as one line; `None` when none is live.
+pub fn reload_line(instances: &[Instance]) -> Option<String> {
+    let live = instances.len();
+    let reloading = instances
+        .iter()
+        .filter(|i| i.hot_reload == Some(true))
+        .count();
+    match (reloading, live) {
+        (_, 0) => None,
+        (n, m) if n == m => Some(format!(
+            "All {m} live instance(s) reload the secret by themselves: put the new secret in their \
+             store and they pick it up; no restart is needed."
+        )),
+        (0, m) => Some(format!(
+            "The {m} live instance(s) read OAUTH_CLIENT_SECRET: they need a restart with the new value."
+        )),
+        (n, m) => Some(format!(
+            "{n} of {m} live instances reload the secret by themselves; the others need a restart \
+             with the new value."
+        )),
+    }
+}
+
+/// The file the live instances read their secret from, if they all name the same one.
+pub fn secret_file(instances: &[Instance]) -> Option<&str> {
+    let first = instances.first()?.secret_file.as_deref()?;
+    instances
+        .iter()
+        .all(|i| i.secret_file.as_deref() == Some(first))
+        .then_some(first)
+}
 
 /// The guide as text for a terminal: numbered steps, commands indented under them, and a last
-/// step to check the runner reconnected with the new generation.
-pub fn render(guide: &Guide, v: &Vars<'_>) -> String {
+/// step to check the runner reconnected with the new generation. `all_reload`: every live
+/// instance reloads the secret by itself, so restart-only steps are left out.
+pub fn render(guide: &Guide, v: &Vars<'_>, all_reload: bool) -> String {
     let mut out = format!(
         "Next steps ({}):\n{}\nReplace <client_secret> with the client_secret above and the other \
          <PLACEHOLDERS> with your deployment's names.\n\n",
@@ -15,7 +49,7 @@ pub fn render(guide: &Guide, v: &Vars<'_>) -> String {
         fill(guide.secret_lives, v)
     );
     let mut n = 0;
-    for step in guide.steps {
+    for step in tether_domain::apply_guide::steps(guide, all_reload) {
         n += 1;
         out.push_str(&format!("  {n}. {}\n", fill(step.what, v)));
         if let Some(command) = step.command {
@@ -51,7 +85,9 @@ mod tests {
                 client_id: "tcid_abc",
                 url: "http://127.0.0.1:8080",
                 generation: 2,
+                secret_file: None,
             },
+            false,
         )
     }
 
@@ -62,6 +98,7 @@ mod tests {
             client_id: "tcid_abc",
             url: "http://127.0.0.1:8080",
             generation: 2,
+            secret_file: None,
         };
         guide(platform)
             .steps

@@ -439,6 +439,7 @@ mod tests {
             client_id: "tcid_abc",
             url: "http://127.0.0.1:8080",
             generation: 2,
+            secret_file: None,
         }
     }
 

@@ -5,7 +5,7 @@
 use reqwest::Method;
 use tether_protocol::api::{
     Credentials, RefreshRequest, RefreshResponse, RevealResponse, RevokePreviousRequest,
-    RotationStep, RotationStepRequest, Run,
+    RevokePreviousResponse, RotationStep, RotationStepRequest, Run,
 };
 
 use crate::{Client, ClientError};
@@ -39,20 +39,25 @@ impl Client {
         self.send(self.request(Method::GET, &path)).await
     }
 
-    /// Revokes every generation older than the active one, closing sessions still using them.
-    pub async fn revoke_previous(&self, runner: &str) -> Result<Credentials, ClientError> {
-        self.revoke_previous_in(runner, None).await
+    /// Revokes every generation older than the active one, closing sessions still using them
+    /// (the request has no body). The answer says what was revoked.
+    pub async fn revoke_previous(
+        &self,
+        runner: &str,
+    ) -> Result<RevokePreviousResponse, ClientError> {
+        let path = Self::segment_path("api/v1/runners", runner, "/credentials/revoke-previous");
+        self.send(self.request(Method::POST, &path)).await
     }
 
     /// Like [`Client::revoke_previous`], as a step of the rotation `rotation_id`.
     pub async fn revoke_previous_in(
         &self,
         runner: &str,
-        rotation_id: Option<&str>,
-    ) -> Result<Credentials, ClientError> {
+        rotation_id: &str,
+    ) -> Result<RevokePreviousResponse, ClientError> {
         let path = Self::segment_path("api/v1/runners", runner, "/credentials/revoke-previous");
         let req = RevokePreviousRequest {
-            rotation_id: rotation_id.map(str::to_owned),
+            rotation_id: Some(rotation_id.to_owned()),
         };
         self.post(&path, &req).await
     }

@@ -10,8 +10,11 @@ use crate::Platform;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Step {
     pub what: &'static str,
-    /// May span several lines; `{client_id}`, `{runner}` and `{url}` are filled in by [`fill`].
+    /// May span several lines; `{client_id}`, `{runner}`, `{url}` and `{secret_file}` are filled
+    /// in by [`fill`].
     pub command: Option<&'static str>,
+    /// Only restarts the runner: not needed when every instance reloads the secret by itself.
+    pub restart_only: bool,
 }
 
 /// How one platform keeps the secret, then the steps in order, then a note (hot reload, if any).
@@ -39,12 +42,14 @@ pub const AWS_FARGATE: Guide = Guide {
                 "aws secretsmanager put-secret-value --secret-id <SECRET_ARN> \\\n  \
                  --secret-string '{\"client_id\":\"{client_id}\",\"client_secret\":\"<client_secret>\"}'",
             ),
+            restart_only: false,
         },
         Step {
             what: "Restart the runner with a new deployment, so its tasks start with the new value:",
             command: Some(
                 "aws ecs update-service --cluster <CLUSTER> --service <SERVICE> --force-new-deployment",
             ),
+            restart_only: true,
         },
     ],
     note: Some(
@@ -65,6 +70,7 @@ pub const AZURE_CONTAINER_APP: Guide = Guide {
                 "az containerapp secret set --name <APP> --resource-group <RESOURCE_GROUP> \\\n  \
                  --secrets tether-client-secret=<client_secret>",
             ),
+            restart_only: false,
         },
         Step {
             what: "Restart the active revision, so the runner starts with the new value:",
@@ -73,6 +79,7 @@ pub const AZURE_CONTAINER_APP: Guide = Guide {
                  --revision \"$(az containerapp show --name <APP> --resource-group <RESOURCE_GROUP> \
                  --query properties.latestRevisionName --output tsv)\"",
             ),
+            restart_only: true,
         },
     ],
     note: Some(
@@ -92,6 +99,7 @@ pub const GKE: Guide = Guide {
             what: "In values-gcp.yaml, set `config.oauthClientSecret` to the new client_secret \
                 (`config.oauthClientId` stays {client_id}).",
             command: None,
+            restart_only: false,
         },
         Step {
             what:
@@ -100,6 +108,7 @@ pub const GKE: Guide = Guide {
             command: Some(
                 "helm upgrade tether-runner . --namespace tether-runner -f values-gcp.yaml",
             ),
+            restart_only: false,
         },
     ],
     note: None,
@@ -116,6 +125,7 @@ pub const SNOWFLAKE: Guide = Guide {
             command: Some(
                 "ALTER SECRET <DATABASE>.<SCHEMA>.tether_client_secret SET SECRET_STRING = '<client_secret>';",
             ),
+            restart_only: false,
         },
         Step {
             what: "Restart the service, so the runner starts with the new value:",
@@ -123,6 +133,7 @@ pub const SNOWFLAKE: Guide = Guide {
                 "ALTER SERVICE <DATABASE>.<SCHEMA>.<SERVICE> SUSPEND;\n\
                  ALTER SERVICE <DATABASE>.<SCHEMA>.<SERVICE> RESUME;",
             ),
+            restart_only: true,
         },
     ],
     note: None,
@@ -136,14 +147,17 @@ pub const LOCAL: Guide = Guide {
     steps: &[
         Step {
             what: "If the runner reads OAUTH_CLIENT_SECRET_FILE, write the new client_secret to that \
-                file; the runner reloads it by itself (no restart):",
-            command: Some("printf '%s' '<client_secret>' > <OAUTH_CLIENT_SECRET_FILE>"),
+                file (or let `tether runners apply-credentials {runner} --platform local` do it); \
+                the runner reloads it by itself (no restart):",
+            command: Some("printf '%s' '<client_secret>' > {secret_file}"),
+            restart_only: false,
         },
         Step {
             what: "Otherwise stop the runner and start it again with the new OAUTH_CLIENT_SECRET:",
             command: Some(
                 "TETHER_URL={url} OAUTH_CLIENT_ID={client_id} OAUTH_CLIENT_SECRET=<client_secret> tether runner",
             ),
+            restart_only: true,
         },
     ],
     note: None,
@@ -159,11 +173,13 @@ pub const OTHER: Guide = Guide {
         Step {
             what: "Put the new client_secret where the runner reads it.",
             command: None,
+            restart_only: false,
         },
         Step {
             what:
                 "Restart the runner, unless it reloads the secret by itself (file or ARN source).",
             command: None,
+            restart_only: true,
         },
     ],
     note: None,
@@ -189,12 +205,39 @@ pub struct Vars<'a> {
     /// The control plane's URL.
     pub url: &'a str,
     pub generation: u32,
+    /// The file the runner's instances read the secret from, when they said (file source).
+    pub secret_file: Option<&'a str>,
 }
 
 /// A guide text with its `{...}` placeholders filled in.
 pub fn fill(template: &str, v: &Vars<'_>) -> String {
+    let file = v
+        .secret_file
+        .map_or_else(|| "<OAUTH_CLIENT_SECRET_FILE>".to_owned(), shell_quote);
     template
         .replace("{client_id}", v.client_id)
         .replace("{runner}", v.runner)
         .replace("{url}", v.url)
+        .replace("{secret_file}", &file)
+}
+
+/// `path` as one shell word (single-quoted unless it needs no quoting).
+fn shell_quote(path: &str) -> String {
+    let plain = path
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"/._-+:@".contains(&b));
+    if plain && !path.is_empty() {
+        path.to_owned()
+    } else {
+        format!("'{}'", path.replace('\'', "'\\''"))
+    }
+}
+
+/// The steps worth showing: all of them, or without the restart-only ones when every live
+/// instance reloads the secret by itself.
+pub fn steps(guide: &Guide, all_reload: bool) -> impl Iterator<Item = &'static Step> {
+    guide
+        .steps
+        .iter()
+        .filter(move |s| !(all_reload && s.restart_only))
 }

@@ -60,9 +60,108 @@ impl CredentialState {
     }
 }
 
+/// The version of a runner's credential set: bumped in the same transaction as every change to it
+/// (refresh, end of an overlap, grace expiry), so a cache can tell a load read before a change
+/// from one read after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CredentialsVersion(pub i64);
+
+impl CredentialsVersion {
+    /// Newer than every real version: what a deleted runner's credentials are at.
+    pub const DELETED: CredentialsVersion = CredentialsVersion(i64::MAX);
+}
+
+/// How far the newest credential generation has reached a runner's live instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RolloutState {
+    /// Every live instance uses the newest generation (and at least one is live).
+    Applied,
+    /// No live instance uses the newest generation yet, and no older one is accepted.
+    Waiting,
+    /// An older generation is still accepted (zero-downtime overlap).
+    Overlap,
+}
+
+impl RolloutState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutState::Applied => "applied",
+            RolloutState::Waiting => "waiting",
+            RolloutState::Overlap => "overlap",
+        }
+    }
+}
+
+/// Where a runner's newest credential generation stands among its live instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rollout {
+    pub generation: Generation,
+    pub instances_on_newest: usize,
+    pub instances_on_older: usize,
+    /// Until when an older generation is still accepted, if one is.
+    pub retiring_until: Option<time::OffsetDateTime>,
+    pub state: RolloutState,
+}
+
+impl Rollout {
+    /// `retiring_until` is the expiry of the runner's retiring generation, if any; one already past
+    /// at `now` no longer counts (the sweep revokes it shortly).
+    pub fn of(
+        newest: Generation,
+        retiring_until: Option<time::OffsetDateTime>,
+        now: time::OffsetDateTime,
+        instances: impl IntoIterator<Item = Generation>,
+    ) -> Self {
+        let (mut on_newest, mut on_older) = (0, 0);
+        for g in instances {
+            if g >= newest {
+                on_newest += 1;
+            } else {
+                on_older += 1;
+            }
+        }
+        let retiring_until = retiring_until.filter(|t| *t > now);
+        let state = if retiring_until.is_some() {
+            RolloutState::Overlap
+        } else if on_newest == 0 || on_older > 0 {
+            RolloutState::Waiting
+        } else {
+            RolloutState::Applied
+        };
+        Self {
+            generation: newest,
+            instances_on_newest: on_newest,
+            instances_on_older: on_older,
+            retiring_until,
+            state,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rollout_states() {
+        let now = time::OffsetDateTime::from_unix_timestamp(1_000_000).expect("t");
+        let later = now + time::Duration::minutes(59);
+        let g = Generation;
+        let r = Rollout::of(g(2), None, now, []);
+        assert_eq!((r.state, r.instances_on_newest), (RolloutState::Waiting, 0));
+        let r = Rollout::of(g(2), None, now, [g(2), g(2)]);
+        assert_eq!((r.state, r.instances_on_newest), (RolloutState::Applied, 2));
+        let r = Rollout::of(g(2), Some(later), now, [g(1), g(1), g(2)]);
+        assert_eq!(r.state, RolloutState::Overlap);
+        assert_eq!((r.instances_on_newest, r.instances_on_older), (1, 2));
+        assert_eq!(r.retiring_until, Some(later));
+        // A grace period that ended no longer counts as an overlap.
+        let r = Rollout::of(g(2), Some(now), now, [g(2)]);
+        assert_eq!((r.state, r.retiring_until), (RolloutState::Applied, None));
+        // Every live instance moved but the old secret is still accepted: still an overlap.
+        let r = Rollout::of(g(2), Some(later), now, [g(2)]);
+        assert_eq!(r.state, RolloutState::Overlap);
+    }
 
     #[test]
     fn acceptance() {

@@ -13,7 +13,7 @@ pub mod role;
 pub mod secret;
 pub mod status;
 
-pub use credential::{CredentialState, Generation};
+pub use credential::{CredentialState, CredentialsVersion, Generation, Rollout, RolloutState};
 pub use ids::{RunId, RunnerId, TaskId, UserId};
 pub use names::{Description, Password, RunnerName, TokenName, Username};
 pub use pipeline::{PipelineName, RunState, TaskName, TaskSpec};

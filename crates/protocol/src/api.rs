@@ -38,6 +38,30 @@ pub struct Runner {
     /// How the runner's token requests have been going.
     #[serde(default)]
     pub auth_health: AuthHealth,
+    /// Where the newest credential generation stands among the live instances.
+    #[serde(default)]
+    pub credential_rollout: CredentialRollout,
+}
+
+/// Where a runner's newest credential generation stands among its live instances.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CredentialRollout {
+    /// The newest (active) generation.
+    pub generation: u32,
+    pub instances_on_newest: usize,
+    pub instances_on_older: usize,
+    /// Until when an older generation is still accepted (zero-downtime overlap), if one is.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub retiring_until: Option<OffsetDateTime>,
+    /// `applied` (every live instance is on the newest generation), `waiting` (no live instance
+    /// is on it yet, or some are still on a revoked one) or `overlap` (an older one is still accepted).
+    pub state: String,
+    /// Since when every live instance has been on the newest generation (`applied` only).
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub applied_since: Option<OffsetDateTime>,
+    /// One line for people: "applied: 2 instances on generation 3 since …",
+    /// "overlap: 2 instances on the old secret, expires in 59 min".
+    pub summary: String,
 }
 
 /// Token requests of a runner's client id, as the control plane saw them since it started.
@@ -66,7 +90,21 @@ pub struct Instance {
     #[serde(with = "time::serde::rfc3339")]
     pub last_heartbeat_at: OffsetDateTime,
     pub credential_generation: u32,
+    /// When the instance moved to its credential generation (connected or re-authenticated).
+    #[serde(with = "time::serde::rfc3339")]
+    pub generation_since: OffsetDateTime,
     pub running_tasks: u32,
+    /// Where it reads its client secret: `env`, `file` or `aws_secrets_manager` (absent: the
+    /// runner did not say; older runners don't).
+    #[serde(default)]
+    pub secret_source: Option<String>,
+    /// Whether it picks up a new secret by itself (file and Secrets Manager sources) or needs a
+    /// restart with the new value (`env`).
+    #[serde(default)]
+    pub hot_reload: Option<bool>,
+    /// The file it reads its secret from, for a `file` source.
+    #[serde(default)]
+    pub secret_file: Option<String>,
 }
 
 /// A runner's OAuth client credentials. Returned unasked only when the runner is created.
@@ -286,11 +324,24 @@ pub struct RefreshRequest {
     pub rotation_id: Option<String>,
 }
 
-/// `POST /api/v1/runners/{runner}/credentials/revoke-previous`.
+/// `POST /api/v1/runners/{runner}/credentials/revoke-previous`; the body may be left out.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RevokePreviousRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotation_id: Option<String>,
+}
+
+/// What `revoke-previous` did, with the credentials as they are now.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RevokePreviousResponse {
+    #[serde(flatten)]
+    pub credentials: Credentials,
+    /// Generations revoked now (empty: there was no older generation still accepted).
+    pub revoked_generations: Vec<u32>,
+    /// Live sessions on them that were closed.
+    pub sessions_closed: usize,
+    /// One line: "revoked generation 1; 2 sessions on it were closed".
+    pub summary: String,
 }
 
 /// `POST /api/v1/runners/{runner}/rotations`: one step of a rotation driven by a client (the CLI's
@@ -375,6 +426,9 @@ pub struct Credentials {
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub last_refreshed_at: Option<OffsetDateTime>,
     pub last_refreshed_by: Option<String>,
+    /// Where the newest generation stands among the live instances.
+    #[serde(default)]
+    pub credential_rollout: CredentialRollout,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -389,6 +443,12 @@ pub struct CredentialGeneration {
     pub expires_at: Option<OffsetDateTime>,
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub last_used_at: Option<OffsetDateTime>,
+    /// When it stopped working, and who stopped it (`user:<name>`, or `system` when its grace
+    /// period ended); revoked generations only.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub revoked_at: Option<OffsetDateTime>,
+    #[serde(default)]
+    pub revoked_by: Option<String>,
     /// Live instance sessions authenticated with this generation right now.
     pub sessions: usize,
 }

@@ -37,6 +37,15 @@ pub enum RunnerMessage {
         platform: String,
         /// How many tasks this instance runs at once.
         capacity: u32,
+        /// Where it reads its client secret: `env`, `file` or `aws_secrets_manager`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        secret_source: Option<String>,
+        /// Whether it picks up a new secret by itself (re-reads its source) or needs a restart.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        hot_reload: Option<bool>,
+        /// The secret file's path, for a `file` source (never the secret).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        secret_file: Option<String>,
     },
     Heartbeat {
         running_tasks: u32,
@@ -204,8 +213,12 @@ mod tests {
             hostname: "h".into(),
             platform: "local".into(),
             capacity: 20,
+            secret_source: Some("file".into()),
+            hot_reload: Some(true),
+            secret_file: Some("/run/secrets/client_secret".into()),
         };
         let json = serde_json::to_value(&hello).expect("json");
+        assert_eq!(json["secret_source"], "file");
         assert_eq!(json["type"], "hello");
         assert_eq!(json["instance_id"], "i-1");
         let back: RunnerMessage = serde_json::from_value(json).expect("parse");

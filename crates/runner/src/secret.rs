@@ -48,6 +48,23 @@ impl SecretSource {
         !matches!(self, SecretSource::Value(_))
     }
 
+    /// The source's name as `hello` reports it: `env`, `file` or `aws_secrets_manager`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SecretSource::Value(_) => "env",
+            SecretSource::File(_) => "file",
+            SecretSource::Aws { .. } => "aws_secrets_manager",
+        }
+    }
+
+    /// The secret file's path, for a file source.
+    pub fn file(&self) -> Option<&Path> {
+        match self {
+            SecretSource::File(p) => Some(p),
+            _ => None,
+        }
+    }
+
     pub async fn read(&self) -> Result<ClientSecret, SecretError> {
         match self {
             SecretSource::Value(s) => Ok(s.clone()),

@@ -54,6 +54,14 @@ pub async fn run(
         hostname: agent.hostname.clone(),
         platform: agent.config.platform.clone(),
         capacity: agent.config.max_tasks,
+        secret_source: Some(agent.secrets.kind().to_owned()),
+        hot_reload: Some(agent.secrets.can_change()),
+        secret_file: agent.secrets.file().map(|p| {
+            std::path::absolute(p)
+                .unwrap_or_else(|_| p.to_path_buf())
+                .display()
+                .to_string()
+        }),
     };
     if let Err(e) = send(&mut ws, &hello).await {
         return SessionEnd::Lost(format!("sending hello: {e}"));

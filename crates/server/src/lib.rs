@@ -183,6 +183,9 @@ async fn background_loop(state: AppState, mut stop: watch::Receiver<bool>) {
         }
         let now = time::OffsetDateTime::now_utc();
         state.revoked.purge(now.unix_timestamp());
+        state
+            .clients
+            .purge_tombstones(services::clients::TOMBSTONE_TTL);
         if let Err(e) = services::runners::resume_due(&state).await {
             tracing::error!(
                 error = format!("{e:#}"),
@@ -296,11 +299,13 @@ impl RunningServer {
 }
 
 /// Credentials of the local runner `tether server --dev` registers, handed to whoever runs it.
+/// The secret is in a file (mode 0600) in the dev data directory, which the runner watches: the
+/// refresh guide can be tried on it, applying the new secret by writing that file.
 #[derive(Debug)]
 pub struct DevRunner {
     pub url: String,
     pub client_id: tether_domain::ClientId,
-    pub client_secret: tether_domain::ClientSecret,
+    pub secret_file: std::path::PathBuf,
     /// Turns true when the server is shutting down: the runner should say goodbye and stop.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -342,15 +347,18 @@ pub async fn run_with(
         let (record, secret) = services::runners::register(server.state(), "system", None, input)
             .await
             .map_err(|e| anyhow::anyhow!("registering the local runner: {e}"))?;
+        let secret_file = write_dev_secret(&data_dir, &secret)?;
+        say!(
+            "A local runner named 'local' is connecting; it reads its client_secret from {} \
+             (try the refresh guide on it: `tether runners apply-credentials local` writes a new one there).",
+            secret_file.display()
+        );
         local_runner = Some(launch(DevRunner {
             url: server.public_url.clone(),
             client_id: record.client_id,
-            client_secret: secret,
+            secret_file,
             shutdown: runner_stop_rx,
         }));
-    }
-    if local_runner.is_some() {
-        say!("A local runner named 'local' is connecting: `tether runners show local`.");
     }
     print_banner(&server, &data_dir, dev);
     shutdown_signal().await;
@@ -360,6 +368,28 @@ pub async fn run_with(
         let _ = runner.await;
     }
     server.shutdown().await
+}
+
+/// Writes the dev runner's secret to `<data dir>/local-runner/client_secret`, readable only by us.
+fn write_dev_secret(
+    data_dir: &std::path::Path,
+    secret: &tether_domain::ClientSecret,
+) -> anyhow::Result<std::path::PathBuf> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let dir = data_dir.join("local-runner");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("client_secret");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(secret.expose().as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
 }
 
 /// Tells the operator where tether is and, on first start, the admin login. Printed to stdout,

@@ -78,6 +78,9 @@
           cell.setAttribute("data-status", ev.status);
           cell.title = ev.status_reason;
         });
+        row.querySelectorAll('[data-field="reason"]').forEach(function (cell) {
+          cell.textContent = ev.status_reason;
+        });
       });
       if (header && header.getAttribute("data-name") === ev.name) {
         header.textContent = ev.status;

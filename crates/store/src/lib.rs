@@ -202,8 +202,9 @@ pub trait PipelineStore: Send + Sync {
 #[async_trait]
 pub trait RotationStore: Send + Sync {
     /// Makes a new active generation. The previous active one is revoked or retiring (per mode);
-    /// any older retiring one is revoked; older sealed secrets are deleted. The audit event's
-    /// detail gains `generation` and `previous_generation`.
+    /// any older retiring one is revoked; older sealed secrets are deleted; the runner's
+    /// credentials version is bumped. The audit event's detail gains `generation` and
+    /// `previous_generation`.
     async fn refresh_credentials(
         &self,
         new: NewGeneration,
@@ -218,12 +219,13 @@ pub trait RotationStore: Send + Sync {
     ) -> StoreResult<Option<SealedSecret>>;
     /// Deletes every sealed secret whose window closed. Returns how many.
     async fn purge_sealed_secrets(&self, now_ms: i64) -> StoreResult<u64>;
-    /// Ends an overlap early: retiring generations become revoked. Returns them (none: no overlap).
+    /// Ends an overlap early: retiring generations become revoked. Returns them (none: no overlap,
+    /// and the version is unchanged). `NotFound` if the runner does not exist.
     async fn revoke_retiring(
         &self,
         runner: RunnerId,
         audit: NewAuditEvent,
-    ) -> StoreResult<Vec<Generation>>;
+    ) -> StoreResult<RetiringRevoked>;
     /// Retiring generations whose grace ended at `now_ms` become revoked, each audited.
     async fn expire_retiring(&self, now_ms: i64) -> StoreResult<Vec<ExpiredGeneration>>;
 }

@@ -1,8 +1,9 @@
 //! Rows as the store hands them out and takes them in. Not wire types: the server maps them.
 
 use tether_domain::{
-    ClientId, CredentialState, Description, Generation, PipelineName, Platform, Role, RunId,
-    RunState, RunnerId, RunnerName, RunnerStatus, TaskId, TaskSpec, UserId, Username, Verifier,
+    ClientId, CredentialState, CredentialsVersion, Description, Generation, PipelineName, Platform,
+    Role, RunId, RunState, RunnerId, RunnerName, RunnerStatus, TaskId, TaskSpec, UserId, Username,
+    Verifier,
 };
 use time::OffsetDateTime;
 
@@ -32,6 +33,8 @@ pub struct RunnerRecord {
     pub status: PersistedStatus,
     pub paused_by: Option<String>,
     pub paused_until: Option<OffsetDateTime>,
+    /// Until when the retiring (previous) generation is still accepted, if one is.
+    pub retiring_until: Option<OffsetDateTime>,
 }
 
 /// The last derived status of a runner as written by the control plane.
@@ -54,6 +57,9 @@ pub struct CredentialRecord {
     pub first_token_at: Option<OffsetDateTime>,
     pub created_by: String,
     pub last_used_at: Option<OffsetDateTime>,
+    pub revoked_at: Option<OffsetDateTime>,
+    /// Who revoked it: `user:<name>`, or `system` when its grace period ended.
+    pub revoked_by: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -61,6 +67,8 @@ pub struct ClientRecord {
     pub runner_id: RunnerId,
     pub runner_name: RunnerName,
     pub client_id: ClientId,
+    /// The version of the credential set these generations were read at (one snapshot).
+    pub version: CredentialsVersion,
     /// Newest first.
     pub generations: Vec<CredentialRecord>,
 }
@@ -332,6 +340,17 @@ pub struct Refreshed {
     pub previous: Generation,
     /// Generations that stopped working with this refresh.
     pub revoked: Vec<Generation>,
+    /// The runner's credentials version after the change.
+    pub version: CredentialsVersion,
+}
+
+/// The outcome of ending an overlap early.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetiringRevoked {
+    /// Generations that stopped working (none: there was no overlap, and nothing changed).
+    pub revoked: Vec<Generation>,
+    /// The runner's credentials version after the change.
+    pub version: CredentialsVersion,
 }
 
 #[derive(Clone)]
@@ -357,4 +376,6 @@ pub struct ExpiredGeneration {
     pub runner_name: RunnerName,
     pub client_id: ClientId,
     pub generation: Generation,
+    /// The runner's credentials version after the change.
+    pub version: CredentialsVersion,
 }

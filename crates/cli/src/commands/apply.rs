@@ -59,6 +59,7 @@ pub fn platform(given: Option<TargetPlatform>, runner: &Runner) -> anyhow::Resul
         "azure_container_app" => Some(TargetPlatform::Azure),
         "gke" => Some(TargetPlatform::Gcp),
         "snowflake" => Some(TargetPlatform::Snowflake),
+        "local" => Some(TargetPlatform::Local),
         _ => None,
     };
     match (given, registered) {
@@ -74,7 +75,7 @@ pub fn platform(given: Option<TargetPlatform>, runner: &Runner) -> anyhow::Resul
         (Some(p), _) => Ok(p),
         (None, Some(r)) => Ok(r),
         (None, None) => bail!(
-            "runner '{}' is registered with platform {}: pass --platform aws, azure, gcp or snowflake",
+            "runner '{}' is registered with platform {}: pass --platform aws, azure, gcp, snowflake or local",
             runner.name,
             runner.platform
         ),
@@ -87,13 +88,14 @@ fn platform_flag(p: TargetPlatform) -> &'static str {
         TargetPlatform::Azure => "azure",
         TargetPlatform::Gcp => "gcp",
         TargetPlatform::Snowflake => "snowflake",
+        TargetPlatform::Local => "local",
     }
 }
 
 /// Refuses flags that mean nothing on the chosen platform, so a typo is not silently ignored.
 fn check_flags(a: &ApplyArgs, p: TargetPlatform) -> anyhow::Result<()> {
-    use TargetPlatform::{Aws, Azure, Gcp, Snowflake};
-    let flags: [(&str, bool, &[TargetPlatform]); 13] = [
+    use TargetPlatform::{Aws, Azure, Gcp, Local, Snowflake};
+    let flags: [(&str, bool, &[TargetPlatform]); 14] = [
         (
             "--secret-id",
             a.secret_id.is_some(),
@@ -111,6 +113,7 @@ fn check_flags(a: &ApplyArgs, p: TargetPlatform) -> anyhow::Result<()> {
         ("--values", a.values.is_some(), &[Gcp]),
         ("--connection", a.connection.is_some(), &[Snowflake]),
         ("--execute", a.execute, &[Azure, Gcp, Snowflake]),
+        ("--secret-file", a.secret_file.is_some(), &[Local]),
     ];
     for (flag, used, on) in flags {
         if used && !on.contains(&p) {
@@ -130,7 +133,7 @@ fn check_flags(a: &ApplyArgs, p: TargetPlatform) -> anyhow::Result<()> {
     if p == Aws && a.service.is_some() && a.cluster.is_none() {
         bail!("--service needs --cluster on aws (the ECS cluster the service runs in)");
     }
-    if p != Aws && a.secret_stdin && !a.execute {
+    if ![Aws, Local].contains(&p) && a.secret_stdin && !a.execute {
         bail!(
             "--secret-stdin needs --execute on {}: without it only the steps are printed",
             platform_flag(p)
@@ -145,6 +148,7 @@ pub async fn run(client: &Client, out: Output, args: ApplyArgs) -> anyhow::Resul
     check_flags(&args, p)?;
     match p {
         TargetPlatform::Aws => aws(client, out, &args, &runner).await,
+        TargetPlatform::Local => super::apply_local::run(client, out, &args, &runner).await,
         _ => other(client, out, &args, &runner, target(&args, p, &runner)).await,
     }
 }
@@ -465,18 +469,20 @@ fn target(a: &ApplyArgs, p: TargetPlatform, runner: &Runner) -> Target {
                 .clone()
                 .unwrap_or_else(|| platform_steps::HELM_VALUES.to_owned()),
         },
-        // Aws never gets here; Snowflake is the rest.
-        TargetPlatform::Snowflake | TargetPlatform::Aws => Target::Snowflake {
-            secret: a
-                .secret_id
-                .clone()
-                .unwrap_or_else(|| platform_steps::SNOWFLAKE_SECRET.to_owned()),
-            service: a
-                .service
-                .clone()
-                .unwrap_or_else(|| platform_steps::SNOWFLAKE_SERVICE.to_owned()),
-            connection: a.connection.clone(),
-        },
+        // Aws and Local never get here; Snowflake is the rest.
+        TargetPlatform::Snowflake | TargetPlatform::Aws | TargetPlatform::Local => {
+            Target::Snowflake {
+                secret: a
+                    .secret_id
+                    .clone()
+                    .unwrap_or_else(|| platform_steps::SNOWFLAKE_SECRET.to_owned()),
+                service: a
+                    .service
+                    .clone()
+                    .unwrap_or_else(|| platform_steps::SNOWFLAKE_SERVICE.to_owned()),
+                connection: a.connection.clone(),
+            }
+        }
     }
 }
 
@@ -500,6 +506,7 @@ async fn other(
         client_id: &runner.client_id,
         url: client.base_url(),
         generation,
+        secret_file: crate::next_steps::secret_file(&runner.instances),
     };
     let plan = platform_steps::plan(&target, &vars);
     if !args.execute {

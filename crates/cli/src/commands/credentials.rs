@@ -36,9 +36,10 @@ pub async fn refresh(client: &Client, out: Output, args: RefreshArgs) -> anyhow:
     for line in plan.lines(OffsetDateTime::now_utc()) {
         eprintln!("{line}");
     }
-    if !running.is_empty() && !args.force {
+    if !running.is_empty() && !args.force && args.mode == RefreshMode::Revoke {
         bail!(
-            "{} pipeline run(s) in progress on runner '{}': use --force to refresh anyway",
+            "{} pipeline run(s) in progress on runner '{}': use --force to refresh anyway, or \
+             --mode overlap (nothing is disconnected)",
             running.len(),
             runner.name
         );
@@ -65,7 +66,8 @@ pub async fn refresh(client: &Client, out: Output, args: RefreshArgs) -> anyhow:
                     eprintln!("  {line}");
                 }
                 bail!(
-                    "{} pipeline run(s) in progress on runner '{}': use --force to refresh anyway",
+                    "{} pipeline run(s) in progress on runner '{}': use --force to refresh anyway, \
+                     or --mode overlap (nothing is disconnected)",
                     runs.len(),
                     runner.name
                 );
@@ -121,39 +123,44 @@ pub async fn revoke_previous(
         .filter(|g| g.state == "retiring")
         .collect();
     if older.is_empty() {
-        eprintln!("No older generation of '{runner}' is still accepted; revoking changes nothing.");
-    } else {
-        for g in &older {
-            let sessions = match g.sessions {
-                0 => "no live session uses it".to_owned(),
-                n => format!("its {n} live session(s) are disconnected"),
-            };
-            eprintln!(
-                "Generation {} (accepted until {}) is revoked now; {sessions}.",
-                g.generation,
-                output::opt_time(g.expires_at),
-            );
+        // Nothing would change: say so once and succeed, so scripts can run this unconditionally.
+        let newest = before.generations.first().map_or(0, |g| g.generation);
+        if out == Output::Json {
+            return output::json(&serde_json::json!({
+                "revoked_generations": [], "sessions_closed": 0,
+                "summary": format!("nothing to revoke: no generation older than {newest} of runner '{runner}' is still accepted"),
+            }));
         }
+        println!("Nothing to revoke: no generation older than {newest} of runner '{runner}' is still accepted.");
+        return Ok(());
+    }
+    for g in &older {
+        let sessions = match g.sessions {
+            0 => "no live session uses it".to_owned(),
+            n => format!("its {n} live session(s) are disconnected"),
+        };
+        eprintln!(
+            "Generation {} (accepted until {}) is revoked now; {sessions}.",
+            g.generation,
+            output::opt_time(g.expires_at),
+        );
     }
     super::confirm(
         &format!("revoke the previous credentials of runner '{runner}'"),
         runner,
         yes,
     )?;
-    let creds = client.revoke_previous(runner).await?;
+    let done = client.revoke_previous(runner).await?;
     if out == Output::Json {
-        return output::json(&creds);
+        return output::json(&done);
     }
-    let active = creds
-        .generations
-        .iter()
-        .find(|g| g.state == "active")
-        .map_or_else(|| "-".to_owned(), |g| g.generation.to_string());
-    println!(
-        "Revoked the credentials of '{runner}' older than generation {active}; instances still using them were disconnected."
-    );
+    let mut summary = done.summary.clone();
+    if let Some(first) = summary.get_mut(..1) {
+        first.make_ascii_uppercase();
+    }
+    println!("{summary}.");
     println!();
-    print_credentials(runner, &creds);
+    print_credentials(runner, &done.credentials);
     Ok(())
 }
 
@@ -335,12 +342,17 @@ fn refreshed_text(runner: &Runner, r: &RefreshResponse, url: &str) -> String {
             n => format!("{n} session(s) using it were closed"),
         };
         out.push_str(&format!(
-            "Generation {} is revoked; {closed}. Until the runner reconnects with the new \
-             client_secret its status shows Unknown and it can't run pipelines.\n",
+            "Generation {} is revoked; {closed}. Until an instance connects with the new \
+             client_secret the runner's status shows Unknown and it can't run pipelines.\n",
             r.previous_generation
         ));
     }
     out.push('\n');
+    let instances = &runner.instances;
+    if let Some(line) = next_steps::reload_line(instances) {
+        out.push_str(&format!("{line}\n\n"));
+    }
+    let all_reload = !instances.is_empty() && instances.iter().all(|i| i.hot_reload == Some(true));
     out.push_str(&next_steps::render(
         next_steps::guide(&runner.platform),
         &next_steps::Vars {
@@ -348,7 +360,9 @@ fn refreshed_text(runner: &Runner, r: &RefreshResponse, url: &str) -> String {
             client_id: &r.client_id,
             url,
             generation: r.generation,
+            secret_file: next_steps::secret_file(instances),
         },
+        all_reload,
     ));
     out
 }

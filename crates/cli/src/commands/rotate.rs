@@ -199,8 +199,8 @@ pub async fn run(client: &Client, out: Output, args: RotateArgs) -> anyhow::Resu
         .await;
 
         // 4. Revoke the previous generation.
-        let creds = client
-            .revoke_previous_in(&runner.id, Some(&rotation))
+        let done = client
+            .revoke_previous_in(&runner.id, &rotation)
             .await
             .map_err(|e| {
             anyhow!(
@@ -208,7 +208,8 @@ pub async fn run(client: &Client, out: Output, args: RotateArgs) -> anyhow::Resu
                 ctx.after_write(&format!("revoking the previous generation failed: {e}"))
             )
         })?;
-        let revoked: Vec<String> = creds
+        let revoked: Vec<String> = done
+            .credentials
             .generations
             .iter()
             .filter(|g| g.generation < ctx.new && g.state == "revoked")

@@ -175,6 +175,17 @@ pub async fn run(client: &Client, out: Output, command: RunnersCommand) -> anyho
     }
 }
 
+/// How an instance picks up a new secret.
+fn reload(i: &tether_protocol::api::Instance) -> &'static str {
+    match (i.hot_reload, i.secret_source.as_deref()) {
+        (Some(true), Some("file")) => "reloads by itself (file)",
+        (Some(true), Some("aws_secrets_manager")) => "reloads by itself (Secrets Manager)",
+        (Some(true), _) => "reloads by itself",
+        (Some(false), _) => "needs a restart with the new value",
+        (None, _) => "-",
+    }
+}
+
 fn show(_client: &Client, out: Output, r: Runner) -> anyhow::Result<()> {
     if out == Output::Json {
         return output::json(&r);
@@ -198,6 +209,7 @@ fn show(_client: &Client, out: Output, r: Runner) -> anyhow::Result<()> {
         ("reason", r.status_reason.clone()),
         ("client_id", r.client_id.clone()),
         ("credential generation", generations(&r)),
+        ("credentials", rollout(&r)),
         ("auth", auth(&r.auth_health)),
         (
             "version",
@@ -225,6 +237,7 @@ fn show(_client: &Client, out: Output, r: Runner) -> anyhow::Result<()> {
                     i.instance_id.clone(),
                     i.hostname.clone(),
                     i.credential_generation.to_string(),
+                    reload(i).to_owned(),
                     i.running_tasks.to_string(),
                     output::time(i.connected_at),
                     output::time(i.last_heartbeat_at),
@@ -236,6 +249,7 @@ fn show(_client: &Client, out: Output, r: Runner) -> anyhow::Result<()> {
                 "INSTANCE",
                 "HOSTNAME",
                 "GENERATION",
+                "NEW SECRET",
                 "TASKS",
                 "CONNECTED",
                 "LAST HEARTBEAT",
@@ -248,6 +262,18 @@ fn show(_client: &Client, out: Output, r: Runner) -> anyhow::Result<()> {
 
 /// The active generation, and which instances still authenticate with an older one (after an
 /// overlap refresh, those are the ones that have not picked up the new secret yet).
+/// The rollout line, with what to do next while the newest secret has not reached every instance.
+fn rollout(r: &Runner) -> String {
+    let ro = &r.credential_rollout;
+    if ro.state == "applied" || r.credential_generation == 1 {
+        return ro.summary.clone();
+    }
+    format!(
+        "{} (apply the new client_secret: `tether runners apply-credentials {}`)",
+        ro.summary, r.name
+    )
+}
+
 fn generations(r: &Runner) -> String {
     let current = r.credential_generation;
     let behind: Vec<String> = r
@@ -294,7 +320,7 @@ mod tests {
             .map(|(n, g)| {
                 serde_json::json!({
                     "instance_id": format!("i{n}"), "hostname": format!("host-{n}"),
-                    "connected_at": "2026-01-02T03:00:00Z", "last_heartbeat_at": "2026-01-02T03:00:01Z",
+                    "connected_at": "2026-01-02T03:00:00Z", "last_heartbeat_at": "2026-01-02T03:00:01Z", "generation_since": "2026-01-02T03:00:00Z",
                     "credential_generation": g, "running_tasks": 0
                 })
             })

@@ -15,7 +15,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
                     }
                 },
                 client_id: dev.client_id,
-                secret: SecretSourceConfig::Value(dev.client_secret),
+                secret: SecretSourceConfig::File(dev.secret_file),
                 ca_file: None,
                 max_tasks: 4,
                 workdir: std::env::temp_dir()

@@ -75,55 +75,82 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let is_json = req
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .is_some_and(|mime| {
-                let mime = mime.trim().to_ascii_lowercase();
-                mime == "application/json"
-                    || (mime.starts_with("application/") && mime.ends_with("+json"))
-            });
-        if !is_json {
+        if !is_json(&req) {
             return Err(ApiError::UnsupportedMediaType);
         }
         let bytes = read_body(req, state).await?;
-        // Every request body of this API is an object; serde would also accept a struct as an array.
-        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{')
-            && serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_ok()
-        {
-            return Err(ApiError::InvalidField {
-                field: "body".to_owned(),
-                detail: "body must be a JSON object".to_owned(),
-            });
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+/// A JSON body that may be left out: no body at all is `T::default()`; a body must be JSON as for
+/// [`ApiJson`].
+#[derive(Debug)]
+pub struct OptionalJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let json = is_json(&req);
+        let bytes = read_body(req, state).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OptionalJson(T::default()));
         }
-        let de = &mut serde_json::Deserializer::from_slice(&bytes);
-        match serde_path_to_error::deserialize::<_, T>(de) {
-            Ok(value) => Ok(ApiJson(value)),
-            Err(err) => {
-                let path = err.path().to_string();
-                let inner = err.into_inner();
-                if inner.is_data() {
-                    let msg = inner.to_string();
-                    // A missing field is reported at its parent's path; name the field itself.
-                    let field = match missing_field(&msg) {
-                        Some(f) if path == "." => f,
-                        Some(f) => format!("{path}.{f}"),
-                        None => path,
-                    };
-                    let field = if field == "." {
-                        "body".to_owned()
-                    } else {
-                        field
-                    };
-                    Err(ApiError::InvalidField {
-                        detail: format!("{field}: {}", strip_position(&msg)),
-                        field,
-                    })
+        if !json {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        parse_json(&bytes).map(OptionalJson)
+    }
+}
+
+fn is_json(req: &Request) -> bool {
+    req.headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| {
+            let mime = mime.trim().to_ascii_lowercase();
+            mime == "application/json"
+                || (mime.starts_with("application/") && mime.ends_with("+json"))
+        })
+}
+
+fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // Every request body of this API is an object; serde would also accept a struct as an array.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{')
+        && serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok()
+    {
+        return Err(ApiError::InvalidField {
+            field: "body".to_owned(),
+            detail: "body must be a JSON object".to_owned(),
+        });
+    }
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    match serde_path_to_error::deserialize::<_, T>(de) {
+        Ok(value) => Ok(value),
+        Err(err) => {
+            let path = err.path().to_string();
+            let inner = err.into_inner();
+            if inner.is_data() {
+                let msg = inner.to_string();
+                // A missing field is reported at its parent's path; name the field itself.
+                let field = match missing_field(&msg) {
+                    Some(f) if path == "." => f,
+                    Some(f) => format!("{path}.{f}"),
+                    None => path,
+                };
+                let field = if field == "." {
+                    "body".to_owned()
                 } else {
-                    Err(ApiError::MalformedJson(inner.to_string()))
-                }
+                    field
+                };
+                Err(ApiError::InvalidField {
+                    detail: format!("{field}: {}", strip_position(&msg)),
+                    field,
+                })
+            } else {
+                Err(ApiError::MalformedJson(inner.to_string()))
             }
         }
     }

@@ -4,6 +4,16 @@
 //!
 //! One mutex guards the whole map: every operation is a few map updates, and heartbeats at 10 s
 //! from tens of thousands of sessions are a few thousand short lock holds per second.
+//!
+//! **Invariant**: once a revocation has been applied here ([`RunnerLink::credentials_revoked`],
+//! [`RunnerLink::close_older_generations`], [`RunnerLink::close_all`] for a deletion), no session on
+//! a revoked generation of that runner is live, is registered, or re-authenticates onto one. Token
+//! validation happens before `register`/`reauthenticated` (a connect may wait seconds for `hello`),
+//! so it cannot be the only check: each runner keeps a floor, the lowest generation still accepted,
+//! raised by the revoking call and checked by `register` and `reauthenticated` under the same lock
+//! that the revoking call's scan of live sessions holds. Either the session registered first and
+//! the scan closes it, or the floor was raised first and the registration is refused. A deleted
+//! runner keeps a tombstone (floor above every generation) for [`TOMBSTONE_TTL`].
 
 pub mod session;
 
@@ -11,6 +21,10 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
+
+/// How long a deleted runner's tombstone refuses late registrations: far longer than the time
+/// between a session's token check and its `hello`.
+pub const TOMBSTONE_TTL: Duration = Duration::from_secs(600);
 
 use tether_domain::{derive_status, Disconnect, RunnerId, RunnerStatus, StatusFacts};
 use tether_protocol::api::Instance;
@@ -36,6 +50,14 @@ pub struct LiveSession {
     pub connected_at: OffsetDateTime,
     pub last_heartbeat_at: OffsetDateTime,
     pub generation: u32,
+    /// When the session moved to `generation` (connected, or re-authenticated onto it).
+    pub generation_since: OffsetDateTime,
+    /// Where the instance reads its secret (`env`, `file`, `aws_secrets_manager`), if it said.
+    pub secret_source: Option<String>,
+    /// Whether it picks up a new secret by itself, if it said.
+    pub hot_reload: Option<bool>,
+    /// The file it reads the secret from (file source only).
+    pub secret_file: Option<String>,
     /// Expiry (unix seconds) of the access token the session authenticated with.
     pub token_exp: i64,
     pub running_tasks: u32,
@@ -61,6 +83,8 @@ struct LiveRunner {
     departed: HashMap<String, OffsetDateTime>,
     /// Set by a revoking refresh until an instance connects with the new credentials.
     credentials_revoked: Option<String>,
+    /// The lowest generation still accepted, as far as revocations applied here say.
+    accepted_from: u32,
 }
 
 impl LiveRunner {
@@ -79,6 +103,7 @@ impl LiveRunner {
             runner_version: r.status.runner_version.clone(),
             departed: HashMap::new(),
             credentials_revoked: None,
+            accepted_from: 0,
         }
     }
 
@@ -122,8 +147,10 @@ impl LiveRunner {
     }
 }
 
-/// Closes the sessions authenticated with a generation below `active`; returns their instances.
-fn close_older(live: &LiveRunner, active: u32) -> Vec<String> {
+/// Raises the floor to `active` and closes the sessions authenticated with a generation below it;
+/// returns their instances.
+fn close_older(live: &mut LiveRunner, active: u32) -> Vec<String> {
+    live.accepted_from = live.accepted_from.max(active);
     let mut closed = Vec::new();
     for s in live.sessions.values().filter(|s| s.generation < active) {
         let _ = s.tx.send(Outbound::Close {
@@ -149,6 +176,38 @@ pub struct Hello {
     pub hostname: String,
     pub runner_version: String,
     pub capacity: u32,
+    pub secret_source: Option<String>,
+    pub hot_reload: Option<bool>,
+    pub secret_file: Option<String>,
+}
+
+/// Why a session may not be registered or re-authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Its credential generation was revoked after its token was checked.
+    CredentialsRevoked,
+    /// The runner was deleted.
+    RunnerDeleted,
+}
+
+/// The live runners, and tombstones of deleted ones.
+#[derive(Debug, Default)]
+struct Registry {
+    runners: HashMap<RunnerId, LiveRunner>,
+    deleted: HashMap<RunnerId, OffsetDateTime>,
+}
+
+impl std::ops::Deref for Registry {
+    type Target = HashMap<RunnerId, LiveRunner>;
+    fn deref(&self) -> &Self::Target {
+        &self.runners
+    }
+}
+
+impl std::ops::DerefMut for Registry {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.runners
+    }
 }
 
 /// A status change to write to the store.
@@ -191,7 +250,7 @@ pub enum Presence {
 
 #[derive(Debug)]
 pub struct RunnerLink {
-    runners: Mutex<HashMap<RunnerId, LiveRunner>>,
+    runners: Mutex<Registry>,
     next_session: AtomicU64,
     persist: mpsc::UnboundedSender<StatusChange>,
     events: broadcast::Sender<StatusEvent>,
@@ -201,7 +260,7 @@ impl RunnerLink {
     /// `persist` receives every status change, in order, for writing to the store.
     pub fn new(persist: mpsc::UnboundedSender<StatusChange>) -> Self {
         Self {
-            runners: Mutex::new(HashMap::new()),
+            runners: Mutex::new(Registry::default()),
             next_session: AtomicU64::new(1),
             persist,
             events: broadcast::channel(EVENT_BACKLOG).0,
@@ -213,7 +272,7 @@ impl RunnerLink {
         self.events.subscribe()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RunnerId, LiveRunner>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
         self.runners.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -231,7 +290,8 @@ impl RunnerLink {
         }
     }
 
-    /// Adds a session. An older session with the same instance id is closed (superseded).
+    /// Adds a session. An older session with the same instance id is closed (superseded). Refused
+    /// if `generation` was revoked (or the runner deleted) since the session's token was checked.
     pub fn register(
         &self,
         runner: &RunnerRecord,
@@ -239,14 +299,20 @@ impl RunnerLink {
         generation: u32,
         token_exp: i64,
         tx: mpsc::UnboundedSender<Outbound>,
-    ) -> u64 {
+    ) -> Result<u64, Refused> {
         let session_id = self.next_session.fetch_add(1, Ordering::Relaxed);
         let now = OffsetDateTime::now_utc();
         let change = {
             let mut map = self.lock();
+            if map.deleted.contains_key(&runner.id) {
+                return Err(Refused::RunnerDeleted);
+            }
             let live = map
                 .entry(runner.id)
                 .or_insert_with(|| LiveRunner::from_record(runner));
+            if generation < live.accepted_from {
+                return Err(Refused::CredentialsRevoked);
+            }
             live.ever_connected = true;
             live.last_seen_at = Some(now);
             live.runner_version = Some(hello.runner_version.clone());
@@ -259,6 +325,10 @@ impl RunnerLink {
                 connected_at: now,
                 last_heartbeat_at: now,
                 generation,
+                generation_since: now,
+                secret_source: hello.secret_source,
+                hot_reload: hello.hot_reload,
+                secret_file: hello.secret_file,
                 token_exp,
                 running_tasks: 0,
                 draining: false,
@@ -275,7 +345,7 @@ impl RunnerLink {
             live.refresh(now)
         };
         self.publish(runner.id, change);
-        session_id
+        Ok(session_id)
     }
 
     /// Applies `update` to the session if it is still registered.
@@ -305,11 +375,44 @@ impl RunnerLink {
         });
     }
 
-    pub fn reauthenticated(&self, id: RunnerId, session_id: u64, generation: u32, token_exp: i64) {
-        self.with_session(id, session_id, |s| {
+    /// Moves a session to the token it re-authenticated with. Refused (and the session left as it
+    /// was) if that token's generation was revoked since it was checked.
+    pub fn reauthenticated(
+        &self,
+        id: RunnerId,
+        session_id: u64,
+        generation: u32,
+        token_exp: i64,
+    ) -> Result<(), Refused> {
+        let now = OffsetDateTime::now_utc();
+        let change = {
+            let mut map = self.lock();
+            if map.deleted.contains_key(&id) {
+                return Err(Refused::RunnerDeleted);
+            }
+            let Some(live) = map.get_mut(&id) else {
+                return Err(Refused::RunnerDeleted);
+            };
+            if generation < live.accepted_from {
+                return Err(Refused::CredentialsRevoked);
+            }
+            let Some(s) = live
+                .sessions
+                .values_mut()
+                .find(|s| s.session_id == session_id)
+            else {
+                return Ok(());
+            };
+            if s.generation != generation {
+                s.generation_since = now;
+            }
             s.generation = generation;
             s.token_exp = token_exp;
-        });
+            live.last_seen_at = Some(now);
+            live.refresh(now)
+        };
+        self.publish(id, change);
+        Ok(())
     }
 
     /// Removes a session (if it is still the registered one) and records how it ended.
@@ -377,11 +480,14 @@ impl RunnerLink {
         closed
     }
 
-    /// Closes sessions on generations older than `active` (overlap ended). Returns their instances.
-    pub fn close_older_generations(&self, id: RunnerId, active: u32) -> Vec<String> {
-        self.lock()
-            .get(&id)
-            .map_or_else(Vec::new, |live| close_older(live, active))
+    /// Closes sessions on generations older than `active` (overlap ended), and refuses them from
+    /// now on. Returns their instances.
+    pub fn close_older_generations(&self, runner: &RunnerRecord, active: u32) -> Vec<String> {
+        let mut map = self.lock();
+        let live = map
+            .entry(runner.id)
+            .or_insert_with(|| LiveRunner::from_record(runner));
+        close_older(live, active)
     }
 
     /// Tells every live instance that `generation` exists (overlap began). Returns how many.
@@ -451,12 +557,15 @@ impl RunnerLink {
             .collect()
     }
 
-    /// Forgets departure times older than `keep` (their tasks were long since marked lost).
+    /// Forgets departure times older than `keep` (their tasks were long since marked lost), and
+    /// tombstones of runners deleted longer ago than [`TOMBSTONE_TTL`].
     pub fn forget_departed(&self, keep: Duration) {
-        let cutoff = OffsetDateTime::now_utc() - keep;
-        for live in self.lock().values_mut() {
-            live.departed.retain(|_, at| *at >= cutoff);
+        let now = OffsetDateTime::now_utc();
+        let mut map = self.lock();
+        for live in map.values_mut() {
+            live.departed.retain(|_, at| *at >= now - keep);
         }
+        map.deleted.retain(|_, at| *at >= now - TOMBSTONE_TTL);
     }
 
     /// Tells every live instance to drain and exit. Returns how many were told.
@@ -481,9 +590,15 @@ impl RunnerLink {
         count
     }
 
-    /// Closes every session of a runner with `code` and forgets its live state (runner deleted).
+    /// Closes every session of a runner with `code` and forgets its live state (runner deleted);
+    /// its tombstone refuses late registrations.
     pub fn close_all(&self, id: RunnerId, code: u16, reason: &str) -> usize {
-        let Some(live) = self.lock().remove(&id) else {
+        let removed = {
+            let mut map = self.lock();
+            map.deleted.insert(id, OffsetDateTime::now_utc());
+            map.remove(&id)
+        };
+        let Some(live) = removed else {
             return 0;
         };
         for s in live.sessions.values() {
@@ -561,7 +676,11 @@ impl RunnerLink {
                 connected_at: s.connected_at,
                 last_heartbeat_at: s.last_heartbeat_at,
                 credential_generation: s.generation,
+                generation_since: s.generation_since,
                 running_tasks: s.running_tasks,
+                secret_source: s.secret_source.clone(),
+                hot_reload: s.hot_reload,
+                secret_file: s.secret_file.clone(),
             })
             .collect();
         instances.sort_by(|a, b| {

@@ -13,7 +13,7 @@ use tether_domain::Disconnect;
 use tether_protocol::session::{close_code, RunnerMessage, ServerMessage, PROTOCOL_VERSION};
 use tokio::sync::mpsc;
 
-use super::{Hello, Outbound};
+use super::{Hello, Outbound, Refused};
 use crate::http::error::ApiError;
 use crate::jwt::Claims;
 use crate::services::clients::CachedClient;
@@ -73,9 +73,14 @@ async fn run_session(
     };
     let (tx, mut rx) = mpsc::unbounded_channel();
     let instance_id = hello.instance_id.clone();
-    let session_id = state
+    let session_id = match state
         .link
-        .register(&runner, hello, claims.gen, claims.exp, tx);
+        .register(&runner, hello, claims.gen, claims.exp, tx)
+    {
+        Ok(id) => id,
+        Err(refused) => return refuse_registration(socket, refused).await,
+    };
+    oauth::note_use(&client, claims.gen);
     tracing::info!(runner.id = %runner.id, runner.name = %runner.name, instance.id = %instance_id,
         session.id = session_id, generation = claims.gen, "runner session opened");
 
@@ -166,9 +171,17 @@ async fn handle(
         RunnerMessage::Reauth { access_token } => {
             match oauth::validate_access_token(state, &access_token).await {
                 Some((claims, owner)) if owner.client_id == client.client_id => {
-                    state
+                    if let Err(refused) = state
                         .link
-                        .reauthenticated(*runner_id, session_id, claims.gen, claims.exp);
+                        .reauthenticated(*runner_id, session_id, claims.gen, claims.exp)
+                    {
+                        let (code, why) = refusal(refused);
+                        close(socket, code, why).await;
+                        return Some(Disconnect::Lost {
+                            reason: format!("re-authentication refused: {why}"),
+                        });
+                    }
+                    oauth::note_use(&owner, claims.gen);
                     let ok = ServerMessage::Reauthenticated {
                         generation: claims.gen,
                         expires_at: claims.exp,
@@ -235,6 +248,23 @@ async fn handle(
     }
 }
 
+/// The close code and reason for a session the registry refused.
+fn refusal(refused: Refused) -> (u16, &'static str) {
+    match refused {
+        Refused::CredentialsRevoked => (close_code::CREDENTIALS_REVOKED, "credentials_revoked"),
+        Refused::RunnerDeleted => (close_code::RUNNER_DELETED, "this runner was deleted"),
+    }
+}
+
+async fn refuse_registration(socket: WebSocket, refused: Refused) {
+    let (code, why) = refusal(refused);
+    tracing::info!(
+        reason = why,
+        "refused a runner session whose credentials changed during its handshake"
+    );
+    refuse(socket, code, why).await
+}
+
 async fn read_hello(socket: &mut WebSocket) -> Result<Hello, String> {
     loop {
         match socket.recv().await {
@@ -246,6 +276,9 @@ async fn read_hello(socket: &mut WebSocket) -> Result<Hello, String> {
                         instance_id,
                         hostname,
                         capacity,
+                        secret_source,
+                        hot_reload,
+                        secret_file,
                         ..
                     }) => {
                         if protocol != PROTOCOL_VERSION {
@@ -256,11 +289,17 @@ async fn read_hello(socket: &mut WebSocket) -> Result<Hello, String> {
                         if instance_id.is_empty() || instance_id.len() > 128 {
                             return Err("instance_id must be 1 to 128 characters".into());
                         }
+                        let secret_source = secret_source.filter(|s| {
+                            ["env", "file", "aws_secrets_manager"].contains(&s.as_str())
+                        });
                         Ok(Hello {
                             instance_id,
                             hostname: truncate(hostname, 255),
                             runner_version: truncate(runner_version, 64),
                             capacity,
+                            secret_source,
+                            hot_reload,
+                            secret_file: secret_file.map(|f| truncate(f, 1024)),
                         })
                     }
                     _ => Err("the first message must be hello".into()),

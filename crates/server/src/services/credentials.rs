@@ -41,8 +41,9 @@ pub struct RefreshOutcome {
     pub sessions_closed: usize,
 }
 
-/// Makes a new client secret for a runner. Refused with the list of runs while runs are running
-/// on it, unless `force`.
+/// Makes a new client secret for a runner. A revoking refresh disconnects the runner, so it is
+/// refused with the list of runs while runs are running on it, unless `force`; an overlap refresh
+/// cuts nothing and always proceeds.
 pub async fn refresh(
     state: &AppState,
     caller: &Caller,
@@ -53,7 +54,7 @@ pub async fn refresh(
 ) -> Result<RefreshOutcome, ServiceError> {
     caller.require(Role::Operator)?;
     let runner = super::runners::find(state, key).await?;
-    if !force {
+    if !force && mode == Mode::Revoke {
         let running = state
             .store
             .list_runs(RunFilter {
@@ -66,8 +67,9 @@ pub async fn refresh(
         if !running.is_empty() {
             return Err(ServiceError::RunsInProgress {
                 detail: format!(
-                    "{} run(s) in progress on runner '{}'; refreshing would disconnect it mid-run. \
-                     Wait for them to finish, or send \"force\": true to refresh anyway",
+                    "{} run(s) in progress on runner '{}'; a revoking refresh would disconnect it mid-run. \
+                     Wait for them to finish, refresh with \"mode\": \"overlap\" (nothing is disconnected), \
+                     or send \"force\": true to refresh anyway",
                     running.len(),
                     runner.name
                 ),
@@ -111,16 +113,12 @@ pub async fn refresh(
     let refreshed = match state.store.refresh_credentials(new, ev).await {
         Ok(r) => r,
         // Every runner has an active generation, so this is a runner deleted meanwhile.
-        Err(StoreError::NotFound) => {
-            return Err(ServiceError::NotFound {
-                what: "runner",
-                code: "runner_not_found",
-                detail: format!("runner '{}' was deleted", runner.name),
-            })
-        }
+        Err(StoreError::NotFound) => return Err(deleted_meanwhile(&runner)),
         Err(e) => return Err(e.into()),
     };
-    state.clients.invalidate(&runner.client_id);
+    state
+        .clients
+        .invalidate(&runner.client_id, refreshed.version);
     state.health.refreshed(runner.id, now, &caller.actor());
     let generation = refreshed.generation.0;
     let closed = match mode {
@@ -202,27 +200,82 @@ pub async fn reveal(
     ))
 }
 
+/// What ending an overlap did.
+#[derive(Debug)]
+pub struct RevokedPrevious {
+    pub runner: RunnerRecord,
+    /// The generations revoked now (none: there was no overlap, and nothing changed).
+    pub revoked: Vec<Generation>,
+    pub sessions_closed: usize,
+}
+
 /// Ends an overlap now: retiring generations stop working and their sessions are closed.
 pub async fn revoke_previous(
     state: &AppState,
     caller: &Caller,
     key: &str,
     rotation_id: Option<&str>,
-) -> Result<RunnerRecord, ServiceError> {
+) -> Result<RevokedPrevious, ServiceError> {
     caller.require(Role::Operator)?;
     let runner = super::runners::find(state, key).await?;
     let ev = audit::event(caller.actor(), "credentials.previous_revoked")
         .runner(runner.id, runner.name.as_str())
         .source_ip(caller.source_ip.clone())
         .detail(json!({"rotation_id": rotation_id}));
-    let revoked = state.store.revoke_retiring(runner.id, ev).await?;
-    state.clients.invalidate(&runner.client_id);
+    let revoked = match state.store.revoke_retiring(runner.id, ev).await {
+        Ok(r) => r,
+        Err(StoreError::NotFound) => return Err(deleted_meanwhile(&runner)),
+        Err(e) => return Err(e.into()),
+    };
+    state.clients.invalidate(&runner.client_id, revoked.version);
     let closed = state
         .link
-        .close_older_generations(runner.id, runner.generation.0);
+        .close_older_generations(&runner, runner.generation.0);
     audit_cuts(state, &runner, &closed, "previous credentials revoked").await?;
-    tracing::info!(runner.id = %runner.id, revoked = ?revoked, sessions_closed = closed.len(), "previous credentials revoked");
-    Ok(runner)
+    tracing::info!(runner.id = %runner.id, revoked = ?revoked.revoked, sessions_closed = closed.len(), "previous credentials revoked");
+    Ok(RevokedPrevious {
+        runner,
+        revoked: revoked.revoked,
+        sessions_closed: closed.len(),
+    })
+}
+
+impl RevokedPrevious {
+    /// "revoked generation 1; 2 sessions on it were closed", or that there was nothing to revoke.
+    pub fn summary(&self) -> String {
+        Self::describe(&self.revoked, self.sessions_closed).unwrap_or_else(|| {
+            format!(
+                "nothing to revoke: no generation older than {} of runner '{}' is still accepted",
+                self.runner.generation, self.runner.name
+            )
+        })
+    }
+
+    /// "revoked generation 1; 2 sessions on it were closed"; `None` when nothing was revoked.
+    pub fn describe(revoked: &[Generation], sessions_closed: usize) -> Option<String> {
+        if revoked.is_empty() {
+            return None;
+        }
+        let gens: Vec<String> = revoked.iter().map(|g| g.to_string()).collect();
+        let (what, it) = match gens.len() {
+            1 => ("generation", "it"),
+            _ => ("generations", "them"),
+        };
+        let sessions = match sessions_closed {
+            0 => format!("no session was using {it}"),
+            1 => format!("1 session on {it} was closed"),
+            n => format!("{n} sessions on {it} were closed"),
+        };
+        Some(format!("revoked {what} {}; {sessions}", gens.join(", ")))
+    }
+}
+
+fn deleted_meanwhile(runner: &RunnerRecord) -> ServiceError {
+    ServiceError::NotFound {
+        what: "runner",
+        code: "runner_not_found",
+        detail: format!("runner '{}' was deleted", runner.name),
+    }
 }
 
 /// The steps a client-driven rotation records.
@@ -275,21 +328,23 @@ pub async fn sweep(state: &AppState) -> anyhow::Result<()> {
         .expire_retiring(tether_store::to_ms(now))
         .await?
     {
-        state.clients.invalidate(&e.client_id);
+        state.clients.invalidate(&e.client_id, e.version);
+        // A runner deleted meanwhile has no sessions left to cut.
+        let Some(runner) = state.store.runner_by_id(e.runner_id).await? else {
+            continue;
+        };
         let closed = state
             .link
-            .close_older_generations(e.runner_id, e.generation.0 + 1);
+            .close_older_generations(&runner, e.generation.0 + 1);
         tracing::info!(runner.id = %e.runner_id, generation = e.generation.0, sessions_closed = closed.len(),
             "grace period ended; previous credentials revoked");
-        if let Some(runner) = state.store.runner_by_id(e.runner_id).await? {
-            audit_cuts(
-                state,
-                &runner,
-                &closed,
-                "grace period of the previous credentials ended",
-            )
-            .await?;
-        }
+        audit_cuts(
+            state,
+            &runner,
+            &closed,
+            "grace period of the previous credentials ended",
+        )
+        .await?;
     }
     let purged = state
         .store
@@ -328,4 +383,49 @@ fn aad(runner: RunnerId) -> Vec<u8> {
 pub fn clock(t: OffsetDateTime) -> String {
     let f = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second] UTC");
     t.format(&f).unwrap_or_default()
+}
+
+/// A runner's credentials as the Credentials tab and `GET .../credentials` show them: every
+/// generation (never a secret), the live runner with its rollout, and the reveal window.
+#[derive(Debug)]
+pub struct Overview {
+    pub live: super::runners::LiveRunner,
+    /// Newest first.
+    pub generations: Vec<tether_store::CredentialRecord>,
+    pub reveal_until: Option<OffsetDateTime>,
+}
+
+impl Overview {
+    /// The newest generation if it came from a refresh (generation 1 comes with the runner).
+    pub fn last_refresh(&self) -> Option<&tether_store::CredentialRecord> {
+        self.generations.first().filter(|g| g.generation.0 > 1)
+    }
+
+    /// Live sessions on `generation`.
+    pub fn sessions_on(&self, generation: Generation) -> usize {
+        self.live
+            .instances
+            .iter()
+            .filter(|i| i.credential_generation == generation.0)
+            .count()
+    }
+}
+
+pub async fn overview(state: &AppState, runner: RunnerRecord) -> Result<Overview, ServiceError> {
+    let client = state
+        .store
+        .client_by_id(&runner.client_id)
+        .await?
+        .ok_or_else(|| deleted_meanwhile(&runner))?;
+    let now = OffsetDateTime::now_utc();
+    let reveal_until = state
+        .store
+        .sealed_secret(runner.id, tether_store::to_ms(now))
+        .await?
+        .map(|s| tether_store::from_ms(s.reveal_until_ms));
+    Ok(Overview {
+        live: super::runners::live(state, runner),
+        generations: client.generations,
+        reveal_until,
+    })
 }

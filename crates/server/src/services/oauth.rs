@@ -90,7 +90,7 @@ async fn try_authenticate(
 ) -> Result<(Arc<CachedClient>, u32), (ClientAuthFailure, Option<Arc<CachedClient>>)> {
     let id =
         ClientId::parse(client_id).map_err(|_| (ClientAuthFailure::MalformedClientId, None))?;
-    let client = match state.clients.get(state.store.as_ref(), &id).await {
+    let client = match state.clients.get(&id, state.store.client_by_id(&id)).await {
         Ok(Some(c)) => c,
         Ok(None) => return Err((ClientAuthFailure::UnknownClient, None)),
         Err(e) => {
@@ -132,13 +132,20 @@ pub fn issue_token(
     state.metrics.tokens_issued.inc();
     state.health.succeeded(client.runner_id, now);
     if let Some(g) = client.generation(generation) {
-        g.unflushed_use_ms
-            .store(tether_store::to_ms(now), Ordering::Relaxed);
+        g.note_use(tether_store::to_ms(now));
         if !g.first_token_recorded.swap(true, Ordering::Relaxed) {
             record_first_token(state, client, generation, now);
         }
     }
     (token, claims)
+}
+
+/// Notes a successful use of a generation other than a token request (a session opened or
+/// re-authenticated with a token of it), for "last used".
+pub fn note_use(client: &CachedClient, generation: u32) {
+    if let Some(g) = client.generation(generation) {
+        g.note_use(tether_store::to_ms(OffsetDateTime::now_utc()));
+    }
 }
 
 /// The first token of a generation is audited (it proves the new secret reached the runner).
@@ -186,7 +193,7 @@ pub async fn validate_access_token(
     let client_id = ClientId::parse(&claims.client_id).ok()?;
     let client = state
         .clients
-        .get(state.store.as_ref(), &client_id)
+        .get(&client_id, state.store.client_by_id(&client_id))
         .await
         .ok()??;
     if client.runner_id.to_string() != claims.sub {

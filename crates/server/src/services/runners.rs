@@ -1,8 +1,11 @@
 //! Registering, finding and deleting runners.
 
 use serde_json::json;
-use tether_domain::{ClientId, ClientSecret, Description, Platform, Role, RunnerId, RunnerName};
-use tether_store::{NewRunner, RunnerRecord, StoreError};
+use tether_domain::{
+    ClientId, ClientSecret, Description, Generation, Platform, Role, Rollout, RolloutState,
+    RunnerId, RunnerName,
+};
+use tether_store::{NewRunner, PersistedStatus, RunnerRecord, StoreError};
 use time::OffsetDateTime;
 
 use super::audit::{self, AuditEventExt};
@@ -98,7 +101,7 @@ pub async fn delete(state: &AppState, caller: &Caller, key: &str) -> Result<(), 
         .source_ip(caller.source_ip.clone())
         .detail(json!({"client_id": runner.client_id.as_str()}));
     let deleted = state.store.delete_runner(runner.id, ev).await?;
-    state.clients.invalidate(&runner.client_id);
+    state.clients.deleted(&runner.client_id);
     let closed = state.link.close_all(
         runner.id,
         tether_protocol::session::close_code::RUNNER_DELETED,
@@ -200,4 +203,100 @@ pub async fn resume_due(state: &AppState) -> anyhow::Result<()> {
         tracing::info!(runner.id = %id, runner.name = %name, "pause period ended; runner resumed");
     }
     Ok(())
+}
+
+/// A runner as this server sees it now: live sessions where it has any (else the last status
+/// written to the store), and where its newest credential generation stands among them. The one
+/// read model the API, the web pages and the live updates use.
+#[derive(Debug, Clone)]
+pub struct LiveRunner {
+    pub record: RunnerRecord,
+    pub status: PersistedStatus,
+    pub instances: Vec<tether_protocol::api::Instance>,
+    pub rollout: Rollout,
+    /// Since when every live instance has been on the newest generation (applied only).
+    pub applied_since: Option<OffsetDateTime>,
+}
+
+pub fn live(state: &AppState, record: RunnerRecord) -> LiveRunner {
+    let (status, instances) = match state.link.view(record.id) {
+        Some(live) => (live.status, live.instances),
+        None => (record.status.clone(), Vec::new()),
+    };
+    let rollout = Rollout::of(
+        record.generation,
+        record.retiring_until,
+        OffsetDateTime::now_utc(),
+        instances
+            .iter()
+            .map(|i| Generation(i.credential_generation)),
+    );
+    let applied_since = (rollout.state == RolloutState::Applied)
+        .then(|| instances.iter().map(|i| i.generation_since).max())
+        .flatten();
+    LiveRunner {
+        record,
+        status,
+        instances,
+        rollout,
+        applied_since,
+    }
+}
+
+impl LiveRunner {
+    /// One line on the rollout for people, as the Runners list and `tether runners show` say it.
+    pub fn rollout_summary(&self, now: OffsetDateTime) -> String {
+        let r = &self.rollout;
+        let instances = |n: usize| match n {
+            1 => "1 instance".to_owned(),
+            n => format!("{n} instances"),
+        };
+        match r.state {
+            RolloutState::Applied => format!(
+                "applied: {} on generation {}{}",
+                instances(r.instances_on_newest),
+                r.generation,
+                self.applied_since
+                    .map(|t| format!(" since {}", super::credentials::clock(t)))
+                    .unwrap_or_default()
+            ),
+            RolloutState::Overlap => {
+                let left = r
+                    .retiring_until
+                    .map(|t| format!(", expires in {}", until(now, t)))
+                    .unwrap_or_default();
+                match r.instances_on_older {
+                    0 => format!(
+                        "overlap: every instance on generation {}; the old secret still works{left}",
+                        r.generation
+                    ),
+                    n => format!("overlap: {} on the old secret{left}", instances(n)),
+                }
+            }
+            RolloutState::Waiting => match (r.instances_on_newest, r.instances_on_older) {
+                (0, 0) => format!(
+                    "waiting: no instance has connected with generation {}",
+                    r.generation
+                ),
+                (0, n) => format!("waiting: {} still on an older generation", instances(n)),
+                (k, n) => format!(
+                    "waiting: {} on generation {}, {} on an older one",
+                    instances(k),
+                    r.generation,
+                    instances(n)
+                ),
+            },
+        }
+    }
+}
+
+/// "59 min", "3 h 5 min", "2 d 4 h": how long until `t`.
+fn until(now: OffsetDateTime, t: OffsetDateTime) -> String {
+    let secs = (t - now).whole_seconds().max(0);
+    let (d, h, m) = (secs / 86_400, secs % 86_400 / 3600, secs % 3600 / 60);
+    match (d, h) {
+        (0, 0) => format!("{} min", m.max(1)),
+        (0, h) => format!("{h} h {m} min"),
+        (d, h) => format!("{d} d {h} h"),
+    }
 }

@@ -6,12 +6,12 @@
 use async_trait::async_trait;
 use serde_json::Value;
 use sqlx::Row;
-use tether_domain::{ClientId, Generation, RunnerId, RunnerName};
+use tether_domain::{ClientId, CredentialsVersion, Generation, RunnerId, RunnerName};
 
 use super::{backend, corrupt, insert_audit, SqliteStore};
 use crate::{
-    ExpiredGeneration, NewAuditEvent, NewGeneration, Refreshed, RotationMode, RotationStore,
-    SealedSecret, StoreError, StoreResult,
+    ExpiredGeneration, NewAuditEvent, NewGeneration, Refreshed, RetiringRevoked, RotationMode,
+    RotationStore, SealedSecret, StoreError, StoreResult,
 };
 
 #[async_trait]
@@ -42,10 +42,11 @@ impl RotationStore for SqliteStore {
         let generation = newest + 1;
         // Older retiring generations end now, whatever the mode: at most two secrets work at once.
         let mut revoked: Vec<u32> = sqlx::query_scalar(
-            "UPDATE credentials SET state = 'revoked', revoked_at = ?
+            "UPDATE credentials SET state = 'revoked', revoked_at = ?, revoked_by = ?
              WHERE runner_id = ? AND state = 'retiring' RETURNING generation",
         )
         .bind(new.at_ms)
+        .bind(&new.created_by)
         .bind(&runner)
         .fetch_all(&mut *tx)
         .await
@@ -53,10 +54,11 @@ impl RotationStore for SqliteStore {
         match new.mode {
             RotationMode::Revoke => {
                 sqlx::query(
-                    "UPDATE credentials SET state = 'revoked', revoked_at = ?
+                    "UPDATE credentials SET state = 'revoked', revoked_at = ?, revoked_by = ?
                      WHERE runner_id = ? AND generation = ?",
                 )
                 .bind(new.at_ms)
+                .bind(&new.created_by)
                 .bind(&runner)
                 .bind(previous)
                 .execute(&mut *tx)
@@ -105,6 +107,7 @@ impl RotationStore for SqliteStore {
             detail.insert("previous_generation".into(), previous.into());
             detail.insert("revoked_generations".into(), revoked.clone().into());
         }
+        let version = bump_version(&mut tx, &runner).await?;
         insert_audit(&mut *tx, &audit).await?;
         tx.commit().await.map_err(backend)?;
         revoked.sort_unstable();
@@ -112,6 +115,7 @@ impl RotationStore for SqliteStore {
             generation: Generation(generation),
             previous: Generation(previous),
             revoked: revoked.into_iter().map(Generation).collect(),
+            version,
         })
     }
 
@@ -158,29 +162,40 @@ impl RotationStore for SqliteStore {
         &self,
         runner: RunnerId,
         mut audit: NewAuditEvent,
-    ) -> StoreResult<Vec<Generation>> {
+    ) -> StoreResult<RetiringRevoked> {
+        let runner = runner.to_string();
         let mut tx = self.writer.begin().await.map_err(backend)?;
-        let revoked: Vec<u32> = sqlx::query_scalar(
-            "UPDATE credentials SET state = 'revoked', revoked_at = ?
+        let mut revoked: Vec<u32> = sqlx::query_scalar(
+            "UPDATE credentials SET state = 'revoked', revoked_at = ?, revoked_by = ?
              WHERE runner_id = ? AND state = 'retiring' RETURNING generation",
         )
         .bind(crate::to_ms(audit.at))
-        .bind(runner.to_string())
+        .bind(&audit.actor)
+        .bind(&runner)
         .fetch_all(&mut *tx)
         .await
         .map_err(backend)?;
+        revoked.sort_unstable();
+        let version = if revoked.is_empty() {
+            current_version(&mut tx, &runner).await?
+        } else {
+            bump_version(&mut tx, &runner).await?
+        };
         if let Value::Object(detail) = &mut audit.detail {
             detail.insert("revoked_generations".into(), revoked.clone().into());
         }
         insert_audit(&mut *tx, &audit).await?;
         tx.commit().await.map_err(backend)?;
-        Ok(revoked.into_iter().map(Generation).collect())
+        Ok(RetiringRevoked {
+            revoked: revoked.into_iter().map(Generation).collect(),
+            version,
+        })
     }
 
     async fn expire_retiring(&self, now_ms: i64) -> StoreResult<Vec<ExpiredGeneration>> {
         let mut tx = self.writer.begin().await.map_err(backend)?;
         let rows = sqlx::query(
-            "UPDATE credentials SET state = 'revoked', revoked_at = ?
+            "UPDATE credentials SET state = 'revoked', revoked_at = ?, revoked_by = 'system'
              WHERE state = 'retiring' AND expires_at <= ?
              RETURNING runner_id, generation",
         )
@@ -200,12 +215,14 @@ impl RotationStore for SqliteStore {
                 .map_err(backend)?;
             let name: String = r.try_get("name").map_err(backend)?;
             let client_id: String = r.try_get("client_id").map_err(backend)?;
+            let version = bump_version(&mut tx, &runner_id).await?;
             let e = ExpiredGeneration {
                 runner_id: runner_id.parse().map_err(|e| corrupt("runners.id", e))?,
                 runner_name: RunnerName::parse(&name).map_err(|e| corrupt("runners.name", e))?,
                 client_id: ClientId::parse(&client_id)
                     .map_err(|e| corrupt("runners.client_id", e))?,
                 generation: Generation(generation),
+                version,
             };
             let ev = crate::NewAuditEvent {
                 at: crate::from_ms(now_ms),
@@ -223,4 +240,32 @@ impl RotationStore for SqliteStore {
         tx.commit().await.map_err(backend)?;
         Ok(expired)
     }
+}
+
+/// Bumps a runner's credentials version inside the transaction that changes its credentials.
+async fn bump_version(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    runner: &str,
+) -> StoreResult<CredentialsVersion> {
+    let v: i64 = sqlx::query_scalar(
+        "UPDATE runners SET credentials_version = credentials_version + 1 WHERE id = ?
+         RETURNING credentials_version",
+    )
+    .bind(runner)
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(backend)?;
+    Ok(CredentialsVersion(v))
+}
+
+async fn current_version(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    runner: &str,
+) -> StoreResult<CredentialsVersion> {
+    let v: Option<i64> = sqlx::query_scalar("SELECT credentials_version FROM runners WHERE id = ?")
+        .bind(runner)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(backend)?;
+    v.map(CredentialsVersion).ok_or(StoreError::NotFound)
 }

@@ -40,6 +40,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "web_sessions",
         include_str!("../../migrations/sqlite/0004_web_sessions.sql"),
     ),
+    (
+        5,
+        "credential_versions",
+        include_str!("../../migrations/sqlite/0005_credential_versions.sql"),
+    ),
 ];
 
 #[derive(Debug, Clone)]

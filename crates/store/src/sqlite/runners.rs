@@ -2,8 +2,8 @@ use async_trait::async_trait;
 use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
 use tether_domain::{
-    ClientId, CredentialState, Description, Generation, Platform, RunnerId, RunnerName,
-    RunnerStatus, Verifier,
+    ClientId, CredentialState, CredentialsVersion, Description, Generation, Platform, RunnerId,
+    RunnerName, RunnerStatus, Verifier,
 };
 
 use super::{backend, corrupt, insert_audit, SqliteStore};
@@ -14,7 +14,8 @@ use crate::{
 
 const RUNNER_COLUMNS: &str = "r.id, r.name, r.description, r.platform, r.client_id, r.created_at, r.created_by,
      r.status, r.status_reason, r.status_since, r.last_seen_at, r.runner_version, r.paused_by, r.paused_until,
-     (SELECT c.generation FROM credentials c WHERE c.runner_id = r.id AND c.state = 'active') AS generation";
+     (SELECT c.generation FROM credentials c WHERE c.runner_id = r.id AND c.state = 'active') AS generation,
+     (SELECT MAX(c.expires_at) FROM credentials c WHERE c.runner_id = r.id AND c.state = 'retiring') AS retiring_until";
 
 fn runner_from_row(row: &SqliteRow) -> StoreResult<RunnerRecord> {
     let get = |col: &str| row.try_get::<String, _>(col).map_err(backend);
@@ -44,6 +45,7 @@ fn runner_from_row(row: &SqliteRow) -> StoreResult<RunnerRecord> {
         },
         paused_by: row.try_get("paused_by").map_err(backend)?,
         paused_until: opt_time(row, "paused_until")?,
+        retiring_until: opt_time(row, "retiring_until")?,
     })
 }
 
@@ -239,8 +241,8 @@ impl RunnerStore for SqliteStore {
 impl CredentialStore for SqliteStore {
     async fn client_by_id(&self, client_id: &ClientId) -> StoreResult<Option<ClientRecord>> {
         let rows = sqlx::query(
-            "SELECT r.id, r.name, c.generation, c.state, c.verifier, c.created_at, c.expires_at, c.first_token_at,
-                    c.created_by, c.last_used_at
+            "SELECT r.id, r.name, r.credentials_version, c.generation, c.state, c.verifier, c.created_at,
+                    c.expires_at, c.first_token_at, c.created_by, c.last_used_at, c.revoked_at, c.revoked_by
              FROM runners r JOIN credentials c ON c.runner_id = r.id
              WHERE r.client_id = ? ORDER BY c.generation DESC",
         )
@@ -284,13 +286,20 @@ impl CredentialStore for SqliteStore {
                         .try_get::<Option<i64>, _>("last_used_at")
                         .map_err(backend)?
                         .map(from_ms),
+                    revoked_at: row
+                        .try_get::<Option<i64>, _>("revoked_at")
+                        .map_err(backend)?
+                        .map(from_ms),
+                    revoked_by: row.try_get("revoked_by").map_err(backend)?,
                 })
             })
             .collect::<StoreResult<Vec<_>>>()?;
+        let version = CredentialsVersion(first.try_get("credentials_version").map_err(backend)?);
         Ok(Some(ClientRecord {
             runner_id,
             runner_name,
             client_id: client_id.clone(),
+            version,
             generations,
         }))
     }

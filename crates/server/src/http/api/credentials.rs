@@ -4,17 +4,18 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use tether_domain::Role;
+use tether_domain::{CredentialState, Role};
 use tether_protocol::api::{
     CredentialGeneration, Credentials, RefreshRequest, RefreshResponse, RevealResponse,
-    RevokePreviousRequest, RotationStep, RotationStepRequest,
+    RevokePreviousRequest, RevokePreviousResponse, RotationStep, RotationStepRequest,
 };
 use tether_store::RunnerRecord;
 
+use super::runners::rollout_view;
 use super::runs::view as run_view;
 use crate::auth::Caller;
 use crate::http::error::ApiError;
-use crate::http::extract::ApiJson;
+use crate::http::extract::{ApiJson, OptionalJson};
 use crate::services::credentials::{self, Mode};
 use crate::services::{runners, ServiceError};
 use crate::state::AppState;
@@ -146,22 +147,30 @@ async fn get_credentials(
 ) -> Result<Json<Credentials>, ApiError> {
     caller.require(Role::Viewer)?;
     let record = runners::find(&state, &runner).await?;
-    Ok(Json(view(&state, &record).await?))
+    Ok(Json(view(&state, record).await?))
 }
 
+/// The body is optional: `{"rotation_id": ...}` ties the step to a rotation.
 async fn revoke_previous_credentials(
     State(state): State<AppState>,
     caller: Caller,
     Path(runner): Path<String>,
-    ApiJson(req): ApiJson<RevokePreviousRequest>,
-) -> Result<Json<Credentials>, ApiError> {
+    OptionalJson(req): OptionalJson<RevokePreviousRequest>,
+) -> Result<Json<RevokePreviousResponse>, ApiError> {
     caller.require(Role::Operator)?;
     if let Some(id) = &req.rotation_id {
         parse_rotation_id(id)?;
     }
-    let record =
+    let done =
         credentials::revoke_previous(&state, &caller, &runner, req.rotation_id.as_deref()).await?;
-    Ok(Json(view(&state, &record).await?))
+    let summary = done.summary();
+    let revoked_generations = done.revoked.iter().map(|g| g.0).collect();
+    Ok(Json(RevokePreviousResponse {
+        credentials: view(&state, done.runner).await?,
+        revoked_generations,
+        sessions_closed: done.sessions_closed,
+        summary,
+    }))
 }
 
 /// `POST /api/v1/runners/{runner}/rotations`: one step of a client-driven rotation, audited.
@@ -240,48 +249,33 @@ fn parse_rotation_id(id: &str) -> Result<(), ApiError> {
 }
 
 /// Every generation with its state and how many live sessions use it; never a secret.
-pub(crate) async fn view(state: &AppState, runner: &RunnerRecord) -> Result<Credentials, ApiError> {
-    let client = state
-        .store
-        .client_by_id(&runner.client_id)
-        .await?
-        .ok_or(ApiError::NotFound {
-            code: "runner_not_found",
-            detail: format!("no runner with the id or name '{}'", runner.name),
-        })?;
-    let instances = state
-        .link
-        .view(runner.id)
-        .map(|v| v.instances)
-        .unwrap_or_default();
-    let now = time::OffsetDateTime::now_utc();
-    let reveal_until = state
-        .store
-        .sealed_secret(runner.id, tether_store::to_ms(now))
-        .await?
-        .map(|s| tether_store::from_ms(s.reveal_until_ms));
-    let newest = client.generations.first();
-    let refreshed = newest.filter(|g| g.generation.0 > 1);
+pub(crate) async fn view(state: &AppState, runner: RunnerRecord) -> Result<Credentials, ApiError> {
+    let o = credentials::overview(state, runner).await?;
+    let refreshed = o.last_refresh();
     Ok(Credentials {
-        client_id: runner.client_id.as_str().to_owned(),
+        client_id: o.live.record.client_id.as_str().to_owned(),
         last_refreshed_at: refreshed.map(|g| g.created_at),
         last_refreshed_by: refreshed.map(|g| g.created_by.clone()),
-        generations: client
+        generations: o
             .generations
             .iter()
-            .map(|g| CredentialGeneration {
-                generation: g.generation.0,
-                state: g.state.as_str().to_owned(),
-                created_at: g.created_at,
-                created_by: g.created_by.clone(),
-                expires_at: g.expires_at,
-                last_used_at: g.last_used_at,
-                sessions: instances
-                    .iter()
-                    .filter(|i| i.credential_generation == g.generation.0)
-                    .count(),
+            .map(|g| {
+                let revoked = g.state == CredentialState::Revoked;
+                CredentialGeneration {
+                    generation: g.generation.0,
+                    state: g.state.as_str().to_owned(),
+                    created_at: g.created_at,
+                    created_by: g.created_by.clone(),
+                    // A revoked generation works until nothing: `revoked_at` says when it stopped.
+                    expires_at: g.expires_at.filter(|_| !revoked),
+                    last_used_at: g.last_used_at,
+                    revoked_at: g.revoked_at.filter(|_| revoked),
+                    revoked_by: g.revoked_by.clone().filter(|_| revoked),
+                    sessions: o.sessions_on(g.generation),
+                }
             })
             .collect(),
-        reveal_until,
+        reveal_until: o.reveal_until,
+        credential_rollout: rollout_view(&o.live),
     })
 }

@@ -4,7 +4,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use tether_domain::{Description, Platform, Role, RunnerId, RunnerName};
 use tether_protocol::api::{
-    ClientCredentials, CreateRunnerRequest, CreatedRunner, Runner, RunnerList,
+    ClientCredentials, CreateRunnerRequest, CreatedRunner, CredentialRollout, Runner, RunnerList,
 };
 use tether_store::RunnerRecord;
 
@@ -12,7 +12,7 @@ use super::cursor;
 use crate::auth::Caller;
 use crate::http::error::ApiError;
 use crate::http::extract::{ApiJson, QueryParams};
-use crate::services::runners::{self, NewRunnerInput};
+use crate::services::runners::{self, LiveRunner, NewRunnerInput};
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -149,10 +149,14 @@ async fn delete_runner(
 /// The API's view of a runner: live state from this server's sessions where it has any, else the
 /// last status written to the store.
 pub(crate) fn view(state: &AppState, r: &RunnerRecord) -> Runner {
-    let (status, instances) = match state.link.view(r.id) {
-        Some(live) => (live.status, live.instances),
-        None => (r.status.clone(), Vec::new()),
-    };
+    let live = runners::live(state, r.clone());
+    let credential_rollout = rollout_view(&live);
+    let LiveRunner {
+        record: r,
+        status,
+        instances,
+        ..
+    } = live;
     Runner {
         id: r.id.to_string(),
         name: r.name.as_str().to_owned(),
@@ -170,5 +174,19 @@ pub(crate) fn view(state: &AppState, r: &RunnerRecord) -> Runner {
         runner_version: status.runner_version,
         paused_by: r.paused_by.clone(),
         auth_health: state.health.view(r.id),
+        credential_rollout,
+    }
+}
+
+pub(crate) fn rollout_view(live: &LiveRunner) -> CredentialRollout {
+    let r = &live.rollout;
+    CredentialRollout {
+        generation: r.generation.0,
+        instances_on_newest: r.instances_on_newest,
+        instances_on_older: r.instances_on_older,
+        retiring_until: r.retiring_until,
+        state: r.state.as_str().to_owned(),
+        applied_since: live.applied_since,
+        summary: live.rollout_summary(time::OffsetDateTime::now_utc()),
     }
 }

@@ -19,7 +19,10 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/runners/{name}/pause", get(show_pause).post(pause_runner))
         .route("/runners/{name}/resume", post(resume_runner))
-        .route("/runners/{name}/restart", post(restart_runner))
+        .route(
+            "/runners/{name}/restart",
+            get(show_restart).post(restart_runner),
+        )
         .route(
             "/runners/{name}/delete",
             get(show_delete).post(delete_runner),
@@ -90,11 +93,63 @@ async fn resume_runner(
     Ok(back(&post, record.name.as_str(), "resumed"))
 }
 
+#[derive(Template)]
+#[template(path = "restart.html")]
+struct RestartPage {
+    chrome: Chrome,
+    runner: RunnerHead,
+    instances: usize,
+    running_tasks: u32,
+    back: &'static str,
+}
+
+fn restart_page(chrome: Chrome, l: &super::runners::Loaded, back: &'static str) -> RestartPage {
+    RestartPage {
+        chrome,
+        runner: RunnerHead::new(l, "details"),
+        instances: l.instances.len(),
+        running_tasks: l.instances.iter().map(|i| i.running_tasks).sum(),
+        back,
+    }
+}
+
+/// Restart drains every instance: it is asked for first.
+async fn show_restart(
+    State(state): State<AppState>,
+    visitor: Visitor,
+    Path(name): Path<String>,
+    query: crate::http::extract::QueryParams,
+) -> Result<Response, WebError> {
+    visitor.caller.require(Role::Operator)?;
+    let l = load(&state, &name).await?;
+    let back = if query.get("back") == Some("list") {
+        "list"
+    } else {
+        ""
+    };
+    page(
+        StatusCode::OK,
+        &restart_page(Chrome::new(&visitor, "runners"), &l, back),
+    )
+}
+
 async fn restart_runner(
     State(state): State<AppState>,
     Path(name): Path<String>,
     post: PostForm,
 ) -> Result<Response, WebError> {
+    post.visitor.caller.require(Role::Operator)?;
+    if post.form.get("confirm") != "restart" {
+        // Not from the confirmation page: ask first, change nothing.
+        let l = load(&state, &name).await?;
+        let back = if post.form.get("back") == "list" {
+            "list"
+        } else {
+            ""
+        };
+        let body = restart_page(Chrome::new(&post.visitor, "runners"), &l, back);
+        return page(StatusCode::OK, &body);
+    }
     let (record, _) = runners::restart(&state, &post.visitor.caller, &name).await?;
     Ok(back(&post, record.name.as_str(), "restarted"))
 }

@@ -1,9 +1,14 @@
 //! "Apply the new credentials" for the Credentials tab and the reveal page: the shared per-platform
 //! steps (`tether_domain::apply_guide`, which the CLI prints too) with the runner's own values
-//! filled in. The secret itself is never put in: commands say `<client_secret>`.
+//! filled in, following the live state: the steps while instances still have to move to the newest
+//! generation, "Applied: …" once every live instance is on it. The secret itself is never put in:
+//! commands say `<client_secret>`.
 
 use tether_domain::apply_guide::{self, fill, Vars};
-use tether_domain::Platform;
+use tether_domain::{RolloutState, RunnerStatus};
+
+use super::when;
+use crate::services::runners::LiveRunner;
 
 #[derive(Debug, Clone)]
 pub struct ApplyGuide {
@@ -12,6 +17,13 @@ pub struct ApplyGuide {
     pub secret_lives: String,
     pub steps: Vec<ApplyStep>,
     pub note: Option<String>,
+    /// How the live instances pick up the new secret ("reloads by itself" for each), if any is live.
+    pub reload: Option<String>,
+    /// What holds until the steps are done, as true of the runner right now.
+    pub until_done: String,
+    /// Set once every live instance is on the newest generation: "Applied: …". The steps are then
+    /// not shown.
+    pub applied: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -21,26 +33,90 @@ pub struct ApplyStep {
     pub command: Option<String>,
 }
 
-/// The steps for a runner named `runner` with `client_id`, connecting to `url`.
-pub fn guide(platform: Platform, runner: &str, client_id: &str, url: &str) -> ApplyGuide {
-    let g = apply_guide::guide(platform.as_str());
+/// The section for `l`, whose instances connect to `url`.
+pub fn guide(l: &LiveRunner, url: &str) -> ApplyGuide {
+    let g = apply_guide::guide(l.record.platform.as_str());
+    // A file path the instances reported, if they agree on one.
+    let mut files = l.instances.iter().filter_map(|i| i.secret_file.as_deref());
+    let secret_file = files.next().filter(|first| {
+        l.instances
+            .iter()
+            .all(|i| i.secret_file.as_deref() == Some(first))
+    });
     let v = Vars {
-        runner,
-        client_id,
+        runner: l.record.name.as_str(),
+        client_id: l.record.client_id.as_str(),
         url,
-        generation: 0,
+        generation: l.record.generation.0,
+        secret_file,
     };
+    let live = l.instances.len();
+    let reloading = l
+        .instances
+        .iter()
+        .filter(|i| i.hot_reload == Some(true))
+        .count();
+    let all_reload = live > 0 && reloading == live;
+    let r = &l.rollout;
+    let applied = (r.state == RolloutState::Applied).then(|| {
+        let n = match r.instances_on_newest {
+            1 => "1 instance".to_owned(),
+            n => format!("{n} instances"),
+        };
+        format!(
+            "Applied: {n} on generation {}{}.",
+            r.generation,
+            l.applied_since
+                .map(|t| format!(" since {}", when(t)))
+                .unwrap_or_default()
+        )
+    });
+    let until_done = match (r.state, l.status.status) {
+        (RolloutState::Overlap, _) => format!(
+            "Until this is done, instances keep using the previous secret{}; then they are \
+             disconnected. Nothing is disconnected before that.",
+            r.retiring_until
+                .map(|t| format!(" until {}", when(t)))
+                .unwrap_or_default()
+        ),
+        (_, RunnerStatus::Running) => format!(
+            "{} still use an older generation and must move to generation {}.",
+            match r.instances_on_older {
+                1 => "1 instance".to_owned(),
+                n => format!("{n} instances"),
+            },
+            r.generation
+        ),
+        _ => "Until this is done, the runner's status shows unknown in the Runners list and it \
+              can't run pipelines."
+            .to_owned(),
+    };
+    let reload = (live > 0).then(|| match (reloading, live) {
+        (n, m) if n == m => format!(
+            "All {m} live instance(s) reload the secret by themselves: once it is in their store \
+             they pick it up with no restart."
+        ),
+        (0, m) => format!(
+            "The {m} live instance(s) need a restart with the new value (they read \
+             OAUTH_CLIENT_SECRET)."
+        ),
+        (n, m) => format!(
+            "{n} of {m} live instances reload the secret by themselves; the others need a restart \
+             with the new value."
+        ),
+    });
     ApplyGuide {
         platform: g.short,
         secret_lives: fill(g.secret_lives, &v),
-        steps: g
-            .steps
-            .iter()
+        steps: apply_guide::steps(g, all_reload)
             .map(|s| ApplyStep {
                 what: fill(s.what, &v),
                 command: s.command.map(|c| fill(c, &v)),
             })
             .collect(),
         note: g.note.map(|n| fill(n, &v)),
+        reload,
+        until_done,
+        applied,
     }
 }

@@ -9,10 +9,10 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
-use tether_domain::{Role, RunState};
+use tether_domain::{CredentialState, Role, RunState};
 
 use super::apply::{self, ApplyGuide};
-use super::runners::{load, Loaded, RunnerHead};
+use super::runners::{load, reload_text, Loaded, RunnerHead};
 use super::session::{PostForm, Visitor};
 use super::{hh_mm, page, see_other, when, Chrome, WebError};
 use crate::http::extract::QueryParams;
@@ -33,7 +33,7 @@ pub fn router() -> Router<AppState> {
         )
         .route(
             "/runners/{name}/credentials/revoke-previous",
-            post(revoke_previous_credentials),
+            get(show_revoke_previous).post(revoke_previous_credentials),
         )
 }
 
@@ -88,9 +88,17 @@ struct GenerationRow {
     state: &'static str,
     created: String,
     by: String,
-    expires: String,
+    /// "until 12:04" (retiring), "revoked 2026-… by user:alice", or nothing (active).
+    works_until: String,
     last_used: String,
     sessions: usize,
+}
+
+#[derive(Debug)]
+struct InstanceSecretRow {
+    instance_id: String,
+    generation: u32,
+    reload: &'static str,
 }
 
 #[derive(Template)]
@@ -99,23 +107,48 @@ struct CredentialsPage {
     chrome: Chrome,
     runner: RunnerHead,
     refreshed: bool,
-    notice: Option<&'static str>,
+    notice: Option<String>,
     client_id: String,
     last_refreshed: String,
     reveal_until: Option<String>,
     generations: Vec<GenerationRow>,
     has_retiring: bool,
+    instances: Vec<InstanceSecretRow>,
     refresh: RefreshForm,
     apply: Option<ApplyGuide>,
 }
 
 fn apply_guide(state: &AppState, l: &Loaded) -> ApplyGuide {
-    apply::guide(
-        l.record.platform,
-        l.record.name.as_str(),
-        l.record.client_id.as_str(),
-        &state.public_url,
-    )
+    apply::guide(l, &state.public_url)
+}
+
+/// What the notice after revoke-previous says: built from numbers in the query, never its text.
+fn revoked_notice(query: &QueryParams) -> Option<String> {
+    if query.get("done") != Some("revoked-previous") {
+        return None;
+    }
+    let gens: Vec<u32> = query
+        .get("gens")
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|g| g.parse().ok())
+        .take(8)
+        .collect();
+    let closed: usize = query
+        .get("closed")
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let done = credentials::RevokedPrevious::describe(
+        &gens
+            .into_iter()
+            .map(tether_domain::Generation)
+            .collect::<Vec<_>>(),
+        closed,
+    );
+    Some(match done {
+        Some(d) => format!("{}{}.", d[..1].to_uppercase(), &d[1..]),
+        None => "Nothing to revoke: no older secret is still accepted.".to_owned(),
+    })
 }
 
 async fn show_credentials(
@@ -125,21 +158,11 @@ async fn show_credentials(
     query: QueryParams,
 ) -> Result<Response, WebError> {
     visitor.caller.require(Role::Viewer)?;
-    let l = load(&state, &name).await?;
-    let client = state
-        .store
-        .client_by_id(&l.record.client_id)
-        .await?
-        .ok_or_else(|| WebError::NotFound(format!("no runner named '{name}'")))?;
-    let now = tether_store::to_ms(time::OffsetDateTime::now_utc());
-    let reveal_until = state
-        .store
-        .sealed_secret(l.record.id, now)
-        .await?
-        .map(|s| hh_mm(tether_store::from_ms(s.reveal_until_ms)));
+    let record = crate::services::runners::find(&state, &name).await?;
+    let o = credentials::overview(&state, record).await?;
     let refreshed = query.get("refreshed") == Some("1");
-    let last = client.generations.first().filter(|g| g.generation.0 > 1);
-    let generations: Vec<GenerationRow> = client
+    let last = o.last_refresh();
+    let generations: Vec<GenerationRow> = o
         .generations
         .iter()
         .map(|g| GenerationRow {
@@ -147,34 +170,46 @@ async fn show_credentials(
             state: g.state.as_str(),
             created: when(g.created_at),
             by: g.created_by.clone(),
-            expires: g.expires_at.map(when).unwrap_or_default(),
+            works_until: match g.state {
+                CredentialState::Active => String::new(),
+                CredentialState::Retiring => g.expires_at.map(when).unwrap_or_default(),
+                CredentialState::Revoked => match (&g.revoked_at, &g.revoked_by) {
+                    (Some(at), Some(by)) => format!("revoked {} by {by}", when(*at)),
+                    (Some(at), None) => format!("revoked {}", when(*at)),
+                    _ => "revoked".to_owned(),
+                },
+            },
             last_used: g.last_used_at.map(when).unwrap_or_else(|| "never".into()),
-            sessions: l
-                .instances
-                .iter()
-                .filter(|i| i.credential_generation == g.generation.0)
-                .count(),
+            sessions: o.sessions_on(g.generation),
         })
         .collect();
-    let show_apply = last.is_some() && (refreshed || reveal_until.is_some());
+    let show_apply = last.is_some();
+    let l = &o.live;
     let body = CredentialsPage {
         chrome: Chrome::new(&visitor, "runners"),
-        runner: RunnerHead::new(&l, "credentials"),
+        runner: RunnerHead::new(l, "credentials"),
         refreshed,
-        notice: (query.get("done") == Some("revoked-previous")).then_some(
-            "The previous secret was revoked; instances still using it were disconnected.",
-        ),
+        notice: revoked_notice(&query),
         client_id: l.record.client_id.as_str().to_owned(),
         last_refreshed: last.map_or_else(
             || "never".to_owned(),
             |g| format!("{} by {}", when(g.created_at), g.created_by),
         ),
-        reveal_until,
+        reveal_until: o.reveal_until.map(hh_mm),
         has_retiring: generations.iter().any(|g| g.state == "retiring"),
         generations,
+        instances: l
+            .instances
+            .iter()
+            .map(|i| InstanceSecretRow {
+                instance_id: i.instance_id.clone(),
+                generation: i.credential_generation,
+                reload: reload_text(i),
+            })
+            .collect(),
         // Only operators get the dialog; nobody else needs the runs it lists.
         refresh: if visitor.caller.role.allows(Role::Operator) {
-            refresh_form(&state, &l).await?
+            refresh_form(&state, l).await?
         } else {
             RefreshForm {
                 runs: Vec::new(),
@@ -183,7 +218,7 @@ async fn show_credentials(
                 grace: DEFAULT_GRACE,
             }
         },
-        apply: show_apply.then(|| apply_guide(&state, &l)),
+        apply: show_apply.then(|| apply_guide(&state, l)),
     };
     page(StatusCode::OK, &body)
 }
@@ -269,9 +304,9 @@ async fn refresh_credentials(
             again(
                 StatusCode::CONFLICT,
                 format!(
-                    "{} pipeline run(s) are running on this runner; refreshing would disconnect it \
-                     mid-run. Nothing was changed. Wait for them to finish, or tick \"Refresh \
-                     anyway\".",
+                    "{} pipeline run(s) are running on this runner; a revoking refresh would \
+                     disconnect it mid-run. Nothing was changed. Wait for them to finish, tick \
+                     \"Zero-downtime rotation\" (nothing is disconnected), or tick \"Refresh anyway\".",
                     runs.len()
                 ),
             )
@@ -313,14 +348,58 @@ async fn reveal_credentials(
     page(StatusCode::OK, &body)
 }
 
+#[derive(Debug)]
+struct RetiringRow {
+    generation: u32,
+    until: String,
+    sessions: usize,
+}
+
+#[derive(Template)]
+#[template(path = "revoke_previous.html")]
+struct RevokePreviousPage {
+    chrome: Chrome,
+    runner: RunnerHead,
+    retiring: Vec<RetiringRow>,
+}
+
+/// Asks before ending an overlap: which secret stops working and which instances it disconnects.
+async fn show_revoke_previous(
+    State(state): State<AppState>,
+    visitor: Visitor,
+    Path(name): Path<String>,
+) -> Result<Response, WebError> {
+    visitor.caller.require(Role::Operator)?;
+    let record = crate::services::runners::find(&state, &name).await?;
+    let o = credentials::overview(&state, record).await?;
+    let body = RevokePreviousPage {
+        chrome: Chrome::new(&visitor, "runners"),
+        runner: RunnerHead::new(&o.live, "credentials"),
+        retiring: o
+            .generations
+            .iter()
+            .filter(|g| g.state == CredentialState::Retiring)
+            .map(|g| RetiringRow {
+                generation: g.generation.0,
+                until: g.expires_at.map(when).unwrap_or_default(),
+                sessions: o.sessions_on(g.generation),
+            })
+            .collect(),
+    };
+    page(StatusCode::OK, &body)
+}
+
 async fn revoke_previous_credentials(
     State(state): State<AppState>,
     Path(name): Path<String>,
     post: PostForm,
 ) -> Result<Response, WebError> {
-    let record = credentials::revoke_previous(&state, &post.visitor.caller, &name, None).await?;
+    let done = credentials::revoke_previous(&state, &post.visitor.caller, &name, None).await?;
+    let gens: Vec<String> = done.revoked.iter().map(|g| g.to_string()).collect();
     Ok(see_other(&format!(
-        "/runners/{}/credentials?done=revoked-previous",
-        record.name
+        "/runners/{}/credentials?done=revoked-previous&gens={}&closed={}",
+        done.runner.name,
+        gens.join(","),
+        done.sessions_closed
     )))
 }

@@ -9,7 +9,7 @@ use axum::routing::get;
 use axum::Router;
 use tether_domain::Role;
 use tether_protocol::api::Instance;
-use tether_store::{AuditFilter, PersistedStatus, RunnerRecord};
+use tether_store::AuditFilter;
 
 use super::session::Visitor;
 use super::{ago, page, platform_label, when, Chrome, WebError};
@@ -25,29 +25,12 @@ pub fn router() -> Router<AppState> {
         .route("/runners/{name}/activity", get(show_activity))
 }
 
-/// A runner with its status as this server sees it: live sessions where it has any, else the
-/// last status written to the store.
-pub struct Loaded {
-    pub record: RunnerRecord,
-    pub status: PersistedStatus,
-    pub instances: Vec<Instance>,
-}
+/// A runner with its status as this server sees it (the services' read model).
+pub type Loaded = runners::LiveRunner;
 
 pub async fn load(state: &AppState, key: &str) -> Result<Loaded, WebError> {
     let record = runners::find(state, key).await?;
-    Ok(with_status(state, record))
-}
-
-fn with_status(state: &AppState, record: RunnerRecord) -> Loaded {
-    let (status, instances) = match state.link.view(record.id) {
-        Some(live) => (live.status, live.instances),
-        None => (record.status.clone(), Vec::new()),
-    };
-    Loaded {
-        record,
-        status,
-        instances,
-    }
+    Ok(runners::live(state, record))
 }
 
 /// The header every runner page shows: name, live status and reason, and what the menu offers.
@@ -83,6 +66,9 @@ struct RunnerRow {
     last_seen: String,
     last_seen_at: String,
     paused: bool,
+    /// The credential rollout, when it says something (after a refresh).
+    rollout: String,
+    rollout_state: &'static str,
 }
 
 #[derive(Template)]
@@ -112,11 +98,19 @@ async fn list_runners(
 ) -> Result<Response, WebError> {
     visitor.caller.require(Role::Viewer)?;
     let records = runners::list(&state, None, 500).await?;
+    let now = time::OffsetDateTime::now_utc();
     let runners = records
         .into_iter()
         .map(|r| {
-            let l = with_status(&state, r);
+            let l = runners::live(&state, r);
+            let refreshed = l.record.generation.0 > 1;
             RunnerRow {
+                rollout: if refreshed {
+                    l.rollout_summary(now)
+                } else {
+                    String::new()
+                },
+                rollout_state: l.rollout.state.as_str(),
                 name: l.record.name.as_str().to_owned(),
                 status: l.status.status.as_str(),
                 reason: l.status.reason.clone(),
@@ -147,6 +141,29 @@ pub struct InstanceRow {
     pub generation: u32,
     pub older_generation: bool,
     pub running_tasks: u32,
+    /// How it picks up a new secret: "reloads by itself" or "needs a restart with the new value".
+    pub reload: &'static str,
+    /// Where it reads the secret, for people ("file /run/secrets/x", "AWS Secrets Manager").
+    pub source: String,
+}
+
+/// How an instance picks up a new secret, as the Instances and Credentials tabs say it.
+pub fn reload_text(i: &Instance) -> &'static str {
+    match i.hot_reload {
+        Some(true) => "reloads by itself",
+        Some(false) => "needs a restart with the new value",
+        None => "unknown (the runner did not say)",
+    }
+}
+
+fn source_text(i: &Instance) -> String {
+    match (i.secret_source.as_deref(), &i.secret_file) {
+        (Some("file"), Some(f)) => format!("file {f}"),
+        (Some("file"), None) => "file".into(),
+        (Some("aws_secrets_manager"), _) => "AWS Secrets Manager".into(),
+        (Some("env"), _) => "OAUTH_CLIENT_SECRET".into(),
+        _ => "–".into(),
+    }
 }
 
 pub fn instance_rows(l: &Loaded) -> Vec<InstanceRow> {
@@ -160,6 +177,8 @@ pub fn instance_rows(l: &Loaded) -> Vec<InstanceRow> {
             generation: i.credential_generation,
             older_generation: i.credential_generation < l.record.generation.0,
             running_tasks: i.running_tasks,
+            reload: reload_text(i),
+            source: source_text(i),
         })
         .collect()
 }

@@ -213,7 +213,7 @@ async fn running_pipelines_are_listed_and_refresh_needs_force() {
 
     let tab = b.get("/runners/busy/credentials").await;
     assert!(
-        tab.body.contains("Pipelines running on this runner now:"),
+        tab.body.contains("Pipelines running on this runner now ("),
         "{}",
         tab.body
     );
@@ -236,30 +236,60 @@ async fn running_pipelines_are_listed_and_refresh_needs_force() {
             "/runners/busy/credentials/refresh",
             &[
                 ("confirm", "refresh"),
-                ("force", "1"),
                 ("mode", "overlap"),
                 ("grace_seconds", "3600"),
             ],
         )
         .await;
-    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(
+        r.status, 303,
+        "an overlap refresh cuts nothing, so running pipelines do not stop it: {}",
+        r.body
+    );
     assert_eq!(
         generations(&app, "busy").await,
         [(2, "active".to_owned()), (1, "retiring".to_owned())],
         "overlap keeps the old secret working"
     );
+    assert_eq!(
+        next(&mut ws).await.expect("the session stays open")["type"],
+        "credentials_rotated"
+    );
     let tab = b.get("/runners/busy/credentials?refreshed=1").await;
-    assert!(tab
-        .body
-        .contains(">Revoke the previous secret now</button>"));
+    assert!(tab.body.contains(">Revoke the previous secret now</a>"));
+    // Revoking the previous secret asks first, saying what it disconnects.
+    let ask = b.get("/runners/busy/credentials/revoke-previous").await;
+    assert_eq!(ask.status, 200);
+    assert!(has_id(&ask.body, "revoke-what"));
+    assert!(
+        ask.body.contains("Generation 1 (accepted until")
+            && ask
+                .body
+                .contains("the 1 instance(s) still using it are disconnected"),
+        "{}",
+        ask.body
+    );
     let r = b
         .post("/runners/busy/credentials/revoke-previous", &[])
         .await;
     assert_eq!(r.status, 303, "{}", r.body);
+    let back = r.header("location").expect("location").to_owned();
+    assert_eq!(
+        back,
+        "/runners/busy/credentials?done=revoked-previous&gens=1&closed=1"
+    );
     assert_eq!(
         generations(&app, "busy").await[1],
         (1, "revoked".to_owned())
     );
+    let tab = b.get(&back).await;
+    assert_eq!(
+        by_id(&tab.body, "notice").as_deref(),
+        Some("Revoked generation 1; 1 session on it was closed.")
+    );
+    // Nothing left to revoke: the page says so instead of offering a button.
+    let ask = b.get("/runners/busy/credentials/revoke-previous").await;
+    assert!(has_id(&ask.body, "revoke-nothing") && !has_id(&ask.body, "revoke-previous-submit"));
 }
 
 #[tokio::test]

@@ -18,7 +18,9 @@ async fn the_runners_list_and_tabs_follow_the_contract() {
         ">Runners</a>",
         "<tr data-runner=\"r1\">",
         "<a href=\"/runners/r1\">r1</a>",
-        "data-field=\"status\" data-status=\"pending\" title=\"registered; no instance has connected yet\">pending</td>",
+        "<span data-field=\"status\" data-status=\"pending\" title=\"registered; no instance has connected yet\">pending</span>",
+        // The reason is text on the list, not only a tooltip.
+        "<span class=\"muted reason\" data-field=\"reason\">registered; no instance has connected yet</span>",
         "<summary aria-label=\"Actions for r1\">...</summary>",
         ">Runner details</a>",
         ">Restart runner</button>",
@@ -29,7 +31,14 @@ async fn the_runners_list_and_tabs_follow_the_contract() {
     ] {
         assert!(list.contains(needle), "{needle} in {list}");
     }
-    for header in ["Runner", "Status", "Platform", "Version", "Last seen"] {
+    for header in [
+        "Runner",
+        "Status",
+        "Credentials",
+        "Platform",
+        "Version",
+        "Last seen",
+    ] {
         assert!(
             list.contains(&format!("<th scope=\"col\">{header}</th>")),
             "{header}"
@@ -121,8 +130,17 @@ async fn pause_needs_the_words_and_resume_and_restart_report_back() {
     );
     assert!(paused_by().await.is_null());
 
-    // Nothing is connected, so there is nothing to restart; the page says so.
+    // Restart drains every instance, so the menu's button first asks; nothing happens yet.
     let r = b.post("/runners/r1/restart", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(has_id(&r.body, "restart-what") && has_id(&r.body, "restart-submit"));
+    let ask = b.get("/runners/r1/restart").await;
+    assert_eq!(ask.status, 200);
+    assert!(ask.body.contains("name=\"confirm\" value=\"restart\""));
+    // Nothing is connected, so there is nothing to restart; the page says so.
+    let r = b
+        .post("/runners/r1/restart", &[("confirm", "restart")])
+        .await;
     assert_eq!(r.status, 409, "{}", r.body);
     assert!(r.body.contains("no connected instance"), "{}", r.body);
 
