@@ -699,3 +699,177 @@ impl RunnerLink {
         self.lock().values().map(|l| l.sessions.len()).sum()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use tether_domain::{ClientId, Description, Generation, Platform, RunnerName};
+
+    fn link() -> RunnerLink {
+        // Status changes are not under test: their receiver is dropped.
+        RunnerLink::new(mpsc::unbounded_channel().0)
+    }
+
+    fn record(generation: u32) -> RunnerRecord {
+        let now = OffsetDateTime::now_utc();
+        RunnerRecord {
+            id: RunnerId::new(),
+            name: RunnerName::parse("r").expect("name"),
+            description: Description::parse("").expect("description"),
+            platform: Platform::Local,
+            client_id: ClientId::generate(),
+            generation: Generation(generation),
+            created_at: now,
+            created_by: "system".into(),
+            status: PersistedStatus {
+                status: RunnerStatus::Pending,
+                reason: String::new(),
+                since: now,
+                last_seen_at: None,
+                runner_version: None,
+            },
+            paused_by: None,
+            paused_until: None,
+            retiring_until: None,
+        }
+    }
+
+    fn hello(instance: &str) -> Hello {
+        Hello {
+            instance_id: instance.into(),
+            hostname: "h".into(),
+            runner_version: "0".into(),
+            capacity: 1,
+            secret_source: Some("file".into()),
+            hot_reload: Some(true),
+            secret_file: None,
+        }
+    }
+
+    fn register(
+        link: &RunnerLink,
+        r: &RunnerRecord,
+        instance: &str,
+        generation: u32,
+    ) -> (Result<u64, Refused>, mpsc::UnboundedReceiver<Outbound>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (
+            link.register(r, hello(instance), generation, i64::MAX, tx),
+            rx,
+        )
+    }
+
+    /// The interleaving the floor exists for, forced: a connect's token (generation 1) was
+    /// checked, then a revoking refresh applied its revocation, then the connect registers.
+    #[test]
+    fn a_session_checked_before_a_revocation_cannot_register_after_it() {
+        let link = link();
+        let r = record(2);
+        assert!(link.credentials_revoked(&r, 2, "refreshed").is_empty());
+        let (refused, _rx) = register(&link, &r, "i1", 1);
+        assert_eq!(refused, Err(Refused::CredentialsRevoked));
+        assert_eq!(link.session_count(), 0);
+        let (ok, _rx) = register(&link, &r, "i1", 2);
+        assert!(ok.is_ok(), "the new generation connects");
+    }
+
+    #[test]
+    fn the_other_order_closes_the_session_instead() {
+        let link = link();
+        let r = record(1);
+        let (ok, mut rx) = register(&link, &r, "i1", 1);
+        assert!(ok.is_ok());
+        assert_eq!(link.close_older_generations(&r, 2), vec!["i1".to_owned()]);
+        assert!(matches!(
+            rx.try_recv(),
+            Ok(Outbound::Close { code, .. }) if code == tether_protocol::session::close_code::CREDENTIALS_REVOKED
+        ));
+    }
+
+    #[test]
+    fn reauth_onto_a_revoked_generation_is_refused() {
+        let link = link();
+        let r = record(2);
+        let (id, _rx) = register(&link, &r, "i1", 2);
+        let id = id.expect("registered");
+        // Generation 3 was made and then revoked (refresh to 4) after the reauth token was checked.
+        link.close_older_generations(&r, 4);
+        assert_eq!(
+            link.reauthenticated(r.id, id, 3, i64::MAX),
+            Err(Refused::CredentialsRevoked)
+        );
+        assert_eq!(link.reauthenticated(r.id, id, 4, i64::MAX), Ok(()));
+    }
+
+    #[test]
+    fn a_deleted_runner_takes_no_late_session() {
+        let link = link();
+        let r = record(1);
+        link.close_all(r.id, 4404, "deleted");
+        let (refused, _rx) = register(&link, &r, "i1", 1);
+        assert_eq!(refused, Err(Refused::RunnerDeleted));
+        assert!(link.view(r.id).is_none());
+    }
+
+    /// Stress: sessions register on the generation their token was checked at while another
+    /// thread revokes ever newer generations. Whatever the interleaving, every session on a
+    /// generation below the final floor was either refused or told to close.
+    #[test]
+    fn stress_no_session_below_a_returned_revocation_stays_live() {
+        let link = Arc::new(link());
+        let r = Arc::new(record(1));
+        let floor = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let sessions = std::thread::scope(|s| {
+            let mut registrars = Vec::new();
+            for t in 0..3 {
+                let (link, r, floor) = (link.clone(), r.clone(), floor.clone());
+                registrars.push(s.spawn(move || {
+                    let mut out = Vec::new();
+                    for i in 0..800u32 {
+                        // A token checked a moment ago, maybe before the latest revocation.
+                        let g = floor.load(Ordering::SeqCst) + (i % 2);
+                        let (tx, rx) = mpsc::unbounded_channel();
+                        let res = link.register(&r, hello(&format!("t{t}-{i}")), g, i64::MAX, tx);
+                        out.push((g, res, rx));
+                    }
+                    out
+                }));
+            }
+            let (link, r, floor) = (link.clone(), r.clone(), floor.clone());
+            s.spawn(move || {
+                for g in 1..=400u32 {
+                    link.close_older_generations(&r, g);
+                    floor.store(g, Ordering::SeqCst);
+                }
+            });
+            registrars
+                .into_iter()
+                .flat_map(|h| h.join().expect("registrar"))
+                .collect::<Vec<_>>()
+        });
+        let last = floor.load(Ordering::SeqCst);
+        let (mut refused, mut closed) = (0, 0);
+        for (g, res, mut rx) in sessions {
+            if g >= last {
+                continue;
+            }
+            match res {
+                Err(Refused::CredentialsRevoked) => refused += 1,
+                Err(other) => panic!("unexpected refusal {other:?}"),
+                Ok(_) => {
+                    let mut told = false;
+                    while let Ok(m) = rx.try_recv() {
+                        told |= matches!(m, Outbound::Close { .. });
+                    }
+                    assert!(
+                        told,
+                        "a session on generation {g} < {last} was neither refused nor closed"
+                    );
+                    closed += 1;
+                }
+            }
+        }
+        assert!(refused + closed > 0, "the race was exercised");
+    }
+}

@@ -394,24 +394,32 @@ mod tests {
             let committed = Arc::new(AtomicI64::new(1));
             let returned = Arc::new(AtomicI64::new(1));
             let stop = Arc::new(AtomicBool::new(false));
+            let lookups = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let loads = Arc::new(std::sync::atomic::AtomicU64::new(0));
             let mut readers = Vec::new();
             for _ in 0..4 {
-                let (cache, id, committed, returned, stop) = (
+                let (cache, id, committed, returned, stop, lookups, loads) = (
                     cache.clone(),
                     id.clone(),
                     committed.clone(),
                     returned.clone(),
                     stop.clone(),
+                    lookups.clone(),
+                    loads.clone(),
                 );
                 readers.push(tokio::spawn(async move {
                     let mut checked = 0u64;
                     while !stop.load(Ordering::SeqCst) {
                         let floor = returned.load(Ordering::SeqCst);
-                        let (db, rid) = (committed.clone(), id.clone());
+                        let (db, rid, loads) = (committed.clone(), id.clone(), loads.clone());
                         let got = cache
                             .get(&id, async move {
+                                loads.fetch_add(1, Ordering::Relaxed);
                                 let v = db.load(Ordering::SeqCst);
-                                tokio::task::yield_now().await; // answer late, as a busy store does
+                                // Answer late, as a busy store does.
+                                for _ in 0..3 {
+                                    tokio::task::yield_now().await;
+                                }
                                 Ok(Some(record(&rid, v, CredentialState::Active)))
                             })
                             .await
@@ -423,24 +431,33 @@ mod tests {
                             got.version.0
                         );
                         checked += 1;
+                        lookups.fetch_add(1, Ordering::Relaxed);
                     }
                     checked
                 }));
             }
-            for v in 2..=3000 {
+            // Changes keep coming until the readers have raced them enough (bounded in time).
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut v = 1;
+            while loads.load(Ordering::Relaxed) < 20_000 && Instant::now() < deadline {
+                v += 1;
+                // Commit, let loads in flight read the old or the new state, then invalidate.
                 committed.store(v, Ordering::SeqCst);
+                tokio::task::yield_now().await;
                 cache.invalidate(&id, CredentialsVersion(v));
                 returned.store(v, Ordering::SeqCst);
-                if v % 16 == 0 {
-                    tokio::task::yield_now().await;
-                }
+                tokio::task::yield_now().await;
             }
             stop.store(true, Ordering::SeqCst);
             let mut total = 0;
             for r in readers {
                 total += r.await.expect("reader");
             }
-            assert!(total > 100, "the readers ran ({total} lookups)");
+            let loads = loads.load(Ordering::Relaxed);
+            assert!(
+                total > 1000 && loads > 1000 && v > 100,
+                "the race ran ({total} lookups, {loads} loads, {v} changes)"
+            );
         });
     }
 }

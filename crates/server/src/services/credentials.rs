@@ -233,6 +233,11 @@ pub async fn revoke_previous(
         .close_older_generations(&runner, runner.generation.0);
     audit_cuts(state, &runner, &closed, "previous credentials revoked").await?;
     tracing::info!(runner.id = %runner.id, revoked = ?revoked.revoked, sessions_closed = closed.len(), "previous credentials revoked");
+    // Every retiring generation is revoked now.
+    let runner = RunnerRecord {
+        retiring_until: None,
+        ..runner
+    };
     Ok(RevokedPrevious {
         runner,
         revoked: revoked.revoked,
