@@ -29,15 +29,6 @@ pub fn reload_line(instances: &[Instance]) -> Option<String> {
     }
 }
 
-/// The file the live instances read their secret from, if they all name the same one.
-pub fn secret_file(instances: &[Instance]) -> Option<&str> {
-    let first = instances.first()?.secret_file.as_deref()?;
-    instances
-        .iter()
-        .all(|i| i.secret_file.as_deref() == Some(first))
-        .then_some(first)
-}
-
 /// The guide as text for a terminal: numbered steps, commands indented under them, and a last
 /// step to check the runner reconnected with the new generation. `all_reload`: every live
 /// instance reloads the secret by itself, so restart-only steps are left out.

@@ -41,6 +41,10 @@ pub struct Runner {
     /// Where the newest credential generation stands among the live instances.
     #[serde(default)]
     pub credential_rollout: CredentialRollout,
+    /// The file the runner reads its client secret from, as its instances (or its last session)
+    /// said: where `apply-credentials --platform local` writes a new one.
+    #[serde(default)]
+    pub secret_file: Option<String>,
 }
 
 /// Where a runner's newest credential generation stands among its live instances.

@@ -165,6 +165,8 @@ struct Env {
     app: TestApp,
     client_id: String,
     secret: String,
+    /// The file the runner reads its secret from (it watches it: hot reload).
+    secret_file: PathBuf,
     stop: watch::Sender<bool>,
     agent: JoinHandle<()>,
     _work: tempfile::TempDir,
@@ -195,7 +197,7 @@ impl Env {
             url: Some(app.base_url.clone()),
             client_id: Some(client_id.clone()),
             client_secret: None,
-            client_secret_file: Some(secret_file),
+            client_secret_file: Some(secret_file.clone()),
             client_secret_arn: None,
             ca_file: None,
             max_tasks: 4,
@@ -216,6 +218,7 @@ impl Env {
             app,
             client_id,
             secret,
+            secret_file,
             stop,
             agent,
             _work: work,
@@ -775,4 +778,229 @@ async fn a_viewer_sees_no_refresh_button() {
         }
     })
     .await;
+}
+
+/// A zero-downtime rotation in the browser: the dialog says what overlap really does (nothing is
+/// disconnected), the Apply section follows the runner (steps while the old secret is still in
+/// use, then "Applied: …" once the previous one is revoked), revoking the previous secret and
+/// restarting the runner both ask first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overlap_rotation_says_what_it_does_and_the_apply_section_follows_the_runner() {
+    scenario(
+        "an_overlap_rotation_says_what_it_does_and_the_apply_section_follows_the_runner",
+        |env, c| async move {
+            let c = &c;
+            log_in(c, &env.app, ADMIN_USER, ADMIN_PASSWORD).await;
+            let url = env.app.url(&format!("/runners/{RUNNER}/credentials"));
+            c.goto(&url).await.expect("open the Credentials tab");
+            click(c, &control("Refresh"), "the Refresh button").await;
+            let revoke_text = format!("//p[contains(normalize-space(), '{WHAT_REFRESH_DOES}')]");
+            let overlap_text =
+                "//p[starts-with(normalize-space(), 'With zero-downtime rotation nothing is disconnected')]";
+            see(c, &revoke_text, "what a revoking refresh does").await;
+            assert!(!shown(c, overlap_text).await, "the overlap text shows before it is chosen");
+            click(
+                c,
+                "//label[starts-with(normalize-space(), 'Zero-downtime rotation')]",
+                "the Zero-downtime rotation option",
+            )
+            .await;
+            see(c, overlap_text, "what a zero-downtime rotation does").await;
+            assert!(
+                !shown(c, &revoke_text).await,
+                "with overlap ticked the dialog must not say it disconnects the runner"
+            );
+            let confirm = see(c, &field("Type refresh to confirm"), "the confirmation field").await;
+            confirm.send_keys("refresh").await.expect("typing `refresh`");
+            let submit = see(c, &button("Refresh credentials"), "the Refresh credentials button").await;
+            wait_until("Refresh credentials to become enabled", || async {
+                submit.is_enabled().await.ok().filter(|e| *e).map(|_| ())
+            })
+            .await;
+            submit.click().await.expect("clicking Refresh credentials");
+            see(
+                c,
+                "//*[@role='status'][contains(normalize-space(), 'Credentials refreshed.')]",
+                "the notification Credentials refreshed.",
+            )
+            .await;
+            // The runner is still connected on the old secret: the steps show, with the truth.
+            let until = text_of(&see(c, "//*[@id='apply-until']", "what holds until it is applied").await).await;
+            assert!(
+                until.starts_with("Until this is done, instances keep using the previous secret until"),
+                "{until}"
+            );
+            assert!(!until.contains("unknown"), "the runner is running: {until}");
+            let reload = text_of(&see(c, "//*[@id='apply-reload']", "how the instance reloads").await).await;
+            assert!(reload.contains("reload the secret by themselves"), "{reload}");
+            see(
+                c,
+                "//*[@id='instance-reload']//li[contains(normalize-space(), 'reloads by itself')]",
+                "the instance's reload on the Credentials tab",
+            )
+            .await;
+            assert_eq!(env.api_status().await, "running", "nothing was disconnected");
+
+            // Apply it as the runner's store would: the runner reloads and moves by itself.
+            click(c, &button("Reveal"), "the Reveal button").await;
+            let secret = text_of(&see(c, "//code[@id='revealed-secret']", "the revealed secret").await).await;
+            std::fs::write(&env.secret_file, &secret).expect("writing the secret file");
+            wait_until("the instance to move to generation 2", || async {
+                let r = env.app.get(&format!("/api/v1/runners/{RUNNER}"), Some(&env.app.admin_token)).await;
+                (r.json()["credential_rollout"]["instances_on_newest"] == 1).then_some(())
+            })
+            .await;
+
+            // Revoking the previous secret asks first.
+            c.goto(&url).await.expect("back to the Credentials tab");
+            click(c, &control("Revoke the previous secret now"), "Revoke the previous secret now").await;
+            see(
+                c,
+                "//*[@id='revoke-what'][contains(normalize-space(), 'Generation 1')]",
+                "what revoking the previous secret does",
+            )
+            .await;
+            click(c, &button("Revoke the previous secret"), "the confirming button").await;
+            see(
+                c,
+                "//*[@role='status'][starts-with(normalize-space(), 'Revoked generation 1')]",
+                "what was revoked",
+            )
+            .await;
+            let applied = text_of(&see(c, "//*[@id='apply-applied']", "the Applied state").await).await;
+            assert!(
+                applied.starts_with("Applied: 1 instance on generation 2 since"),
+                "{applied}"
+            );
+            assert!(!shown(c, "//*[@id='apply-until']").await, "no steps once applied");
+            assert_eq!(env.api_status().await, "running");
+
+            // Restart runner asks first, and Cancel changes nothing.
+            click(c, &tab("Details"), "the Details tab").await;
+            click(c, &button("Restart runner"), "Restart runner").await;
+            see(
+                c,
+                "//*[@id='restart-what'][contains(normalize-space(), 'finishes what it is running and exits')]",
+                "what a restart does",
+            )
+            .await;
+            click(c, "//a[normalize-space()='Cancel']", "Cancel").await;
+            see(c, &tab("Details"), "the runner page again").await;
+            assert_eq!(env.api_status().await, "running", "Cancel restarted nothing");
+        },
+    )
+    .await;
+}
+
+/// The `tether` binary next to this test's executable (built with the workspace).
+fn tether_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("tether"))
+        .expect("target directory");
+    assert!(
+        bin.exists(),
+        "{} is missing: build the workspace (cargo build --workspace) before these tests",
+        bin.display()
+    );
+    bin
+}
+
+/// What a new user tries first: `tether server --dev`, then the guide on its `local` runner —
+/// refresh, Unknown, Reveal, apply as the Apply section says, Running again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_guide_works_on_the_dev_servers_local_runner() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let token = "dev-bootstrap-token-for-the-browser-test-0123";
+    let mut server = Command::new(tether_binary())
+        .args(["server", "--dev"])
+        .env("TETHER_LISTEN", format!("127.0.0.1:{port}"))
+        .env("TETHER_ADMIN_PASSWORD", ADMIN_PASSWORD)
+        .env("TETHER_BOOTSTRAP_TOKEN", token)
+        .env("TETHER_HEARTBEAT_SECONDS", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("tether server --dev starts");
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let local = |http: reqwest::Client, base: String| async move {
+        let r = http
+            .get(format!("{base}/api/v1/runners/local"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .ok()?;
+        r.json::<Value>().await.ok()
+    };
+    wait_until("the dev server's local runner to be running", || async {
+        local(http.clone(), base.clone())
+            .await
+            .filter(|v| v["status"] == "running")
+            .map(|_| ())
+    })
+    .await;
+    let browser = Browser::open().await;
+    let c = &browser.client;
+    let outcome = AssertUnwindSafe(async {
+        c.goto(&format!("{base}/login")).await.expect("login page");
+        see(c, &field("Username"), "the Username field").await.send_keys(ADMIN_USER).await.expect("type");
+        see(c, &field("Password"), "the Password field").await.send_keys(ADMIN_PASSWORD).await.expect("type");
+        click(c, &button("Log in"), "Log in").await;
+        see(c, &row("local"), "the local runner's row").await;
+        click(c, &dots("local"), "the ... menu of local").await;
+        click(c, &format!("{}//a[normalize-space()='Runner details']", menu("local")), "Runner details").await;
+        click(c, &tab("Credentials"), "the Credentials tab").await;
+        click(c, &control("Refresh"), "the Refresh button").await;
+        see(c, &field("Type refresh to confirm"), "the confirmation field").await.send_keys("refresh").await.expect("type");
+        let submit = see(c, &button("Refresh credentials"), "Refresh credentials").await;
+        wait_until("Refresh credentials to become enabled", || async {
+            submit.is_enabled().await.ok().filter(|e| *e).map(|_| ())
+        })
+        .await;
+        submit.click().await.expect("click Refresh credentials");
+        see(c, "//*[@role='status'][contains(normalize-space(), 'Credentials refreshed.')]", "the notification").await;
+        wait_until("local to show unknown", || async {
+            displayed(c, "//*[@id='runner-status'][@data-status='unknown']").await.map(|_| ())
+        })
+        .await;
+        // The Apply section says exactly where the dev runner reads its secret.
+        let step = see(c, "//section[@id='apply']//pre/code[starts-with(normalize-space(), \"printf '%s' '<client_secret>' >\")]", "the printf line").await;
+        let command = text_of(&step).await;
+        assert!(command.contains("/local-runner/client_secret"), "{command}");
+        click(c, &button("Reveal"), "the Reveal button").await;
+        let secret = text_of(&see(c, "//code[@id='revealed-secret']", "the revealed secret").await).await;
+        // Do what the Apply section says, with the revealed secret in place of <client_secret>.
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg(command.replace("<client_secret>", &secret))
+            .status()
+            .expect("sh runs");
+        assert!(status.success(), "the Apply section's command failed");
+        // The status turns Running on screen by itself...
+        wait_until("local to show running again", || async {
+            displayed(c, "//*[@id='runner-status'][@data-status='running']").await.map(|_| ())
+        })
+        .await;
+        // ...and the Credentials tab, opened again, says the secret is applied.
+        c.goto(&format!("{base}/runners/local/credentials")).await.expect("Credentials tab");
+        let applied = text_of(&see(c, "//*[@id='apply-applied']", "the Applied state").await).await;
+        assert!(applied.starts_with("Applied: 1 instance on generation 2"), "{applied}");
+    })
+    .catch_unwind()
+    .await;
+    if outcome.is_err() {
+        save_failure_evidence(c, "the_guide_works_on_the_dev_servers_local_runner").await;
+    }
+    browser.close().await;
+    let _ = server.kill();
+    let _ = server.wait();
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
 }

@@ -506,7 +506,7 @@ async fn other(
         client_id: &runner.client_id,
         url: client.base_url(),
         generation,
-        secret_file: crate::next_steps::secret_file(&runner.instances),
+        secret_file: runner.secret_file.as_deref(),
     };
     let plan = platform_steps::plan(&target, &vars);
     if !args.execute {

@@ -15,7 +15,7 @@ use tether_protocol::api::Runner;
 
 use super::apply::{new_secret, Steps};
 use crate::cli::{ApplyArgs, Output};
-use crate::{next_steps, output};
+use crate::output;
 
 /// How long to wait for the instances to pick the new secret up.
 const MOVE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -67,7 +67,7 @@ fn target_file(args: &ApplyArgs, runner: &Runner) -> anyhow::Result<PathBuf> {
     if let Some(f) = &args.secret_file {
         return Ok(f.clone());
     }
-    if let Some(f) = next_steps::secret_file(&runner.instances) {
+    if let Some(f) = &runner.secret_file {
         return Ok(PathBuf::from(f));
     }
     if runner.instances.is_empty() {

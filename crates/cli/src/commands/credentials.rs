@@ -360,7 +360,7 @@ fn refreshed_text(runner: &Runner, r: &RefreshResponse, url: &str) -> String {
             client_id: &r.client_id,
             url,
             generation: r.generation,
-            secret_file: next_steps::secret_file(instances),
+            secret_file: runner.secret_file.as_deref(),
         },
         all_reload,
     ));

@@ -85,6 +85,9 @@ struct LiveRunner {
     credentials_revoked: Option<String>,
     /// The lowest generation still accepted, as far as revocations applied here say.
     accepted_from: u32,
+    /// The secret file the most recent session said it reads (kept after it disconnects, so the
+    /// Apply steps can name it while the runner waits for its new secret).
+    last_secret_file: Option<String>,
 }
 
 impl LiveRunner {
@@ -104,6 +107,7 @@ impl LiveRunner {
             departed: HashMap::new(),
             credentials_revoked: None,
             accepted_from: 0,
+            last_secret_file: None,
         }
     }
 
@@ -167,6 +171,8 @@ fn close_older(live: &mut LiveRunner, active: u32) -> Vec<String> {
 pub struct LiveView {
     pub status: PersistedStatus,
     pub instances: Vec<Instance>,
+    /// The secret file the most recent session said it reads.
+    pub last_secret_file: Option<String>,
 }
 
 /// The hello an instance sent, as the registry keeps it.
@@ -315,6 +321,7 @@ impl RunnerLink {
             }
             live.ever_connected = true;
             live.last_seen_at = Some(now);
+            live.last_secret_file.clone_from(&hello.secret_file);
             live.runner_version = Some(hello.runner_version.clone());
             let session = LiveSession {
                 session_id,
@@ -691,6 +698,7 @@ impl RunnerLink {
         Some(LiveView {
             status: live.persisted(),
             instances,
+            last_secret_file: live.last_secret_file.clone(),
         })
     }
 

@@ -216,12 +216,22 @@ pub struct LiveRunner {
     pub rollout: Rollout,
     /// Since when every live instance has been on the newest generation (applied only).
     pub applied_since: Option<OffsetDateTime>,
+    /// The file the runner reads its secret from: the one its live instances all name, else the
+    /// one its last session named.
+    pub secret_file: Option<String>,
 }
 
 pub fn live(state: &AppState, record: RunnerRecord) -> LiveRunner {
-    let (status, instances) = match state.link.view(record.id) {
-        Some(live) => (live.status, live.instances),
-        None => (record.status.clone(), Vec::new()),
+    let (status, instances, last_file) = match state.link.view(record.id) {
+        Some(live) => (live.status, live.instances, live.last_secret_file),
+        None => (record.status.clone(), Vec::new(), None),
+    };
+    let secret_file = match instances.first() {
+        Some(first) if instances.iter().all(|i| i.secret_file == first.secret_file) => {
+            first.secret_file.clone()
+        }
+        Some(_) => None,
+        None => last_file,
     };
     let rollout = Rollout::of(
         record.generation,
@@ -240,6 +250,7 @@ pub fn live(state: &AppState, record: RunnerRecord) -> LiveRunner {
         instances,
         rollout,
         applied_since,
+        secret_file,
     }
 }
 

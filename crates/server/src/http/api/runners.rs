@@ -155,6 +155,7 @@ pub(crate) fn view(state: &AppState, r: &RunnerRecord) -> Runner {
         record: r,
         status,
         instances,
+        secret_file,
         ..
     } = live;
     Runner {
@@ -175,6 +176,7 @@ pub(crate) fn view(state: &AppState, r: &RunnerRecord) -> Runner {
         paused_by: r.paused_by.clone(),
         auth_health: state.health.view(r.id),
         credential_rollout,
+        secret_file,
     }
 }
 

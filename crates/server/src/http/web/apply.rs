@@ -36,13 +36,7 @@ pub struct ApplyStep {
 /// The section for `l`, whose instances connect to `url`.
 pub fn guide(l: &LiveRunner, url: &str) -> ApplyGuide {
     let g = apply_guide::guide(l.record.platform.as_str());
-    // A file path the instances reported, if they agree on one.
-    let mut files = l.instances.iter().filter_map(|i| i.secret_file.as_deref());
-    let secret_file = files.next().filter(|first| {
-        l.instances
-            .iter()
-            .all(|i| i.secret_file.as_deref() == Some(first))
-    });
+    let secret_file = l.secret_file.as_deref();
     let v = Vars {
         runner: l.record.name.as_str(),
         client_id: l.record.client_id.as_str(),
