@@ -19,6 +19,9 @@ use crate::output;
 
 /// How long to wait for the instances to pick the new secret up.
 const MOVE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long to wait for an instance when none is connected (a cut runner reconnects within
+/// seconds of reading the new secret; one that is not running at all never will).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
 pub async fn run(
     client: &Client,
@@ -113,13 +116,15 @@ fn replace_file(path: &Path, secret: &ClientSecret) -> std::io::Result<()> {
     result
 }
 
-/// Waits until every live instance is on `generation`: `Some(count)`, or `None` if none is live.
+/// Waits until every live instance is on `generation`: `Some(count)`, or `None` if none
+/// connected within [`CONNECT_TIMEOUT`].
 async fn wait_until_moved(
     client: &Client,
     runner: &str,
     generation: u32,
 ) -> anyhow::Result<Option<usize>> {
-    let deadline = tokio::time::Instant::now() + MOVE_TIMEOUT;
+    let started = tokio::time::Instant::now();
+    let deadline = started + MOVE_TIMEOUT;
     loop {
         let r = client.get_runner(runner).await?;
         let on_new = r
@@ -128,9 +133,10 @@ async fn wait_until_moved(
             .filter(|i| i.credential_generation >= generation)
             .count();
         if r.instances.is_empty() {
-            return Ok(None);
-        }
-        if on_new == r.instances.len() {
+            if started.elapsed() >= CONNECT_TIMEOUT {
+                return Ok(None);
+            }
+        } else if on_new == r.instances.len() {
             return Ok(Some(on_new));
         }
         if tokio::time::Instant::now() >= deadline {

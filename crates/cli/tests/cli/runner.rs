@@ -445,12 +445,15 @@ fn aws_secret_arn_source() {
     env.retain(|(k, _)| *k != "OAUTH_CLIENT_SECRET");
     env.push(("OAUTH_CLIENT_SECRET_ARN", arn));
     let runner = RunnerProc::start(&env, s.dir.path().join("arn.log"));
-    s.wait_for(
+    let (shown, _) = s.wait_for(
         "arn",
         "running with the ARN source",
         Duration::from_secs(15),
         status("running"),
     );
+    let instance = &shown["instances"][0];
+    assert_eq!(instance["secret_source"], "aws_secrets_manager", "{shown}");
+    assert_eq!(instance["hot_reload"], true, "{shown}");
     assert!(
         runner.log().contains(&endpoint) || runner.log().contains("OAUTH_CLIENT_SECRET_ARN"),
         "{}",

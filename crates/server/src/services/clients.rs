@@ -56,9 +56,11 @@ impl CachedGeneration {
         self.state.accepts(self.expires_at_s, now_s)
     }
 
-    /// Notes a successful use (a token issued, a session opened or re-authenticated).
+    /// Notes a successful use (a token issued, a session opened or re-authenticated). A plain
+    /// store, not a read-modify-write: this runs on every token request, and of two racing uses the
+    /// store keeps the later time anyway (`record_credential_use` takes the maximum).
     pub fn note_use(&self, at_ms: i64) {
-        self.unflushed_use_ms.fetch_max(at_ms, Ordering::Relaxed);
+        self.unflushed_use_ms.store(at_ms, Ordering::Relaxed);
     }
 }
 
@@ -132,19 +134,21 @@ pub struct ClientCache {
 
 impl ClientCache {
     /// The cached client, or the one `load` reads (installed if no newer change was announced
-    /// meanwhile). `None` for an unknown client id, which is never cached.
-    pub async fn get<F>(
+    /// meanwhile). `None` for an unknown client id, which is never cached. `load` is called only
+    /// on a miss, so a hit builds no store future.
+    pub async fn get<L, F>(
         &self,
         client_id: &ClientId,
-        load: F,
+        load: L,
     ) -> StoreResult<Option<Arc<CachedClient>>>
     where
+        L: FnOnce() -> F,
         F: Future<Output = StoreResult<Option<ClientRecord>>>,
     {
         if let Some(hit) = self.read().get(client_id).and_then(|s| s.entry.clone()) {
             return Ok(Some(hit));
         }
-        let Some(record) = load.await? else {
+        let Some(record) = load().await? else {
             return Ok(None);
         };
         let loaded = Arc::new(CachedClient::from_record(record));
@@ -282,7 +286,7 @@ mod tests {
             let (cache, id) = (cache.clone(), id.clone());
             tokio::spawn(async move {
                 cache
-                    .get(&id, async move {
+                    .get(&id, || async move {
                         let _ = read_done.send(());
                         let _ = release_rx.await; // the store answered with the old view; now wait
                         Ok(Some(stale))
@@ -303,7 +307,7 @@ mod tests {
         // A lookup that starts after the change returned must not see the stale view.
         let fresh = record(&id, 2, CredentialState::Revoked);
         let after = cache
-            .get(&id, async { Ok(Some(fresh)) })
+            .get(&id, || async { Ok(Some(fresh)) })
             .await
             .expect("ok")
             .expect("some");
@@ -316,7 +320,7 @@ mod tests {
         let cache = ClientCache::default();
         let id = client_id();
         let v1 = record(&id, 1, CredentialState::Active);
-        cache.get(&id, async { Ok(Some(v1)) }).await.expect("ok");
+        cache.get(&id, || async { Ok(Some(v1)) }).await.expect("ok");
         cache.invalidate(&id, CredentialsVersion(2));
         let loads = std::sync::atomic::AtomicUsize::new(0);
         let load = |v| {
@@ -327,11 +331,11 @@ mod tests {
                 Ok(Some(r))
             }
         };
-        let got = cache.get(&id, load(2)).await.expect("ok").expect("some");
+        let got = cache.get(&id, || load(2)).await.expect("ok").expect("some");
         assert_eq!(got.version, CredentialsVersion(2));
         // An invalidation at a version the entry already has keeps it.
         cache.invalidate(&id, CredentialsVersion(2));
-        let got = cache.get(&id, load(3)).await.expect("ok").expect("some");
+        let got = cache.get(&id, || load(3)).await.expect("ok").expect("some");
         assert_eq!(got.version, CredentialsVersion(2), "served from the cache");
         assert_eq!(loads.load(Ordering::Relaxed), 1);
     }
@@ -341,12 +345,12 @@ mod tests {
         let cache = ClientCache::default();
         let id = client_id();
         let r = record(&id, 5, CredentialState::Active);
-        cache.get(&id, async { Ok(Some(r)) }).await.expect("ok");
+        cache.get(&id, || async { Ok(Some(r)) }).await.expect("ok");
         cache.deleted(&id);
         // A load that read the row before the delete committed serves only itself.
         let r = record(&id, 5, CredentialState::Active);
-        cache.get(&id, async { Ok(Some(r)) }).await.expect("ok");
-        let none = cache.get(&id, async { Ok(None) }).await.expect("ok");
+        cache.get(&id, || async { Ok(Some(r)) }).await.expect("ok");
+        let none = cache.get(&id, || async { Ok(None) }).await.expect("ok");
         assert!(
             none.is_none(),
             "the deleted client is not served from the cache"
@@ -361,7 +365,7 @@ mod tests {
         let id = client_id();
         let r = record(&id, 1, CredentialState::Active);
         let c = cache
-            .get(&id, async { Ok(Some(r)) })
+            .get(&id, || async { Ok(Some(r)) })
             .await
             .expect("ok")
             .expect("some");
@@ -413,7 +417,7 @@ mod tests {
                         let floor = returned.load(Ordering::SeqCst);
                         let (db, rid, loads) = (committed.clone(), id.clone(), loads.clone());
                         let got = cache
-                            .get(&id, async move {
+                            .get(&id, || async move {
                                 loads.fetch_add(1, Ordering::Relaxed);
                                 let v = db.load(Ordering::SeqCst);
                                 // Answer late, as a busy store does.

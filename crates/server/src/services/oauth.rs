@@ -90,7 +90,11 @@ async fn try_authenticate(
 ) -> Result<(Arc<CachedClient>, u32), (ClientAuthFailure, Option<Arc<CachedClient>>)> {
     let id =
         ClientId::parse(client_id).map_err(|_| (ClientAuthFailure::MalformedClientId, None))?;
-    let client = match state.clients.get(&id, state.store.client_by_id(&id)).await {
+    let client = match state
+        .clients
+        .get(&id, || state.store.client_by_id(&id))
+        .await
+    {
         Ok(Some(c)) => c,
         Ok(None) => return Err((ClientAuthFailure::UnknownClient, None)),
         Err(e) => {
@@ -193,7 +197,7 @@ pub async fn validate_access_token(
     let client_id = ClientId::parse(&claims.client_id).ok()?;
     let client = state
         .clients
-        .get(&client_id, state.store.client_by_id(&client_id))
+        .get(&client_id, || state.store.client_by_id(&client_id))
         .await
         .ok()??;
     if client.runner_id.to_string() != claims.sub {
