@@ -9,11 +9,13 @@ macro_rules! say {
     }};
 }
 
-pub mod auth;
+pub mod clock;
 pub mod config;
+pub mod dispatch;
 pub mod http;
 pub mod jwt;
 pub mod keys;
+pub mod memory;
 pub mod metrics;
 pub mod runner_link;
 pub mod seal;
@@ -97,7 +99,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         );
     }
     let (persist_tx, persist_rx) = tokio::sync::mpsc::unbounded_channel();
-    let (dispatch, dispatch_rx) = services::runs::Dispatcher::new();
+    let (dispatch, dispatch_rx) = dispatch::Dispatcher::new();
     let (shutdown, mut stop) = watch::channel(false);
     let state = AppState::new(Inner {
         config,
@@ -113,7 +115,6 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         dispatch,
         sealer: seal::Sealer::new(&keys.master),
         health: Default::default(),
-        login_throttle: Default::default(),
         started_at: now,
         stopping: shutdown.subscribe(),
     });
@@ -174,10 +175,8 @@ async fn background_loop(state: AppState, mut stop: watch::Receiver<bool>) {
             _ = tick.tick() => {}
             _ = stop.wait_for(|s| *s) => break,
         }
-        if let Err(e) = state
-            .usage
-            .flush(state.store.as_ref(), &state.clients)
-            .await
+        if let Err(e) =
+            services::usage::flush(&state.usage, state.store.as_ref(), &state.clients).await
         {
             tracing::error!(error = %e, "flushing usage data failed");
         }
@@ -185,7 +184,7 @@ async fn background_loop(state: AppState, mut stop: watch::Receiver<bool>) {
         state.revoked.purge(now.unix_timestamp());
         state
             .clients
-            .purge_tombstones(services::clients::TOMBSTONE_TTL);
+            .purge_tombstones(memory::clients::TOMBSTONE_TTL);
         if let Err(e) = services::runners::resume_due(&state).await {
             tracing::error!(
                 error = format!("{e:#}"),
@@ -288,11 +287,13 @@ impl RunningServer {
         let _ = self.sweeper.await;
         self.persister.abort();
         self.dispatcher.abort();
-        self.state
-            .usage
-            .flush(self.state.store.as_ref(), &self.state.clients)
-            .await
-            .context("flushing usage data at shutdown")?;
+        services::usage::flush(
+            &self.state.usage,
+            self.state.store.as_ref(),
+            &self.state.clients,
+        )
+        .await
+        .context("flushing usage data at shutdown")?;
         tracing::info!("tether control plane stopped");
         Ok(())
     }

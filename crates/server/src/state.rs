@@ -6,13 +6,13 @@ use tether_domain::Pepper;
 use tether_store::Store;
 
 use crate::config::ServerConfig;
+use crate::dispatch::Dispatcher;
 use crate::jwt::TokenSigner;
+use crate::memory::clients::ClientCache;
+use crate::memory::revoked::RevokedTokens;
+use crate::memory::usage::UsageTracker;
 use crate::metrics::Metrics;
 use crate::runner_link::RunnerLink;
-use crate::services::clients::ClientCache;
-use crate::services::oauth::RevokedTokens;
-use crate::services::runs::Dispatcher;
-use crate::services::usage::UsageTracker;
 
 #[derive(Clone, Debug)]
 pub struct AppState(Arc<Inner>);
@@ -31,8 +31,7 @@ pub struct Inner {
     pub public_url: String,
     pub dispatch: Dispatcher,
     pub sealer: crate::seal::Sealer,
-    pub health: crate::services::health::AuthHealthTracker,
-    pub login_throttle: crate::http::web::throttle::LoginThrottle,
+    pub health: crate::memory::health::AuthHealthTracker,
     /// When this process started: tasks of instances it never saw count as gone since then.
     pub started_at: time::OffsetDateTime,
     /// Turns true when the server shuts down: long-lived responses (the UI's event stream) end

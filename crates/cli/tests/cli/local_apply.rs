@@ -21,6 +21,18 @@ fn start_file_runner(s: &Setup, label: &str) -> (RunnerProc, std::path::PathBuf)
     (runner, file)
 }
 
+/// Waits until `name` runs, checks its one instance reports `source` and `hot_reload`; returns it.
+fn running_instance(s: &Setup, name: &str, source: &str, hot_reload: bool) -> Value {
+    let (shown, _) = s.wait_for(name, "running", Duration::from_secs(15), status("running"));
+    let i = shown["instances"][0].clone();
+    assert_eq!(
+        (i["secret_source"].as_str(), i["hot_reload"].as_bool()),
+        (Some(source), Some(hot_reload)),
+        "{shown}"
+    );
+    i
+}
+
 fn on_generation(g: u64) -> impl Fn(&Value) -> bool {
     move |r| {
         r["status"] == "running"
@@ -34,18 +46,7 @@ fn on_generation(g: u64) -> impl Fn(&Value) -> bool {
 fn a_file_runner_is_told_it_reloads_and_apply_credentials_local_moves_it() {
     let s = setup("filer");
     let (_runner, file) = start_file_runner(&s, "filer");
-    let (shown, _) = s.wait_for(
-        "filer",
-        "running",
-        Duration::from_secs(15),
-        status("running"),
-    );
-    let i = &shown["instances"][0];
-    assert_eq!(
-        (i["secret_source"].as_str(), i["hot_reload"].as_bool()),
-        (Some("file"), Some(true)),
-        "{shown}"
-    );
+    let i = running_instance(&s, "filer", "file", true);
     let canonical = std::fs::canonicalize(&file).expect("path");
     assert_eq!(
         std::fs::canonicalize(i["secret_file"].as_str().expect("secret_file")).expect("path"),
@@ -105,18 +106,7 @@ fn a_file_runner_is_told_it_reloads_and_apply_credentials_local_moves_it() {
 fn an_env_runner_is_told_it_needs_a_restart() {
     let s = setup("envy");
     let _runner = s.start_runner("envy");
-    let (shown, _) = s.wait_for(
-        "envy",
-        "running",
-        Duration::from_secs(15),
-        status("running"),
-    );
-    let i = &shown["instances"][0];
-    assert_eq!(
-        (i["secret_source"].as_str(), i["hot_reload"].as_bool()),
-        (Some("env"), Some(false)),
-        "{shown}"
-    );
+    running_instance(&s, "envy", "env", false);
     let o = admin(
         &s.server,
         &["runners", "refresh-credentials", "envy", "--yes"],

@@ -11,7 +11,7 @@ use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
-use crate::auth::{resolve_api_token, Caller};
+use crate::services::auth::{resolve_api_token, Caller};
 use crate::state::AppState;
 
 /// The peer address of the connection, as the audit log records it.

@@ -6,6 +6,7 @@ pub mod error;
 pub mod extract;
 pub mod oauth;
 pub mod ops;
+pub mod runner_session;
 pub mod web;
 pub mod wellknown;
 
@@ -33,7 +34,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/openapi.json", get(get_openapi))
         .route(
             tether_protocol::session::CONNECT_PATH,
-            get(crate::runner_link::session::connect_runner),
+            get(runner_session::connect_runner),
         )
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })

@@ -16,7 +16,7 @@ use tether_protocol::oauth::{Introspection, OAuthError, TokenResponse};
 
 use super::error::ApiError;
 use super::extract::{read_body, ClientIp};
-use crate::auth::resolve_api_token;
+use crate::services::auth::resolve_api_token;
 use crate::services::oauth::{self, ClientAuthFailure};
 use crate::state::AppState;
 

@@ -15,8 +15,6 @@
 //! the scan closes it, or the floor was raised first and the registration is refused. A deleted
 //! runner keeps a tombstone (floor above every generation) for [`TOMBSTONE_TTL`].
 
-pub mod session;
-
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;

@@ -12,7 +12,8 @@ use time::OffsetDateTime;
 
 use super::audit::{self, AuditEventExt};
 use super::{rfc3339, ServiceError};
-use crate::auth::Caller;
+use crate::clock::clock;
+use crate::services::auth::Caller;
 use crate::state::AppState;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -382,12 +383,6 @@ async fn audit_cuts(
 
 fn aad(runner: RunnerId) -> Vec<u8> {
     format!("tether-runner:{runner}").into_bytes()
-}
-
-/// `2026-11-23 12:04:10 UTC`
-pub fn clock(t: OffsetDateTime) -> String {
-    let f = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second] UTC");
-    t.format(&f).unwrap_or_default()
 }
 
 /// A runner's credentials as the Credentials tab and `GET .../credentials` show them: every

@@ -2,10 +2,9 @@
 //! talk to the store and the in-memory caches and return domain or store records.
 
 pub mod audit;
+pub mod auth;
 pub mod bootstrap;
-pub mod clients;
 pub mod credentials;
-pub mod health;
 pub mod oauth;
 pub mod pipelines;
 pub mod runners;

@@ -2,9 +2,8 @@
 //! The hot path (authenticate, sign) touches only memory; the database sees the first token of
 //! each credential generation and periodic, aggregated usage.
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
@@ -13,8 +12,8 @@ use tether_domain::{random_bytes, ClientId, ClientSecret};
 use time::OffsetDateTime;
 
 use super::audit::{self, AuditEventExt};
-use super::clients::CachedClient;
 use crate::jwt::Claims;
+use crate::memory::clients::CachedClient;
 use crate::state::AppState;
 
 /// Why client authentication failed. The reason is logged and counted, never told to the client
@@ -227,39 +226,4 @@ pub async fn revoke_access_token(
         .revoke_access_token(&claims.jti, claims.exp * 1000, ev)
         .await?;
     Ok(())
-}
-
-/// Ids (`jti`) of access tokens revoked before expiry, with their expiry (unix seconds).
-#[derive(Debug, Default)]
-pub struct RevokedTokens {
-    set: RwLock<HashMap<String, i64>>,
-}
-
-impl RevokedTokens {
-    pub fn contains(&self, jti: &str) -> bool {
-        self.set
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(jti)
-    }
-
-    pub fn insert(&self, jti: String, exp: i64) {
-        self.set
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(jti, exp);
-    }
-
-    pub fn load(&self, revoked: Vec<(String, i64)>) {
-        let mut set = self.set.write().unwrap_or_else(|p| p.into_inner());
-        set.extend(revoked);
-    }
-
-    /// Forgets tokens that have expired anyway.
-    pub fn purge(&self, now: i64) {
-        self.set
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|_, exp| *exp > now);
-    }
 }

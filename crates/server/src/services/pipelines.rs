@@ -7,7 +7,7 @@ use time::OffsetDateTime;
 
 use super::audit::{self, AuditEventExt};
 use super::ServiceError;
-use crate::auth::Caller;
+use crate::services::auth::Caller;
 use crate::state::AppState;
 
 /// Creates or replaces a pipeline.

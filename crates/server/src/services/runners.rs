@@ -10,7 +10,7 @@ use time::OffsetDateTime;
 
 use super::audit::{self, AuditEventExt};
 use super::{rfc3339, ServiceError};
-use crate::auth::Caller;
+use crate::services::auth::Caller;
 use crate::state::AppState;
 
 #[derive(Debug)]
@@ -268,7 +268,7 @@ impl LiveRunner {
                 instances(r.instances_on_newest),
                 r.generation,
                 self.applied_since
-                    .map(|t| format!(" since {}", super::credentials::clock(t)))
+                    .map(|t| format!(" since {}", crate::clock::clock(t)))
                     .unwrap_or_default()
             ),
             RolloutState::Overlap => {

@@ -2,7 +2,7 @@
 //! applying the updates runners send back, cancelling, and marking tasks `lost` when their
 //! instance does not come back.
 //!
-//! Dispatch happens in one background task per control plane, woken by [`Dispatcher::poke`]
+//! Dispatch happens in one background task per control plane, woken by [`crate::dispatch::Dispatcher::poke`]
 //! whenever something may have made work startable (a new run, a connected instance, a finished
 //! task, a resume). Claiming a task is a conditional update in the store, so a task is never
 //! handed out twice even if two dispatch passes overlap.
@@ -20,26 +20,9 @@ use tokio::sync::mpsc;
 
 use super::audit::{self, AuditEventExt};
 use super::ServiceError;
-use crate::auth::Caller;
 use crate::runner_link::Presence;
+use crate::services::auth::Caller;
 use crate::state::AppState;
-
-/// Wakes the dispatch loop for a runner.
-#[derive(Debug, Clone)]
-pub struct Dispatcher {
-    tx: mpsc::UnboundedSender<RunnerId>,
-}
-
-impl Dispatcher {
-    pub fn new() -> (Self, mpsc::UnboundedReceiver<RunnerId>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        (Self { tx }, rx)
-    }
-
-    pub fn poke(&self, runner: RunnerId) {
-        let _ = self.tx.send(runner);
-    }
-}
 
 /// Runs dispatch passes until the channel closes; pokes that arrive during a pass are coalesced.
 pub async fn dispatch_loop(state: AppState, mut rx: mpsc::UnboundedReceiver<RunnerId>) {

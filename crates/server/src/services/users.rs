@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 
 use super::audit::{self, AuditEventExt};
 use super::ServiceError;
-use crate::auth::Caller;
+use crate::services::auth::Caller;
 use crate::state::AppState;
 
 /// argon2id with the crate's defaults (19 MiB, 2 passes), off the async runtime.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tether_testkit::{spawn_app_with, TestApp};
 
-use crate::ws::{connect, next, runner, send, Ws};
+use crate::ws::{assign_slow_run, connect, next, runner, send, Ws};
 
 async fn app() -> TestApp {
     spawn_app_with(|c| {
@@ -310,28 +310,7 @@ async fn runs_in_progress_refuse_a_refresh_unless_forced() {
     let app = app().await;
     let (id, secret) = runner(&app, "c5").await;
     let mut ws = connect(&app, &id, &secret, "i1").await;
-    let r = app
-        .request(
-            reqwest::Method::PUT,
-            "/api/v1/pipelines/p",
-            Some(&app.admin_token),
-            Some(&json!({"tasks": [{"name": "a", "run": "sleep 5"}]})),
-        )
-        .await;
-    assert_eq!(r.status, 200);
-    let run = app
-        .post(
-            "/api/v1/pipelines/p/runs",
-            Some(&app.admin_token),
-            &json!({"runner": "c5"}),
-        )
-        .await
-        .json();
-    loop {
-        if next(&mut ws).await.expect("assign")["type"] == "assign" {
-            break;
-        }
-    }
+    let run = assign_slow_run(&app, "p", "c5", &mut ws).await;
     let p = refresh(&app, "c5", json!({"confirm": "refresh"}))
         .await
         .assert_problem(409, "runs_in_progress");

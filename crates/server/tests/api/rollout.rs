@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use tether_domain::ApiToken;
 use tether_testkit::{spawn_app_with, TestApp};
 
-use crate::ws::{next, open, runner, send, Ws};
+use crate::ws::{assign_slow_run, next, open, runner, send, Ws};
 
 async fn app() -> TestApp {
     spawn_app_with(|c| {
@@ -82,35 +82,12 @@ async fn revoke_previous_without_a_body(app: &TestApp, runner: &str) -> Value {
     r.json()
 }
 
-async fn start_a_run(app: &TestApp, runner: &str, ws: &mut Ws) -> Value {
-    let r = app
-        .request(
-            reqwest::Method::PUT,
-            "/api/v1/pipelines/slow",
-            Some(&app.admin_token),
-            Some(&json!({"tasks": [{"name": "a", "run": "sleep 5"}]})),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.body);
-    let run = app
-        .post(
-            "/api/v1/pipelines/slow/runs",
-            Some(&app.admin_token),
-            &json!({"runner": runner}),
-        )
-        .await
-        .json();
-    // Assigned to this instance: the run is in progress.
-    while next(ws).await.expect("assign")["type"] != "assign" {}
-    run
-}
-
 #[tokio::test]
 async fn an_overlap_refresh_with_a_run_in_progress_proceeds_and_cuts_nothing() {
     let app = app().await;
     let (id, secret) = runner(&app, "busy").await;
     let mut ws = connect_with(&app, &id, &secret, "i1", "file", true).await;
-    start_a_run(&app, "busy", &mut ws).await;
+    assign_slow_run(&app, "slow", "busy", &mut ws).await;
     // Revoke mode is still refused...
     app.post(
         "/api/v1/runners/busy/credentials/refresh",

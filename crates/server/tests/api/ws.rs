@@ -82,3 +82,27 @@ pub async fn connect(app: &TestApp, id: &str, secret: &str, instance: &str) -> W
     assert_eq!(welcome["heartbeat_seconds"], 1);
     ws
 }
+
+/// Defines `pipeline` (one `sleep 5` task), queues a run of it on `runner` and waits until `ws`,
+/// the runner's only session, is assigned its task: the run is in progress. Returns the run.
+pub async fn assign_slow_run(app: &TestApp, pipeline: &str, runner: &str, ws: &mut Ws) -> Value {
+    let r = app
+        .request(
+            reqwest::Method::PUT,
+            &format!("/api/v1/pipelines/{pipeline}"),
+            Some(&app.admin_token),
+            Some(&json!({"tasks": [{"name": "a", "run": "sleep 5"}]})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let run = app
+        .post(
+            &format!("/api/v1/pipelines/{pipeline}/runs"),
+            Some(&app.admin_token),
+            &json!({"runner": runner}),
+        )
+        .await
+        .json();
+    while next(ws).await.expect("assign")["type"] != "assign" {}
+    run
+}

@@ -6,9 +6,9 @@ use tether_protocol::api::{AuditEvent, AuditList};
 use tether_store::AuditFilter;
 
 use super::cursor;
-use crate::auth::Caller;
 use crate::http::error::ApiError;
 use crate::http::extract::QueryParams;
+use crate::services::auth::Caller;
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {

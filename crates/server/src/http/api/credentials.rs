@@ -13,9 +13,9 @@ use tether_store::RunnerRecord;
 
 use super::runners::rollout_view;
 use super::runs::view as run_view;
-use crate::auth::Caller;
 use crate::http::error::ApiError;
 use crate::http::extract::{ApiJson, OptionalJson};
+use crate::services::auth::Caller;
 use crate::services::credentials::{self, Mode};
 use crate::services::{runners, ServiceError};
 use crate::state::AppState;

@@ -12,9 +12,9 @@ use tether_protocol::api::{
 use tether_store::PipelineRecord;
 
 use super::runs::view as run_view;
-use crate::auth::Caller;
 use crate::http::error::ApiError;
 use crate::http::extract::ApiJson;
+use crate::services::auth::Caller;
 use crate::services::{pipelines, runs};
 use crate::state::AppState;
 

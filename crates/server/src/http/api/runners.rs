@@ -9,9 +9,9 @@ use tether_protocol::api::{
 use tether_store::RunnerRecord;
 
 use super::cursor;
-use crate::auth::Caller;
 use crate::http::error::ApiError;
 use crate::http::extract::{ApiJson, QueryParams};
+use crate::services::auth::Caller;
 use crate::services::runners::{self, LiveRunner, NewRunnerInput};
 use crate::state::AppState;
 

@@ -10,9 +10,9 @@ use tether_domain::{Role, RunState};
 use tether_protocol::api::{Run, RunList, RunTask};
 use tether_store::RunRecord;
 
-use crate::auth::Caller;
 use crate::http::error::ApiError;
 use crate::http::extract::QueryParams;
+use crate::services::auth::Caller;
 use crate::services::runs;
 use crate::state::AppState;
 

@@ -5,9 +5,9 @@ use axum::{Json, Router};
 use tether_domain::{Password, Role, TokenName, Username};
 use tether_protocol::api::{CreateTokenRequest, CreateUserRequest, CreatedToken, Me, User};
 
-use crate::auth::Caller;
 use crate::http::error::ApiError;
 use crate::http::extract::ApiJson;
+use crate::services::auth::Caller;
 use crate::services::users;
 use crate::state::AppState;
 

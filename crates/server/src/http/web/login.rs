@@ -8,9 +8,11 @@ use axum::http::header::SET_COOKIE;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Router;
+use axum::{Extension, Router};
+use std::sync::Arc;
 
 use super::session::{self, cookie, random_token, same, set_cookie, Form, PostForm, Visitor};
+use super::throttle::LoginThrottle;
 use super::{page, see_other, WebError};
 use crate::http::extract::{ClientIp, QueryParams};
 use crate::services::users;
@@ -18,10 +20,13 @@ use crate::state::AppState;
 
 const LOGIN_COOKIE: &str = "tether_login";
 
+/// The login routes; the throttle of refused logins belongs to them alone, not to the shared state.
 pub fn router() -> Router<AppState> {
+    let throttle = Arc::new(LoginThrottle::default());
     Router::new()
         .route("/login", get(show_login).post(log_in))
         .route("/logout", post(log_out))
+        .layer(Extension(throttle))
 }
 
 #[derive(Template)]
@@ -100,6 +105,7 @@ async fn show_login(
 
 async fn log_in(
     State(state): State<AppState>,
+    Extension(throttle): Extension<Arc<LoginThrottle>>,
     ClientIp(source_ip): ClientIp,
     headers: HeaderMap,
     body: Bytes,
@@ -112,7 +118,7 @@ async fn log_in(
     let next = safe_next(form.get("next"));
     let username = form.get("username").trim().to_owned();
     let ip = source_ip.as_deref();
-    if let Some(left) = state.login_throttle.locked_for(&username, ip) {
+    if let Some(left) = throttle.locked_for(&username, ip) {
         tracing::warn!(user = %username, source_ip = ?source_ip, retry_after_s = left.as_secs(),
             "web login refused: too many failed logins; locked out for a while");
         let mut response = login_page(
@@ -132,7 +138,7 @@ async fn log_in(
         return Ok(response);
     }
     let Some(user) = users::authenticate(&state, &username, form.get("password")).await? else {
-        state.login_throttle.failed(&username, ip);
+        throttle.failed(&username, ip);
         tracing::warn!(user = %username, source_ip = ?source_ip, "web login refused: wrong username or password");
         return login_page(
             &state,
@@ -144,7 +150,7 @@ async fn log_in(
             None,
         );
     };
-    state.login_throttle.succeeded(&username, ip);
+    throttle.succeeded(&username, ip);
     let session_cookie = session::start(&state, &user, source_ip).await?;
     let mut response = see_other(&next);
     let headers = response.headers_mut();

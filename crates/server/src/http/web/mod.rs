@@ -216,7 +216,7 @@ fn query_value(v: &str) -> String {
 
 /// `2026-11-23 12:04:10 UTC`
 pub fn when(t: OffsetDateTime) -> String {
-    crate::services::credentials::clock(t)
+    crate::clock::clock(t)
 }
 
 /// `HH:MM UTC`

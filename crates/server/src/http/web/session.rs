@@ -19,9 +19,9 @@ use tether_store::{NewWebSession, UserRecord};
 use time::{Duration, OffsetDateTime};
 
 use super::WebError;
-use crate::auth::Caller;
 use crate::http::extract::ClientIp;
 use crate::services::audit::{self, AuditEventExt};
+use crate::services::auth::Caller;
 use crate::state::AppState;
 
 pub const SESSION_COOKIE: &str = "tether_session";

@@ -190,24 +190,7 @@ async fn running_pipelines_are_listed_and_refresh_needs_force() {
     let app = crate::ws::app().await;
     let (id, secret) = runner(&app, "busy").await;
     let mut ws = connect(&app, &id, &secret, "i1").await;
-    let r = app
-        .request(
-            reqwest::Method::PUT,
-            "/api/v1/pipelines/nightly",
-            Some(&app.admin_token),
-            Some(&json!({"tasks": [{"name": "a", "run": "sleep 5"}]})),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.body);
-    let run = app
-        .post(
-            "/api/v1/pipelines/nightly/runs",
-            Some(&app.admin_token),
-            &json!({"runner": "busy"}),
-        )
-        .await
-        .json();
-    while next(&mut ws).await.expect("assign")["type"] != "assign" {}
+    let run = crate::ws::assign_slow_run(&app, "nightly", "busy", &mut ws).await;
     let run_id = run["id"].as_str().expect("run id");
     let b = operator(&app).await;
 

@@ -12,7 +12,7 @@ use tether_domain::RunnerId;
 use tether_protocol::api::AuthHealth;
 use time::OffsetDateTime;
 
-use super::credentials::clock;
+use crate::clock::clock;
 
 #[derive(Debug, Default)]
 struct Cell {

@@ -2,7 +2,7 @@
 
 use tether_domain::{ApiToken, Role, UserId, Username};
 
-use crate::services::ServiceError;
+use super::ServiceError;
 use crate::state::AppState;
 
 #[derive(Debug, Clone)]

@@ -1,5 +1,6 @@
-//! One runner instance's WebSocket session: authenticate the upgrade with the access token, wait
-//! for `hello`, register, then relay messages until either side ends it.
+//! The edge of a runner instance's WebSocket session: authenticate the upgrade with the access
+//! token, wait for `hello`, register in the session registry (`runner_link`), then map protocol
+//! messages to the services and back until either side ends it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,10 +14,10 @@ use tether_domain::Disconnect;
 use tether_protocol::session::{close_code, RunnerMessage, ServerMessage, PROTOCOL_VERSION};
 use tokio::sync::mpsc;
 
-use super::{Hello, Outbound, Refused};
-use crate::http::error::ApiError;
+use super::error::ApiError;
 use crate::jwt::Claims;
-use crate::services::clients::CachedClient;
+use crate::memory::clients::CachedClient;
+use crate::runner_link::{Hello, Outbound, Refused};
 use crate::services::oauth;
 use crate::state::AppState;
 
