@@ -930,3 +930,298 @@ async fn cancel_lost_and_runner_deletion_end_runs() {
     assert_eq!(all.len(), 4);
     assert_eq!(all[0].id, active.id, "newest first");
 }
+
+// ---------------------------------------------------------------------------------------------
+// RotationStore: the headline feature's storage
+// ---------------------------------------------------------------------------------------------
+
+fn generation_of(
+    pepper_input: &str,
+    runner: RunnerId,
+    mode: tether_store::RotationMode,
+) -> tether_store::NewGeneration {
+    let now = OffsetDateTime::now_utc();
+    tether_store::NewGeneration {
+        runner_id: runner,
+        verifier: Pepper::from_bytes([1; 32]).verifier(pepper_input),
+        sealed_secret: pepper_input.as_bytes().to_vec(),
+        reveal_until_ms: to_ms(now + time::Duration::minutes(15)),
+        mode,
+        at_ms: to_ms(now),
+        created_by: "user:alice".into(),
+    }
+}
+
+async fn client_of(store: &Arc<dyn Store>, r: &NewRunner) -> tether_store::ClientRecord {
+    store
+        .client_by_id(&r.client_id)
+        .await
+        .expect("client")
+        .expect("exists")
+}
+
+fn states(c: &tether_store::ClientRecord) -> Vec<(u32, CredentialState)> {
+    c.generations
+        .iter()
+        .map(|g| (g.generation.0, g.state))
+        .collect()
+}
+
+#[tokio::test]
+async fn refresh_revokes_or_retires_bumps_the_version_and_records_who_revoked() {
+    use tether_store::RotationMode;
+    let (store, _dir) = sqlite().await;
+    let r = new_runner("rot");
+    store
+        .create_runner(r.clone(), ev("runner.created", None))
+        .await
+        .expect("create");
+    let v1 = client_of(&store, &r).await.version;
+
+    // Overlap: the previous generation retires until the given time.
+    let until = OffsetDateTime::now_utc() + time::Duration::hours(1);
+    let out = store
+        .refresh_credentials(
+            generation_of(
+                "s2",
+                r.id,
+                RotationMode::Overlap {
+                    expires_at_ms: to_ms(until),
+                },
+            ),
+            ev("credentials.refreshed", Some((r.id, "rot"))),
+        )
+        .await
+        .expect("refresh");
+    assert_eq!(
+        (out.generation, out.previous),
+        (Generation(2), Generation(1))
+    );
+    assert!(out.revoked.is_empty());
+    assert!(out.version > v1, "every change bumps the version");
+    let c = client_of(&store, &r).await;
+    assert_eq!(
+        c.version, out.version,
+        "the record is read at the committed version"
+    );
+    assert_eq!(
+        states(&c),
+        [(2, CredentialState::Active), (1, CredentialState::Retiring)]
+    );
+    let runner = store
+        .runner_by_id(r.id)
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(runner.generation, Generation(2));
+    assert_eq!(
+        runner.retiring_until.map(to_ms),
+        Some(to_ms(until)),
+        "the runner record says until when the old secret works"
+    );
+
+    // Revoke mode: the active one and every retiring one are revoked, by the refresher.
+    let out = store
+        .refresh_credentials(
+            generation_of("s3", r.id, RotationMode::Revoke),
+            ev("credentials.refreshed", Some((r.id, "rot"))),
+        )
+        .await
+        .expect("refresh");
+    assert_eq!(out.revoked, [Generation(1), Generation(2)]);
+    let c = client_of(&store, &r).await;
+    assert_eq!(c.version, out.version);
+    assert_eq!(
+        states(&c),
+        [
+            (3, CredentialState::Active),
+            (2, CredentialState::Revoked),
+            (1, CredentialState::Revoked)
+        ]
+    );
+    for g in &c.generations[1..] {
+        assert!(
+            g.revoked_at.is_some(),
+            "generation {} has revoked_at",
+            g.generation
+        );
+        assert_eq!(g.revoked_by.as_deref(), Some("user:alice"));
+    }
+    assert!(c.generations[0].revoked_at.is_none());
+    let runner = store
+        .runner_by_id(r.id)
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(runner.retiring_until, None);
+    // The audit event of the refresh carries the generations.
+    let events = store
+        .list_audit(AuditFilter {
+            runner: Some(r.id.to_string()),
+            before_id: None,
+            limit: 10,
+        })
+        .await
+        .expect("audit");
+    let refreshed = events
+        .iter()
+        .find(|e| e.action == "credentials.refreshed")
+        .expect("refresh audited");
+    assert_eq!(refreshed.detail["generation"], 3);
+    assert_eq!(refreshed.detail["previous_generation"], 2);
+}
+
+#[tokio::test]
+async fn a_refresh_of_a_missing_runner_is_not_found_and_writes_nothing() {
+    use tether_store::RotationMode;
+    let (store, _dir) = sqlite().await;
+    let before = audit_count(&store).await;
+    let err = store
+        .refresh_credentials(
+            generation_of("s", RunnerId::new(), RotationMode::Revoke),
+            ev("credentials.refreshed", None),
+        )
+        .await
+        .expect_err("no runner");
+    assert!(matches!(err, StoreError::NotFound), "{err:?}");
+    assert_eq!(audit_count(&store).await, before);
+    let err = store
+        .revoke_retiring(RunnerId::new(), ev("credentials.previous_revoked", None))
+        .await
+        .expect_err("no runner");
+    assert!(matches!(err, StoreError::NotFound), "{err:?}");
+}
+
+#[tokio::test]
+async fn revoke_retiring_ends_an_overlap_once_and_keeps_the_version_when_there_is_none() {
+    use tether_store::RotationMode;
+    let (store, _dir) = sqlite().await;
+    let r = new_runner("overlap");
+    store
+        .create_runner(r.clone(), ev("runner.created", None))
+        .await
+        .expect("create");
+    let until = OffsetDateTime::now_utc() + time::Duration::hours(1);
+    store
+        .refresh_credentials(
+            generation_of(
+                "s2",
+                r.id,
+                RotationMode::Overlap {
+                    expires_at_ms: to_ms(until),
+                },
+            ),
+            ev("credentials.refreshed", Some((r.id, "overlap"))),
+        )
+        .await
+        .expect("refresh");
+    let mut by_bob = ev("credentials.previous_revoked", Some((r.id, "overlap")));
+    by_bob.actor = "user:bob".into();
+    let done = store.revoke_retiring(r.id, by_bob).await.expect("revoke");
+    assert_eq!(done.revoked, [Generation(1)]);
+    let c = client_of(&store, &r).await;
+    assert_eq!(c.version, done.version);
+    assert_eq!(c.generations[1].state, CredentialState::Revoked);
+    assert_eq!(c.generations[1].revoked_by.as_deref(), Some("user:bob"));
+    // Nothing left: no generation revoked, the version unchanged.
+    let again = store
+        .revoke_retiring(
+            r.id,
+            ev("credentials.previous_revoked", Some((r.id, "overlap"))),
+        )
+        .await
+        .expect("revoke");
+    assert!(again.revoked.is_empty());
+    assert_eq!(again.version, done.version);
+}
+
+#[tokio::test]
+async fn grace_expiry_revokes_only_what_ended_as_system_and_bumps_each_runner() {
+    use tether_store::RotationMode;
+    let (store, _dir) = sqlite().await;
+    let now = OffsetDateTime::now_utc();
+    let ended = new_runner("ended");
+    let later = new_runner("later");
+    for (r, until) in [
+        (&ended, now - time::Duration::seconds(1)),
+        (&later, now + time::Duration::hours(1)),
+    ] {
+        store
+            .create_runner(r.clone(), ev("runner.created", None))
+            .await
+            .expect("create");
+        store
+            .refresh_credentials(
+                generation_of(
+                    "s2",
+                    r.id,
+                    RotationMode::Overlap {
+                        expires_at_ms: to_ms(until),
+                    },
+                ),
+                ev("credentials.refreshed", None),
+            )
+            .await
+            .expect("refresh");
+    }
+    let before = client_of(&store, &ended).await.version;
+    let expired = store.expire_retiring(to_ms(now)).await.expect("expire");
+    assert_eq!(expired.len(), 1);
+    assert_eq!(expired[0].runner_id, ended.id);
+    assert_eq!(expired[0].generation, Generation(1));
+    assert!(expired[0].version > before);
+    let c = client_of(&store, &ended).await;
+    assert_eq!(c.version, expired[0].version);
+    assert_eq!(c.generations[1].state, CredentialState::Revoked);
+    assert_eq!(c.generations[1].revoked_by.as_deref(), Some("system"));
+    assert_eq!(
+        client_of(&store, &later).await.generations[1].state,
+        CredentialState::Retiring
+    );
+    assert!(store
+        .expire_retiring(to_ms(now))
+        .await
+        .expect("again")
+        .is_empty());
+}
+
+#[tokio::test]
+async fn sealed_secrets_are_kept_only_for_the_newest_generation_and_their_window() {
+    use tether_store::RotationMode;
+    let (store, _dir) = sqlite().await;
+    let r = new_runner("sealed");
+    store
+        .create_runner(r.clone(), ev("runner.created", None))
+        .await
+        .expect("create");
+    let now = OffsetDateTime::now_utc();
+    assert!(store
+        .sealed_secret(r.id, to_ms(now))
+        .await
+        .expect("read")
+        .is_none());
+    for s in ["s2", "s3"] {
+        store
+            .refresh_credentials(
+                generation_of(s, r.id, RotationMode::Revoke),
+                ev("credentials.refreshed", None),
+            )
+            .await
+            .expect("refresh");
+    }
+    let sealed = store
+        .sealed_secret(r.id, to_ms(now))
+        .await
+        .expect("read")
+        .expect("kept");
+    assert_eq!(sealed.generation, Generation(3));
+    assert_eq!(sealed.sealed, b"s3", "only the newest one is kept");
+    // After its window it is gone, and purging finds nothing more.
+    let after = to_ms(now + time::Duration::minutes(16));
+    assert!(store
+        .sealed_secret(r.id, after)
+        .await
+        .expect("read")
+        .is_none());
+    assert_eq!(store.purge_sealed_secrets(after).await.expect("purge"), 0);
+}
