@@ -1,10 +1,30 @@
+//! The store's one error type. Backends map their driver errors into it (constraint violations by
+//! constraint, never by message text at the call site); callers never see a driver type.
+
 use std::error::Error as StdError;
+
+/// Which uniqueness rule a write broke, whatever the backend calls it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Conflict {
+    /// Another runner has this name.
+    RunnerName,
+    /// Another runner has this client id.
+    ClientId,
+    /// Another user has this username.
+    Username,
+    /// An API token with this verifier exists.
+    ApiToken,
+    /// The runner would have two active credential generations.
+    ActiveGeneration,
+    /// A rule this enum does not name yet (the backend's constraint name).
+    Other(String),
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// A uniqueness rule was broken; `constraint` is `table.column` (e.g. `runners.name`).
-    #[error("conflicts with an existing row ({constraint})")]
-    Conflict { constraint: String },
+    /// A uniqueness rule was broken.
+    #[error("conflicts with an existing row ({0:?})")]
+    Conflict(Conflict),
     /// A reference points at a row that does not exist.
     #[error("refers to a row that does not exist")]
     NotFound,

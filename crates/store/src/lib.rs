@@ -14,7 +14,7 @@ use tether_domain::{
     Username, Verifier,
 };
 
-pub use error::StoreError;
+pub use error::{Conflict, StoreError};
 pub use records::*;
 
 pub type StoreResult<T> = Result<T, StoreError>;

@@ -10,9 +10,9 @@ use tether_domain::{
 };
 use tether_store::sqlite::SqliteStore;
 use tether_store::{
-    to_ms, AuditFilter, AuditStore, CancelOutcome, CredentialUse, NewApiToken, NewAuditEvent,
-    NewRun, NewRunner, NewUser, NewWebSession, PipelineRecord, RoleChange, RunFilter, RunRecord,
-    RunnerStore, Store, StoreError, TaskProgress, UpdateOutcome,
+    to_ms, AuditFilter, AuditStore, CancelOutcome, Conflict, CredentialUse, NewApiToken,
+    NewAuditEvent, NewRun, NewRunner, NewUser, NewWebSession, PipelineRecord, RoleChange,
+    RunFilter, RunRecord, RunnerStore, Store, StoreError, TaskProgress, UpdateOutcome,
 };
 use time::OffsetDateTime;
 
@@ -125,7 +125,7 @@ async fn duplicate_names_are_conflicts_and_write_nothing() {
         .await
         .expect_err("duplicate");
     assert!(
-        matches!(&err, StoreError::Conflict { constraint } if constraint == "runners.name"),
+        matches!(&err, StoreError::Conflict(Conflict::RunnerName)),
         "{err:?}"
     );
     let events = store
@@ -304,7 +304,7 @@ async fn users_tokens_and_bootstrap_once() {
             ev("user.created", None),
         )
         .await;
-    assert!(matches!(dup, Err(StoreError::Conflict { .. })));
+    assert!(matches!(dup, Err(StoreError::Conflict(Conflict::Username))));
     let bobs = ApiToken::generate();
     store
         .create_api_token(api(bob, &bobs), ev("token.created", None))

@@ -1,15 +1,17 @@
 //! Liveness, readiness and Prometheus metrics, plus the per-request metrics middleware.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::header::CONTENT_TYPE;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
+use tracing::Instrument;
 
 use crate::metrics::{RequestLabels, RouteLabels};
 use crate::state::AppState;
@@ -49,8 +51,19 @@ async fn get_metrics(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
+/// A request id unique within this process: a random prefix chosen at start and a counter, so
+/// making one costs no system call on the token endpoint's hot path.
+fn request_id() -> String {
+    static PREFIX: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let prefix = PREFIX.get_or_init(|| u32::from_be_bytes(tether_domain::random_bytes::<4>()));
+    format!("{prefix:08x}-{:x}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
 /// Counts and times every request by its route template (never the raw path, which could carry
-/// a runner name per request and blow up label cardinality).
+/// a runner name per request and blow up label cardinality), runs it in a `request` span
+/// (method, route, request id) so every log line it causes — an internal error's too — names the
+/// route, and answers the id in `x-request-id`.
 pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = req.method().as_str().to_owned();
@@ -58,9 +71,14 @@ pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> R
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let response = next.run(req).await;
+    let id = request_id();
+    let span = tracing::info_span!("request", http.method = %method, http.route = %route, request.id = %id);
+    let mut response = next.run(req).instrument(span.clone()).await;
     let elapsed = start.elapsed();
     let status = response.status().as_u16();
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", v);
+    }
     state
         .metrics
         .requests
@@ -78,7 +96,12 @@ pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> R
             route: route.clone(),
         })
         .observe(elapsed.as_secs_f64());
-    tracing::debug!(http.method = %method, http.route = %route, http.status = status,
-        duration_ms = elapsed.as_secs_f64() * 1000.0, "request handled");
+    span.in_scope(|| {
+        tracing::debug!(
+            http.status = status,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            "request handled"
+        );
+    });
     response
 }

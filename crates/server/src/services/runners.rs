@@ -5,7 +5,7 @@ use tether_domain::{
     ClientId, ClientSecret, Description, Generation, Platform, Role, Rollout, RolloutState,
     RunnerId, RunnerName,
 };
-use tether_store::{NewRunner, PersistedStatus, RunnerRecord, StoreError};
+use tether_store::{Conflict, NewRunner, PersistedStatus, RunnerRecord, StoreError};
 use time::OffsetDateTime;
 
 use super::audit::{self, AuditEventExt};
@@ -58,12 +58,10 @@ pub async fn register(
             tracing::info!(runner.id = %record.id, runner.name = %record.name, "runner created");
             Ok((record, secret))
         }
-        Err(StoreError::Conflict { constraint }) if constraint == "runners.name" => {
-            Err(ServiceError::Conflict {
-                code: "runner_name_taken",
-                detail: format!("a runner named '{name}' already exists"),
-            })
-        }
+        Err(StoreError::Conflict(Conflict::RunnerName)) => Err(ServiceError::Conflict {
+            code: "runner_name_taken",
+            detail: format!("a runner named '{name}' already exists"),
+        }),
         Err(e) => Err(e.into()),
     }
 }

@@ -6,7 +6,7 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use argon2::Argon2;
 use serde_json::json;
 use tether_domain::{random_bytes, ApiToken, Password, Role, TokenName, UserId, Username};
-use tether_store::{NewApiToken, NewUser, RoleChange, StoreError, UserRecord};
+use tether_store::{Conflict, NewApiToken, NewUser, RoleChange, StoreError, UserRecord};
 use time::OffsetDateTime;
 
 use super::audit::{self, AuditEventExt};
@@ -48,7 +48,7 @@ pub async fn create_user(
         .detail(json!({"role": role.as_str()}));
     match state.store.create_user(new, ev).await {
         Ok(user) => Ok(user),
-        Err(StoreError::Conflict { .. }) => Err(ServiceError::Conflict {
+        Err(StoreError::Conflict(Conflict::Username)) => Err(ServiceError::Conflict {
             code: "user_exists",
             detail: format!("a user named '{username}' already exists"),
         }),

@@ -115,3 +115,16 @@ async fn openapi_document_matches_the_routes() {
         );
     }
 }
+
+#[tokio::test]
+async fn every_response_carries_its_own_request_id() {
+    let app = spawn_app().await;
+    let a = app.get("/healthz", None).await;
+    let b = app.get("/api/v1/runners", None).await;
+    let (a, b) = (
+        a.header("x-request-id").expect("id on a success").to_owned(),
+        b.header("x-request-id").expect("id on an error").to_owned(),
+    );
+    assert_ne!(a, b);
+    assert!(a.len() >= 10 && a.contains('-'), "{a}");
+}

@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Executor, SqlitePool};
 
-use crate::{NewAuditEvent, Store, StoreError, StoreResult};
+use crate::{Conflict, NewAuditEvent, Store, StoreError, StoreResult};
 
 /// Embedded migrations, applied in order, each once. Never edit one that has landed: add a new one.
 const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -149,14 +149,17 @@ impl Store for SqliteStore {
 pub(crate) fn backend(e: sqlx::Error) -> StoreError {
     if let Some(db) = e.as_database_error() {
         if db.is_unique_violation() {
-            // SQLite: "UNIQUE constraint failed: runners.name"
-            let constraint = db
-                .message()
-                .rsplit(": ")
-                .next()
-                .unwrap_or_default()
-                .to_owned();
-            return StoreError::Conflict { constraint };
+            // SQLite names the columns, not the constraint: "UNIQUE constraint failed: runners.name".
+            // This is the one place that reads it.
+            let columns = db.message().rsplit(": ").next().unwrap_or_default();
+            return StoreError::Conflict(match columns {
+                "runners.name" => Conflict::RunnerName,
+                "runners.client_id" => Conflict::ClientId,
+                "users.username" => Conflict::Username,
+                "api_tokens.verifier" => Conflict::ApiToken,
+                "credentials.runner_id" => Conflict::ActiveGeneration,
+                other => Conflict::Other(other.to_owned()),
+            });
         }
         if db.is_foreign_key_violation() {
             return StoreError::NotFound;
