@@ -5,46 +5,31 @@
 //! The agent owns the executor and the outbox, so tasks outlive sessions; it exits once a drain
 //! (signal or the server's `drain`) has no task left running.
 
-use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use tether_domain::{random_bytes, ClientSecret};
 use tether_protocol::session::close_code;
 use tokio::sync::watch;
 
 use crate::auth::{self, AuthError};
+use crate::config::ReloadTiming;
 use crate::config::RunnerConfig;
-use crate::executor::{Executor, Grace};
+use crate::instance::Instance;
 use crate::metrics::RunnerMetrics;
-use crate::outbox::Outbox;
-use crate::reload::ReloadTiming;
 use crate::secret::SecretSource;
 use crate::session::{self, SessionEnd};
-use crate::spool::Spool;
-use crate::transport::Transport;
 
-/// The drain reason when the process got SIGTERM/SIGINT.
-pub const SHUTDOWN_REASON: &str = "the runner process is shutting down";
-
+/// One runner instance (what it holds is in [`Instance`]) and its main loop.
 #[derive(Debug)]
-pub struct Agent {
-    pub config: RunnerConfig,
-    pub transport: Transport,
-    pub secrets: SecretSource,
-    pub metrics: Arc<RunnerMetrics>,
-    pub instance_id: String,
-    pub hostname: String,
-    pub outbox: Arc<Outbox>,
-    pub executor: Executor,
-    /// How often the secret source is watched while a session is up.
-    pub reload: ReloadTiming,
-    /// The newest credential generation the operator was told to deploy by hand (plain
-    /// `OAUTH_CLIENT_SECRET`), so the advice is logged once per generation, not once per session.
-    pub(crate) advised_generation: AtomicU32,
-    /// Why this instance is draining, once it is.
-    draining: watch::Sender<Option<String>>,
+pub struct Agent(Instance);
+
+impl std::ops::Deref for Agent {
+    type Target = Instance;
+
+    fn deref(&self) -> &Instance {
+        &self.0
+    }
 }
 
 /// How the agent stopped.
@@ -97,70 +82,12 @@ impl Backoff {
 
 impl Agent {
     pub async fn new(config: RunnerConfig, metrics: Arc<RunnerMetrics>) -> anyhow::Result<Self> {
-        let transport = Transport::new(&config)?;
-        let secrets = SecretSource::new(&config.secret).await;
-        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_owned())
-            .ok()
-            .or_else(|| std::env::var("HOSTNAME").ok())
-            .filter(|h| !h.is_empty())
-            .unwrap_or_else(|| "unknown-host".to_owned());
-        let suffix: String = random_bytes::<4>()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        let instance_id = format!("{hostname}-{suffix}");
-        let spool_dir = config.workdir.join("spool");
-        let spool = Spool::open(&spool_dir)
-            .with_context(|| format!("opening the update spool in {}", spool_dir.display()))?;
-        let outbox = Arc::new(Outbox::new(spool));
-        let undelivered = outbox.task_ids().len();
-        if undelivered > 0 {
-            tracing::info!(
-                tasks = undelivered,
-                "found task updates an earlier runner process did not deliver; sending them once connected"
-            );
-        }
-        let executor = Executor::new(
-            config.workdir.clone(),
-            config.max_tasks,
-            Grace::default(),
-            outbox.clone(),
-            metrics.clone(),
-        );
-        Ok(Self {
-            config,
-            transport,
-            secrets,
-            metrics,
-            instance_id,
-            hostname,
-            outbox,
-            executor,
-            reload: ReloadTiming::default(),
-            advised_generation: AtomicU32::new(0),
-            draining: watch::Sender::new(None),
-        })
+        Instance::new(config, metrics).await.map(Self)
     }
 
-    /// Stops taking new tasks; running ones finish. The first reason sticks.
-    pub fn begin_drain(&self, reason: &str) {
-        let started = self.draining.send_if_modified(|d| {
-            let first = d.is_none();
-            if first {
-                *d = Some(reason.to_owned());
-            }
-            first
-        });
-        if started {
-            tracing::info!(reason = %reason, running_tasks = self.executor.running(),
-                "draining: taking no new tasks, finishing the running ones, then exiting");
-        }
-    }
-
-    /// Why this instance is draining, if it is.
-    pub fn drain_reason(&self) -> Option<String> {
-        self.draining.borrow().clone()
+    /// Watches the secret source with other timing (tests use short intervals).
+    pub fn with_reload(self, reload: ReloadTiming) -> Self {
+        Self(self.0.with_reload(reload))
     }
 
     pub async fn run(&self, mut shutdown: watch::Receiver<bool>) -> Exit {
@@ -169,15 +96,15 @@ impl Agent {
         let mut refused_since: Option<(Instant, u32)> = None;
         let mut last_secret: Option<ClientSecret> = None;
         let mut last_delivery_attempt = false;
-        let source = self.config.secret.describe();
-        tracing::info!(url = %self.config.url, client_id = %self.config.client_id, instance.id = %self.instance_id,
+        let source = self.config().secret.describe();
+        tracing::info!(url = %self.config().url, client_id = %self.config().client_id, instance.id = %self.instance_id(),
             secret_source = %source, "tether runner starting");
         loop {
-            if shutdown_requested(&shutdown) {
-                self.begin_drain(SHUTDOWN_REASON);
+            if crate::instance::shutdown_requested(&shutdown) {
+                self.begin_drain(crate::instance::SHUTDOWN_REASON);
             }
-            if self.drain_reason().is_some() && self.executor.running() == 0 {
-                if self.outbox.is_empty() {
+            if self.drain_reason().is_some() && self.executor().running() == 0 {
+                if self.outbox().is_empty() {
                     return Exit::Clean;
                 }
                 // Every task ended but not every update was acknowledged: one more connection
@@ -191,7 +118,7 @@ impl Agent {
                 }
                 last_delivery_attempt = true;
             }
-            let mut secret = match self.secrets.read().await {
+            let mut secret = match self.secrets().read().await {
                 Ok(s) => s,
                 Err(e) => {
                     let delay = network.next();
@@ -206,9 +133,9 @@ impl Agent {
             }
             last_secret = Some(secret.clone());
             match auth::fetch_token(
-                &self.transport,
-                &self.config.url,
-                &self.config.client_id,
+                self.transport(),
+                &self.config().url,
+                &self.config().client_id,
                 &secret,
             )
             .await
@@ -239,10 +166,10 @@ impl Agent {
                             reason,
                         } => {
                             // Its runs were cancelled with it: stop their process groups too.
-                            if self.executor.cancel_all() > 0 {
+                            if self.executor().cancel_all() > 0 {
                                 let _ = tokio::time::timeout(
                                     Duration::from_secs(15),
-                                    self.executor.wait_idle(),
+                                    self.executor().wait_idle(),
                                 )
                                 .await;
                             }
@@ -281,14 +208,14 @@ impl Agent {
                     let delay = refused.next();
                     let (since, attempts) = refused_since.get_or_insert((Instant::now(), 0));
                     *attempts += 1;
-                    let advice = if self.secrets.can_change() {
+                    let advice = if self.secrets().can_change() {
                         format!("write the new client_secret to {source}; it is re-read before every attempt, no restart needed")
                     } else {
                         "the secret was probably refreshed: set OAUTH_CLIENT_SECRET to the new client_secret and restart the runner".to_owned()
                     };
                     // One line per burst, then a reminder at most every 5 minutes.
                     if *attempts == 1 || since.elapsed() >= Duration::from_secs(300) {
-                        tracing::error!(client_id = %self.config.client_id, attempts = *attempts,
+                        tracing::error!(client_id = %self.config().client_id, attempts = *attempts,
                             "the control plane refused this runner's client credentials ({description}): {advice}; retrying in {:.0} s",
                             delay.as_secs_f64());
                         if *attempts > 1 {
@@ -319,7 +246,7 @@ impl Agent {
         current: &ClientSecret,
         shutdown: &mut watch::Receiver<bool>,
     ) -> bool {
-        if !matches!(self.secrets, SecretSource::File(_)) {
+        if !matches!(self.secrets(), SecretSource::File(_)) {
             return self.wait(delay, shutdown).await;
         }
         let deadline = Instant::now() + delay;
@@ -330,7 +257,7 @@ impl Agent {
             if self.wait(step, shutdown).await {
                 return true;
             }
-            if self.secrets.read().await.is_ok_and(|s| s != *current) {
+            if self.secrets().read().await.is_ok_and(|s| s != *current) {
                 return false;
             }
         }
@@ -348,18 +275,13 @@ impl Agent {
     }
 
     async fn ready_to_exit(&self, shutdown: &mut watch::Receiver<bool>) {
-        let mut draining = self.draining.subscribe();
+        let mut draining = self.subscribe_draining();
         tokio::select! {
             () = crate::stopped(shutdown) => {}
             _ = draining.wait_for(Option::is_some) => {}
         }
-        self.executor.wait_idle().await;
+        self.executor().wait_idle().await;
     }
-}
-
-/// SIGTERM/SIGINT arrived, or whoever could send it is gone.
-pub(crate) fn shutdown_requested(shutdown: &watch::Receiver<bool>) -> bool {
-    *shutdown.borrow() || shutdown.has_changed().is_err()
 }
 
 #[cfg(test)]

@@ -209,6 +209,28 @@ fn secret_refresh(raw: Option<&str>) -> Result<Duration, ConfigError> {
     }
 }
 
+/// How often the secret source is looked at while a session is up. Tests shorten these.
+#[derive(Debug, Clone)]
+pub struct ReloadTiming {
+    /// `OAUTH_CLIENT_SECRET_FILE`: how often the file is checked.
+    pub file_poll: Duration,
+    /// `OAUTH_CLIENT_SECRET_ARN` after `credentials_rotated`, while it still holds the old secret:
+    /// re-read this often ...
+    pub rotated_poll: Duration,
+    /// ... for this long, then every `TETHER_SECRET_REFRESH_SECONDS` again.
+    pub rotated_window: Duration,
+}
+
+impl Default for ReloadTiming {
+    fn default() -> Self {
+        Self {
+            file_poll: Duration::from_secs(1),
+            rotated_poll: Duration::from_secs(5),
+            rotated_window: Duration::from_secs(600),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

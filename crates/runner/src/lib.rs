@@ -7,6 +7,7 @@ pub mod agent;
 pub mod auth;
 pub mod config;
 pub mod executor;
+pub mod instance;
 pub mod metrics;
 pub mod outbox;
 pub mod reload;

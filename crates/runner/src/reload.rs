@@ -10,31 +10,10 @@ use std::time::{Duration, Instant};
 
 use tether_domain::ClientSecret;
 
-use crate::agent::Agent;
 use crate::auth::{self, AccessToken, AuthError};
+use crate::config::ReloadTiming;
+use crate::instance::Instance;
 use crate::secret::{FileStamp, SecretError, SecretSource};
-
-/// How often the secret source is looked at while a session is up. Tests shorten these.
-#[derive(Debug, Clone)]
-pub struct ReloadTiming {
-    /// `OAUTH_CLIENT_SECRET_FILE`: how often the file is checked.
-    pub file_poll: Duration,
-    /// `OAUTH_CLIENT_SECRET_ARN` after `credentials_rotated`, while it still holds the old secret:
-    /// re-read this often ...
-    pub rotated_poll: Duration,
-    /// ... for this long, then every `TETHER_SECRET_REFRESH_SECONDS` again.
-    pub rotated_window: Duration,
-}
-
-impl Default for ReloadTiming {
-    fn default() -> Self {
-        Self {
-            file_poll: Duration::from_secs(1),
-            rotated_poll: Duration::from_secs(5),
-            rotated_window: Duration::from_secs(600),
-        }
-    }
-}
 
 /// A slow secret store must not stall the session's heartbeats for long.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -103,14 +82,14 @@ pub struct SecretWatch {
 }
 
 impl SecretWatch {
-    pub fn new(in_use: ClientSecret, agent: &Agent) -> Self {
-        let pace = Pace::of(&agent.secrets, &agent.reload);
+    pub fn new(in_use: ClientSecret, agent: &Instance) -> Self {
+        let pace = Pace::of(agent.secrets(), agent.reload());
         Self {
             in_use,
             seen: None,
             refused: None,
             reported: None,
-            next_check: pace.next(Instant::now(), None, &agent.reload),
+            next_check: pace.next(Instant::now(), None, agent.reload()),
             hurry_until: None,
             generation: None,
             switching: false,
@@ -141,10 +120,11 @@ impl SecretWatch {
 
     /// Looks at the source; when it holds a new secret the control plane accepts, switches to it
     /// and returns an access token minted from it, for the session to send as `reauth`.
-    pub async fn check(&mut self, agent: &Agent) -> Option<AccessToken> {
+    pub async fn check(&mut self, agent: &Instance) -> Option<AccessToken> {
         let now = Instant::now();
-        let source = agent.config.secret.describe();
-        if let (Some(until), SecretSource::Aws { refresh, .. }) = (self.hurry_until, &agent.secrets)
+        let source = agent.config().secret.describe();
+        if let (Some(until), SecretSource::Aws { refresh, .. }) =
+            (self.hurry_until, &agent.secrets())
         {
             if now >= until {
                 self.hurry_until = None;
@@ -152,18 +132,18 @@ impl SecretWatch {
                     "{source} still holds the previous client secret {} s after the control plane \
                      rotated it; write the new client_secret there before the previous one expires \
                      (re-reading it every {} s from now on)",
-                    agent.reload.rotated_window.as_secs(),
+                    agent.reload().rotated_window.as_secs(),
                     refresh.as_secs()
                 );
             }
         }
         self.next_check =
-            Pace::of(&agent.secrets, &agent.reload).next(now, self.hurry_until, &agent.reload);
-        let candidate = self.look(&agent.secrets, &source).await?;
+            Pace::of(agent.secrets(), agent.reload()).next(now, self.hurry_until, agent.reload());
+        let candidate = self.look(agent.secrets(), &source).await?;
         match auth::fetch_token(
-            &agent.transport,
-            &agent.config.url,
-            &agent.config.client_id,
+            agent.transport(),
+            &agent.config().url,
+            &agent.config().client_id,
             &candidate,
         )
         .await
@@ -175,15 +155,15 @@ impl SecretWatch {
                 self.refused = None;
                 self.hurry_until = None;
                 self.switching = true;
-                self.next_check = Pace::of(&agent.secrets, &agent.reload).next(
+                self.next_check = Pace::of(agent.secrets(), agent.reload()).next(
                     Instant::now(),
                     None,
-                    &agent.reload,
+                    agent.reload(),
                 );
                 Some(token)
             }
             Err(AuthError::InvalidClient(description)) => {
-                tracing::error!(client_id = %agent.config.client_id,
+                tracing::error!(client_id = %agent.config().client_id,
                     "the control plane refused the new client secret in {source} ({description}); \
                      this session keeps using the previous one. Write the client_secret from this \
                      runner's latest credential refresh (`tether runners reveal`, or Reveal on its \
@@ -250,7 +230,7 @@ impl SecretWatch {
 
     /// `credentials_rotated`: a newer generation exists. Re-read the source at once (the session
     /// loop runs [`SecretWatch::check`] next); a plain `OAUTH_CLIENT_SECRET` gets one line of advice.
-    pub fn rotated(&mut self, agent: &Agent, generation: u32) {
+    pub fn rotated(&mut self, agent: &Instance, generation: u32) {
         if let Some(current) = self.generation.filter(|g| *g >= generation) {
             tracing::debug!(
                 generation,
@@ -259,12 +239,12 @@ impl SecretWatch {
             );
             return;
         }
-        let source = agent.config.secret.describe();
-        match &agent.secrets {
+        let source = agent.config().secret.describe();
+        match &agent.secrets() {
             SecretSource::Value(_) => {
                 // Once per generation and process: sessions come and go, the advice does not change.
                 if agent
-                    .advised_generation
+                    .advised_generation()
                     .fetch_max(generation, Ordering::Relaxed)
                     < generation
                 {
@@ -279,8 +259,8 @@ impl SecretWatch {
                     "a new credential generation {generation} exists; re-reading {source}"
                 );
                 let now = Instant::now();
-                if matches!(agent.secrets, SecretSource::Aws { .. }) {
-                    self.hurry_until = Some(now + agent.reload.rotated_window);
+                if matches!(agent.secrets(), SecretSource::Aws { .. }) {
+                    self.hurry_until = Some(now + agent.reload().rotated_window);
                 }
                 // A secret refused earlier may be exactly this generation's.
                 self.refused = None;

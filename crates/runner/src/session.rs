@@ -17,9 +17,9 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::Connector;
 
-use crate::agent::{self, Agent};
 use crate::auth::{self, AccessToken, AuthError};
 use crate::executor::Admission;
+use crate::instance::{self, Instance};
 use crate::reload::SecretWatch;
 
 #[derive(Debug, PartialEq, Eq)]
@@ -38,7 +38,7 @@ pub enum SessionEnd {
 /// Holds one session. `secret` is the one `token` was minted from; if the session moves to a new
 /// secret, `secret` is that one when this returns.
 pub async fn run(
-    agent: &Agent,
+    agent: &Instance,
     token: AccessToken,
     secret: &mut ClientSecret,
     shutdown: &mut watch::Receiver<bool>,
@@ -50,13 +50,13 @@ pub async fn run(
     let hello = RunnerMessage::Hello {
         protocol: PROTOCOL_VERSION,
         runner_version: env!("CARGO_PKG_VERSION").to_owned(),
-        instance_id: agent.instance_id.clone(),
-        hostname: agent.hostname.clone(),
-        platform: agent.config.platform.clone(),
-        capacity: agent.config.max_tasks,
-        secret_source: Some(agent.secrets.kind().to_owned()),
-        hot_reload: Some(agent.secrets.can_change()),
-        secret_file: agent.secrets.file().map(|p| {
+        instance_id: agent.instance_id().to_owned(),
+        hostname: agent.hostname().to_owned(),
+        platform: agent.config().platform.clone(),
+        capacity: agent.config().max_tasks,
+        secret_source: Some(agent.secrets().kind().to_owned()),
+        hot_reload: Some(agent.secrets().can_change()),
+        secret_file: agent.secrets().file().map(|p| {
             std::path::absolute(p)
                 .unwrap_or_else(|_| p.to_path_buf())
                 .display()
@@ -72,7 +72,7 @@ pub async fn run(
                 heartbeat_seconds,
                 session_id,
             }) => {
-                tracing::info!(session.id = %session_id, instance.id = %agent.instance_id, "connected to the control plane");
+                tracing::info!(session.id = %session_id, instance.id = %agent.instance_id(), "connected to the control plane");
                 Duration::from_secs(heartbeat_seconds.max(1))
             }
             Ok(ServerMessage::Error { message, .. }) => {
@@ -89,8 +89,8 @@ pub async fn run(
         Ok(_) => return SessionEnd::Lost("connection closed before welcome".into()),
         Err(_) => return SessionEnd::Lost("no welcome within 10 s".into()),
     };
-    agent.metrics.set_connected(true);
-    let (backlog, live) = agent.outbox.attach();
+    agent.metrics().set_connected(true);
+    let (backlog, live) = agent.outbox().attach();
     let mut secrets = SecretWatch::new(secret.clone(), agent);
     let end = serve(
         agent,
@@ -104,8 +104,8 @@ pub async fn run(
     )
     .await;
     *secret = secrets.into_secret();
-    agent.outbox.detach();
-    agent.metrics.set_connected(false);
+    agent.outbox().detach();
+    agent.metrics().set_connected(false);
     end
 }
 
@@ -115,7 +115,7 @@ pub async fn run(
     reason = "one call site; the session's whole state"
 )]
 async fn serve(
-    agent: &Agent,
+    agent: &Instance,
     ws: &mut Ws,
     mut token: AccessToken,
     secrets: &mut SecretWatch,
@@ -124,8 +124,8 @@ async fn serve(
     backlog: Vec<TaskUpdate>,
     mut live: mpsc::UnboundedReceiver<TaskUpdate>,
 ) -> SessionEnd {
-    if agent::shutdown_requested(shutdown) {
-        agent.begin_drain(agent::SHUTDOWN_REASON);
+    if instance::shutdown_requested(shutdown) {
+        agent.begin_drain(instance::SHUTDOWN_REASON);
     }
     let mut draining = agent.drain_reason();
     if let Some(reason) = &draining {
@@ -148,12 +148,12 @@ async fn serve(
             return SessionEnd::Lost(format!("sending a task update: {e}"));
         }
     }
-    let mut running = agent.executor.watch_running();
+    let mut running = agent.executor().watch_running();
     let mut ticker = tokio::time::interval(heartbeat);
     ticker.tick().await;
     loop {
         if let Some(reason) = &draining {
-            if agent.executor.running() == 0 && agent.outbox.is_empty() {
+            if agent.executor().running() == 0 && agent.outbox().is_empty() {
                 tracing::info!(reason = %reason, "every task finished and every update was acknowledged; saying goodbye");
                 let _ = goodbye(ws, reason).await;
                 return SessionEnd::Drained(reason.clone());
@@ -182,10 +182,10 @@ async fn serve(
             // A task ended: the drain check at the top of the loop may pass now.
             Ok(()) = running.changed() => Ok(()),
             _ = ticker.tick() => {
-                let beat = RunnerMessage::Heartbeat { running_tasks: agent.metrics.active_tasks() };
+                let beat = RunnerMessage::Heartbeat { running_tasks: agent.metrics().active_tasks() };
                 let sent = send(ws, &beat).await;
                 if sent.is_ok() {
-                    agent.metrics.heartbeat_sent();
+                    agent.metrics().heartbeat_sent();
                 }
                 sent
             }
@@ -219,7 +219,7 @@ async fn serve(
                 }
             }
             () = crate::stopped(shutdown), if draining.is_none() => {
-                start_draining(agent, ws, agent::SHUTDOWN_REASON, &mut draining).await
+                start_draining(agent, ws, instance::SHUTDOWN_REASON, &mut draining).await
             }
         };
         if let Err(e) = sent {
@@ -230,7 +230,7 @@ async fn serve(
 
 /// Acts on one message from the control plane; an error means the session is gone.
 async fn on_message(
-    agent: &Agent,
+    agent: &Instance,
     ws: &mut Ws,
     msg: ServerMessage,
     secrets: &mut SecretWatch,
@@ -242,11 +242,11 @@ async fn on_message(
             // A re-sent assignment for a task this instance has is ignored even while draining:
             // a reject would make the control plane queue it a second time.
             let refusal = match draining {
-                Some(reason) if !agent.executor.knows(&task_id) => {
+                Some(reason) if !agent.executor().knows(&task_id) => {
                     Some(format!("this instance is draining: {reason}"))
                 }
                 Some(_) => None,
-                None => match agent.executor.start(task) {
+                None => match agent.executor().start(task) {
                     Admission::Started | Admission::AlreadyKnown => None,
                     Admission::Rejected(reason) => Some(reason),
                 },
@@ -257,11 +257,11 @@ async fn on_message(
             }
         }
         ServerMessage::Cancel { task_id } => {
-            if !agent.executor.cancel(&task_id) {
+            if !agent.executor().cancel(&task_id) {
                 tracing::debug!(task.id = %task_id, "ignoring a cancel for a task this instance does not run");
             }
         }
-        ServerMessage::Ack { task_id, seq } => agent.outbox.ack(&task_id, seq),
+        ServerMessage::Ack { task_id, seq } => agent.outbox().ack(&task_id, seq),
         ServerMessage::Drain { reason } => {
             if draining.is_none() {
                 tracing::info!(reason = %reason, "the control plane asked this instance to drain");
@@ -280,7 +280,7 @@ async fn on_message(
 
 /// Stops taking work and tells the control plane so.
 async fn start_draining(
-    agent: &Agent,
+    agent: &Instance,
     ws: &mut Ws,
     reason: &str,
     draining: &mut Option<String>,
@@ -295,8 +295,8 @@ async fn start_draining(
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn connect(agent: &Agent, token: &str) -> Result<Ws, SessionEnd> {
-    let base = &agent.config.url;
+async fn connect(agent: &Instance, token: &str) -> Result<Ws, SessionEnd> {
+    let base = &agent.config().url;
     let mut url = base
         .join(CONNECT_PATH.trim_start_matches('/'))
         .map_err(|e| SessionEnd::Lost(e.to_string()))?;
@@ -318,14 +318,14 @@ async fn connect(agent: &Agent, token: &str) -> Result<Ws, SessionEnd> {
         .map_err(|_| SessionEnd::Lost("invalid token header".into()))?;
     request.headers_mut().insert("authorization", auth);
     let stream = agent
-        .transport
+        .transport()
         .connect_tcp(&host, port)
         .await
         .map_err(|e| SessionEnd::Lost(format!("{e:#}")))?;
     let config = WebSocketConfig::default()
         .read_buffer_size(8 * 1024)
         .max_message_size(Some(4 << 20));
-    let connector = Connector::Rustls(agent.transport.tls.clone());
+    let connector = Connector::Rustls(agent.transport().tls.clone());
     match tokio_tungstenite::client_async_tls_with_config(
         request,
         stream,
@@ -348,11 +348,11 @@ async fn connect(agent: &Agent, token: &str) -> Result<Ws, SessionEnd> {
 
 /// A fresh token from the secret the session uses: a new secret in the source is the watcher's
 /// business, and one the control plane refused must not break renewals.
-async fn renew(agent: &Agent, secret: &ClientSecret) -> Result<AccessToken, AuthError> {
+async fn renew(agent: &Instance, secret: &ClientSecret) -> Result<AccessToken, AuthError> {
     auth::fetch_token(
-        &agent.transport,
-        &agent.config.url,
-        &agent.config.client_id,
+        agent.transport(),
+        &agent.config().url,
+        &agent.config().client_id,
         secret,
     )
     .await

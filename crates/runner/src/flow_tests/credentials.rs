@@ -12,8 +12,8 @@ use tether_protocol::session::{RunnerMessage, ServerMessage};
 use tokio::sync::watch;
 
 use super::{ack, assign, config, exit_of, spawn_agent, Plane, TOKEN_PREFIX};
+use crate::config::ReloadTiming;
 use crate::config::SecretSourceConfig;
-use crate::reload::ReloadTiming;
 use crate::{Exit, RunnerConfig};
 
 /// What `tether_runner` logs on this thread while the guard lives. `#[tokio::test]` runs the

@@ -27,9 +27,9 @@ use tether_protocol::session::{
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::config::ReloadTiming;
 use crate::config::SecretSourceConfig;
 use crate::metrics::RunnerMetrics;
-use crate::reload::ReloadTiming;
 use crate::{Agent, Exit, RunnerConfig};
 
 /// Fake access tokens are `fake-token-gen<generation>-<n>`.
@@ -359,8 +359,9 @@ fn spawn_agent(
     stop: watch::Receiver<bool>,
 ) -> JoinHandle<anyhow::Result<Exit>> {
     tokio::spawn(async move {
-        let mut agent = Agent::new(config, Arc::new(RunnerMetrics::default())).await?;
-        agent.reload = reload;
+        let agent = Agent::new(config, Arc::new(RunnerMetrics::default()))
+            .await?
+            .with_reload(reload);
         Ok(agent.run(stop).await)
     })
 }

@@ -120,7 +120,7 @@ async fn a_shutdown_signal_drains_across_reconnects_before_saying_goodbye() {
     assert_eq!(plane.update().await.seq, 1);
     stop.send(true).expect("stop");
     let draining = RunnerMessage::Draining {
-        reason: crate::agent::SHUTDOWN_REASON.into(),
+        reason: crate::instance::SHUTDOWN_REASON.into(),
     };
     assert_eq!(plane.next().await, draining);
 

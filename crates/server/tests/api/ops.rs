@@ -122,7 +122,9 @@ async fn every_response_carries_its_own_request_id() {
     let a = app.get("/healthz", None).await;
     let b = app.get("/api/v1/runners", None).await;
     let (a, b) = (
-        a.header("x-request-id").expect("id on a success").to_owned(),
+        a.header("x-request-id")
+            .expect("id on a success")
+            .to_owned(),
         b.header("x-request-id").expect("id on an error").to_owned(),
     );
     assert_ne!(a, b);
