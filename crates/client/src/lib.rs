@@ -82,20 +82,29 @@ impl std::fmt::Debug for Client {
 
 impl Client {
     pub fn new(base_url: &str, token: Option<String>) -> Result<Self, ClientError> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .user_agent(concat!("tether-cli/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ClientError::Transport {
+                url: base_url.to_owned(),
+                cause: e.to_string(),
+            })?;
+        Self::with_http(base_url, token, http)
+    }
+
+    /// A client on an HTTP client configured elsewhere (the runner's: its CA file and proxy).
+    pub fn with_http(
+        base_url: &str,
+        token: Option<String>,
+        http: reqwest::Client,
+    ) -> Result<Self, ClientError> {
         let trimmed = base_url.trim().trim_end_matches('/');
         let base = Url::parse(&format!("{trimmed}/"))
             .ok()
             .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
             .ok_or_else(|| {
                 ClientError::InvalidUrl(format!("'{base_url}' is not an http(s) URL"))
-            })?;
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .user_agent(concat!("tether-cli/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| ClientError::Transport {
-                url: base.to_string(),
-                cause: e.to_string(),
             })?;
         Ok(Self { base, token, http })
     }

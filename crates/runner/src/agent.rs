@@ -12,7 +12,7 @@ use tether_domain::{random_bytes, ClientSecret};
 use tether_protocol::session::close_code;
 use tokio::sync::watch;
 
-use crate::auth::{self, AuthError};
+use crate::auth::AuthError;
 use crate::config::ReloadTiming;
 use crate::config::RunnerConfig;
 use crate::instance::Instance;
@@ -132,14 +132,7 @@ impl Agent {
                 refused.reset();
             }
             last_secret = Some(secret.clone());
-            match auth::fetch_token(
-                self.transport(),
-                &self.config().url,
-                &self.config().client_id,
-                &secret,
-            )
-            .await
-            {
+            match self.token(&secret).await {
                 Ok(token) => {
                     if let Some((since, attempts)) = refused_since.take() {
                         tracing::info!(

@@ -1,12 +1,10 @@
-//! Getting access tokens at `/oauth/token` with the client credentials grant.
+//! Getting access tokens at `/oauth/token` with the client credentials grant, through
+//! `tether_client` (the one HTTP client of the workspace), on the runner's own transport.
 
 use std::time::{Duration, Instant};
 
+use tether_client::{Client, ClientError};
 use tether_domain::{ClientId, ClientSecret};
-use tether_protocol::oauth::{OAuthError, TokenResponse};
-use url::Url;
-
-use crate::transport::Transport;
 
 pub struct AccessToken {
     pub token: String,
@@ -30,49 +28,39 @@ pub enum AuthError {
     Transient(String),
 }
 
+/// Gets an access token with the client credentials grant through the shared API client.
 pub async fn fetch_token(
-    transport: &Transport,
-    base: &Url,
+    api: &Client,
     client_id: &ClientId,
     secret: &ClientSecret,
 ) -> Result<AccessToken, AuthError> {
-    let url = base
-        .join("oauth/token")
-        .map_err(|e| AuthError::Transient(e.to_string()))?;
     let started = Instant::now();
-    let response = transport
-        .http
-        .post(url.clone())
-        .basic_auth(client_id.as_str(), Some(secret.expose()))
-        .form(&[("grant_type", "client_credentials")])
-        .send()
+    match api
+        .client_credentials_token(client_id.as_str(), secret.expose())
         .await
-        .map_err(|e| AuthError::Transient(format!("cannot reach {url}: {}", error_chain(&e))))?;
-    let status = response.status();
-    if status.is_success() {
-        let body: TokenResponse = response
-            .json()
-            .await
-            .map_err(|e| AuthError::Transient(format!("unreadable token response: {e}")))?;
-        let lifetime = Duration::from_secs(body.expires_in.max(10));
-        return Ok(AccessToken {
-            token: body.access_token,
-            renew_at: started + lifetime.mul_f64(0.8),
-        });
-    }
-    let error: Option<OAuthError> = response.json().await.ok();
-    match error {
-        Some(e) if e.error == "invalid_client" => Err(AuthError::InvalidClient(
-            e.error_description.unwrap_or(e.error),
-        )),
-        Some(e) => Err(AuthError::Transient(format!(
+    {
+        Ok(body) => {
+            let lifetime = Duration::from_secs(body.expires_in.max(10));
+            Ok(AccessToken {
+                token: body.access_token,
+                renew_at: started + lifetime.mul_f64(0.8),
+            })
+        }
+        Err(ClientError::OAuth { error, .. }) if error.error == "invalid_client" => Err(
+            AuthError::InvalidClient(error.error_description.unwrap_or(error.error)),
+        ),
+        Err(ClientError::OAuth { status, error }) => Err(AuthError::Transient(format!(
             "token request failed with HTTP {status}: {} {}",
-            e.error,
-            e.error_description.unwrap_or_default()
+            error.error,
+            error.error_description.unwrap_or_default()
         ))),
-        None => Err(AuthError::Transient(format!(
-            "token request failed with HTTP {status}"
+        Err(ClientError::Decode(e)) => Err(AuthError::Transient(format!(
+            "unreadable token response: {e}"
         ))),
+        Err(ClientError::Api { status, .. } | ClientError::Http { status, .. }) => Err(
+            AuthError::Transient(format!("token request failed with HTTP {status}")),
+        ),
+        Err(e) => Err(AuthError::Transient(e.to_string())),
     }
 }
 

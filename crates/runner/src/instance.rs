@@ -7,9 +7,10 @@ use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 
 use anyhow::Context;
-use tether_domain::random_bytes;
+use tether_domain::{random_bytes, ClientSecret};
 use tokio::sync::watch;
 
+use crate::auth::{AccessToken, AuthError};
 use crate::config::ReloadTiming;
 use crate::config::RunnerConfig;
 use crate::executor::{Executor, Grace};
@@ -28,6 +29,8 @@ pub const SHUTDOWN_REASON: &str = "the runner process is shutting down";
 pub struct Instance {
     config: RunnerConfig,
     transport: Transport,
+    /// The control plane's API and token endpoint, on `transport`'s HTTP client.
+    api: tether_client::Client,
     secrets: SecretSource,
     metrics: Arc<RunnerMetrics>,
     instance_id: String,
@@ -46,6 +49,9 @@ pub struct Instance {
 impl Instance {
     pub async fn new(config: RunnerConfig, metrics: Arc<RunnerMetrics>) -> anyhow::Result<Self> {
         let transport = Transport::new(&config)?;
+        let api =
+            tether_client::Client::with_http(config.url.as_str(), None, transport.http.clone())
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
         let secrets = SecretSource::new(&config.secret).await;
         let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_owned())
@@ -79,6 +85,7 @@ impl Instance {
         Ok(Self {
             config,
             transport,
+            api,
             secrets,
             metrics,
             instance_id,
@@ -117,6 +124,11 @@ impl Instance {
 
     pub fn transport(&self) -> &Transport {
         &self.transport
+    }
+
+    /// An access token minted from `secret` (the one token source of the runner).
+    pub async fn token(&self, secret: &ClientSecret) -> Result<AccessToken, AuthError> {
+        crate::auth::fetch_token(&self.api, &self.config.client_id, secret).await
     }
 
     pub fn secrets(&self) -> &SecretSource {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tether_domain::ClientSecret;
 
-use crate::auth::{self, AccessToken, AuthError};
+use crate::auth::{AccessToken, AuthError};
 use crate::config::ReloadTiming;
 use crate::instance::Instance;
 use crate::secret::{FileStamp, SecretError, SecretSource};
@@ -140,14 +140,7 @@ impl SecretWatch {
         self.next_check =
             Pace::of(agent.secrets(), agent.reload()).next(now, self.hurry_until, agent.reload());
         let candidate = self.look(agent.secrets(), &source).await?;
-        match auth::fetch_token(
-            agent.transport(),
-            &agent.config().url,
-            &agent.config().client_id,
-            &candidate,
-        )
-        .await
-        {
+        match agent.token(&candidate).await {
             Ok(token) => {
                 tracing::info!(secret_source = %source,
                     "the client secret changed; moving this session to it with reauth, no reconnect");

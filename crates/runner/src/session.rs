@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::Connector;
 
-use crate::auth::{self, AccessToken, AuthError};
+use crate::auth::{AccessToken, AuthError};
 use crate::executor::Admission;
 use crate::instance::{self, Instance};
 use crate::reload::SecretWatch;
@@ -349,13 +349,7 @@ async fn connect(agent: &Instance, token: &str) -> Result<Ws, SessionEnd> {
 /// A fresh token from the secret the session uses: a new secret in the source is the watcher's
 /// business, and one the control plane refused must not break renewals.
 async fn renew(agent: &Instance, secret: &ClientSecret) -> Result<AccessToken, AuthError> {
-    auth::fetch_token(
-        agent.transport(),
-        &agent.config().url,
-        &agent.config().client_id,
-        secret,
-    )
-    .await
+    agent.token(secret).await
 }
 
 async fn send(ws: &mut Ws, msg: &RunnerMessage) -> Result<(), WsError> {
