@@ -2,7 +2,8 @@
 //! back into the same short form for messages. Errors are one line naming what was typed.
 
 /// The longest overlap the control plane accepts for `grace_seconds` (30 days).
-pub const MAX_GRACE_SECONDS: u64 = 30 * DAY;
+/// The longest overlap the control plane accepts (`tether_domain::RefreshMode::MAX_GRACE`).
+pub const MAX_GRACE_SECONDS: u64 = tether_domain::RefreshMode::MAX_GRACE.as_secs();
 
 const MINUTE: u64 = 60;
 const HOUR: u64 = 60 * MINUTE;

@@ -60,6 +60,60 @@ impl CredentialState {
     }
 }
 
+/// The word an operator types to confirm a refresh (the guide: "type the word `refresh`"), in the
+/// API (`"confirm": "refresh"`), the web dialog and the CLI prompt.
+pub const REFRESH_CONFIRMATION: &str = "refresh";
+
+/// How a refresh treats the previous generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshMode {
+    /// Revoked at once: the guide's behaviour (the running runner is disconnected).
+    Revoke,
+    /// Still accepted for `grace` (zero-downtime rotation): nothing is disconnected.
+    Overlap { grace: std::time::Duration },
+}
+
+impl RefreshMode {
+    /// The overlap when none is given: one day.
+    pub const DEFAULT_GRACE: std::time::Duration = std::time::Duration::from_secs(86_400);
+    /// The longest overlap: 30 days.
+    pub const MAX_GRACE: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
+
+    /// From the API's `mode` (default `revoke`) and `grace_seconds` (overlap only, 1 s to 30 d,
+    /// default one day). The error names the field and what is wrong with it.
+    pub fn parse(
+        mode: Option<&str>,
+        grace_seconds: Option<u64>,
+    ) -> Result<Self, (&'static str, String)> {
+        match mode.unwrap_or("revoke") {
+            "revoke" if grace_seconds.is_some() => Err((
+                "grace_seconds",
+                "applies only to mode \"overlap\"".to_owned(),
+            )),
+            "revoke" => Ok(Self::Revoke),
+            "overlap" => {
+                let grace =
+                    grace_seconds.map_or(Self::DEFAULT_GRACE, std::time::Duration::from_secs);
+                if grace.is_zero() || grace > Self::MAX_GRACE {
+                    return Err((
+                        "grace_seconds",
+                        format!("must be from 1 to {} seconds", Self::MAX_GRACE.as_secs()),
+                    ));
+                }
+                Ok(Self::Overlap { grace })
+            }
+            _ => Err(("mode", "must be \"revoke\" or \"overlap\"".to_owned())),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Revoke => "revoke",
+            Self::Overlap { .. } => "overlap",
+        }
+    }
+}
+
 /// The version of a runner's credential set: bumped in the same transaction as every change to it
 /// (refresh, end of an overlap, grace expiry), so a cache can tell a load read before a change
 /// from one read after it.
@@ -141,6 +195,40 @@ impl Rollout {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refresh_modes_parse_with_their_grace_bounds() {
+        use std::time::Duration;
+        assert_eq!(RefreshMode::parse(None, None), Ok(RefreshMode::Revoke));
+        assert_eq!(
+            RefreshMode::parse(Some("overlap"), None),
+            Ok(RefreshMode::Overlap {
+                grace: RefreshMode::DEFAULT_GRACE
+            })
+        );
+        assert_eq!(
+            RefreshMode::parse(Some("overlap"), Some(60)),
+            Ok(RefreshMode::Overlap {
+                grace: Duration::from_secs(60)
+            })
+        );
+        assert_eq!(
+            RefreshMode::parse(Some("overlap"), Some(0)).map_err(|e| e.0),
+            Err("grace_seconds")
+        );
+        assert_eq!(
+            RefreshMode::parse(Some("overlap"), Some(30 * 86_400 + 1)).map_err(|e| e.0),
+            Err("grace_seconds")
+        );
+        assert_eq!(
+            RefreshMode::parse(Some("revoke"), Some(60)).map_err(|e| e.0),
+            Err("grace_seconds")
+        );
+        assert_eq!(
+            RefreshMode::parse(Some("later"), None).map_err(|e| e.0),
+            Err("mode")
+        );
+    }
 
     #[test]
     fn rollout_states() {

@@ -13,7 +13,10 @@ pub mod role;
 pub mod secret;
 pub mod status;
 
-pub use credential::{CredentialState, CredentialsVersion, Generation, Rollout, RolloutState};
+pub use credential::{
+    CredentialState, CredentialsVersion, Generation, RefreshMode, Rollout, RolloutState,
+    REFRESH_CONFIRMATION,
+};
 pub use ids::{RunId, RunnerId, TaskId, UserId};
 pub use names::{Description, Password, RunnerName, TokenName, Username};
 pub use pipeline::{PipelineName, RunState, TaskName, TaskSpec};

@@ -16,20 +16,8 @@ use crate::clock::clock;
 use crate::services::auth::Caller;
 use crate::state::AppState;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    Revoke,
-    Overlap { grace: std::time::Duration },
-}
-
-impl Mode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Revoke => "revoke",
-            Mode::Overlap { .. } => "overlap",
-        }
-    }
-}
+/// How a refresh treats the previous generation (the rule and its bounds are the domain's).
+pub use tether_domain::RefreshMode as Mode;
 
 #[derive(Debug)]
 pub struct RefreshOutcome {

@@ -41,13 +41,6 @@ pub fn router() -> Router<AppState> {
         )
 }
 
-/// The word an operator must type to refresh (the guide: "type the word `refresh`").
-const REFRESH_CONFIRMATION: &str = "refresh";
-/// Default overlap: one day.
-const DEFAULT_GRACE_SECONDS: u64 = 86_400;
-/// Longest overlap: 30 days.
-const MAX_GRACE_SECONDS: u64 = 30 * 86_400;
-
 async fn refresh_credentials(
     State(state): State<AppState>,
     caller: Caller,
@@ -55,41 +48,14 @@ async fn refresh_credentials(
     ApiJson(req): ApiJson<RefreshRequest>,
 ) -> Result<Json<RefreshResponse>, ApiError> {
     caller.require(Role::Operator)?;
-    if req.confirm.as_deref() != Some(REFRESH_CONFIRMATION) {
+    if req.confirm.as_deref() != Some(tether_domain::REFRESH_CONFIRMATION) {
         return Err(ApiError::Confirmation {
             field: "confirm",
-            expected: REFRESH_CONFIRMATION,
+            expected: tether_domain::REFRESH_CONFIRMATION,
         });
     }
-    let mode = match req.mode.as_deref().unwrap_or("revoke") {
-        "revoke" => {
-            if req.grace_seconds.is_some() {
-                return Err(ApiError::invalid_field(
-                    "grace_seconds",
-                    "applies only to mode \"overlap\"",
-                ));
-            }
-            Mode::Revoke
-        }
-        "overlap" => {
-            let grace = req.grace_seconds.unwrap_or(DEFAULT_GRACE_SECONDS);
-            if grace == 0 || grace > MAX_GRACE_SECONDS {
-                return Err(ApiError::invalid_field(
-                    "grace_seconds",
-                    format!("must be from 1 to {MAX_GRACE_SECONDS} seconds"),
-                ));
-            }
-            Mode::Overlap {
-                grace: std::time::Duration::from_secs(grace),
-            }
-        }
-        _ => {
-            return Err(ApiError::invalid_field(
-                "mode",
-                "must be \"revoke\" or \"overlap\"",
-            ))
-        }
-    };
+    let mode = Mode::parse(req.mode.as_deref(), req.grace_seconds)
+        .map_err(|(field, detail)| ApiError::invalid_field(field, detail))?;
     let rotation_id = req
         .rotation_id
         .as_deref()

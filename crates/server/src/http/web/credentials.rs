@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
-use tether_domain::{CredentialState, Role, RunState};
+use tether_domain::{CredentialState, RefreshMode, Role, RunState, REFRESH_CONFIRMATION};
 
 use super::apply::{self, ApplyGuide};
 use super::runners::{load, reload_text, Loaded, RunnerHead};
@@ -37,11 +37,9 @@ pub fn router() -> Router<AppState> {
         )
 }
 
-/// The word that confirms a refresh (as in the API and the guide).
-const REFRESH_CONFIRMATION: &str = "refresh";
-/// The grace periods the dialog offers; 24 hours is preselected.
+/// The grace periods the dialog offers; the domain's default (24 hours) is preselected.
 const GRACE_CHOICES: [u64; 3] = [3600, 86_400, 604_800];
-const DEFAULT_GRACE: u64 = 86_400;
+const DEFAULT_GRACE: u64 = RefreshMode::DEFAULT_GRACE.as_secs();
 
 #[derive(Debug)]
 pub struct RunningRun {
