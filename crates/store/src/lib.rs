@@ -226,8 +226,13 @@ pub trait RotationStore: Send + Sync {
         runner: RunnerId,
         audit: NewAuditEvent,
     ) -> StoreResult<RetiringRevoked>;
-    /// Retiring generations whose grace ended at `now_ms` become revoked, each audited.
-    async fn expire_retiring(&self, now_ms: i64) -> StoreResult<Vec<ExpiredGeneration>>;
+    /// Retiring generations whose grace ended at `now_ms` become revoked, each with the audit event
+    /// `audit` makes for it, in the same transaction.
+    async fn expire_retiring(
+        &self,
+        now_ms: i64,
+        audit: &(dyn for<'e> Fn(&'e ExpiredGeneration) -> NewAuditEvent + Send + Sync),
+    ) -> StoreResult<Vec<ExpiredGeneration>>;
 }
 
 /// Everything the control plane needs from its database.

@@ -952,6 +952,13 @@ fn generation_of(
     }
 }
 
+fn grace_ended(e: &tether_store::ExpiredGeneration) -> NewAuditEvent {
+    ev(
+        "credential.grace_expired",
+        Some((e.runner_id, e.runner_name.as_str())),
+    )
+}
+
 async fn client_of(store: &Arc<dyn Store>, r: &NewRunner) -> tether_store::ClientRecord {
     store
         .client_by_id(&r.client_id)
@@ -1165,7 +1172,10 @@ async fn grace_expiry_revokes_only_what_ended_as_system_and_bumps_each_runner() 
             .expect("refresh");
     }
     let before = client_of(&store, &ended).await.version;
-    let expired = store.expire_retiring(to_ms(now)).await.expect("expire");
+    let expired = store
+        .expire_retiring(to_ms(now), &grace_ended)
+        .await
+        .expect("expire");
     assert_eq!(expired.len(), 1);
     assert_eq!(expired[0].runner_id, ended.id);
     assert_eq!(expired[0].generation, Generation(1));
@@ -1179,7 +1189,7 @@ async fn grace_expiry_revokes_only_what_ended_as_system_and_bumps_each_runner() 
         CredentialState::Retiring
     );
     assert!(store
-        .expire_retiring(to_ms(now))
+        .expire_retiring(to_ms(now), &grace_ended)
         .await
         .expect("again")
         .is_empty());

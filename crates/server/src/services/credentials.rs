@@ -319,7 +319,11 @@ pub async fn sweep(state: &AppState) -> anyhow::Result<()> {
     let now = OffsetDateTime::now_utc();
     for e in state
         .store
-        .expire_retiring(tether_store::to_ms(now))
+        .expire_retiring(tether_store::to_ms(now), &|e| {
+            audit::event("system", "credential.grace_expired")
+                .runner(e.runner_id, e.runner_name.as_str())
+                .detail(json!({"generation": e.generation.0}))
+        })
         .await?
     {
         state.clients.invalidate(&e.client_id, e.version);

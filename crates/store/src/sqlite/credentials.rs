@@ -192,7 +192,11 @@ impl RotationStore for SqliteStore {
         })
     }
 
-    async fn expire_retiring(&self, now_ms: i64) -> StoreResult<Vec<ExpiredGeneration>> {
+    async fn expire_retiring(
+        &self,
+        now_ms: i64,
+        audit: &(dyn for<'e> Fn(&'e ExpiredGeneration) -> NewAuditEvent + Send + Sync),
+    ) -> StoreResult<Vec<ExpiredGeneration>> {
         let mut tx = self.writer.begin().await.map_err(backend)?;
         let rows = sqlx::query(
             "UPDATE credentials SET state = 'revoked', revoked_at = ?, revoked_by = 'system'
@@ -224,16 +228,7 @@ impl RotationStore for SqliteStore {
                 generation: Generation(generation),
                 version,
             };
-            let ev = crate::NewAuditEvent {
-                at: crate::from_ms(now_ms),
-                actor: "system".into(),
-                action: "credential.grace_expired".into(),
-                runner_id: Some(e.runner_id),
-                runner_name: Some(name),
-                target: None,
-                source_ip: None,
-                detail: serde_json::json!({"generation": generation}),
-            };
+            let ev = audit(&e);
             insert_audit(&mut *tx, &ev).await?;
             expired.push(e);
         }
