@@ -139,8 +139,8 @@ impl ServerArgs {
             }
         }
         if let Some(db) = &self.database_url {
-            if !db.starts_with("sqlite:") {
-                bail!("TETHER_DATABASE_URL: only sqlite: URLs are supported by this build");
+            if let Err(why) = tether_store::check_url(db) {
+                bail!("TETHER_DATABASE_URL: {why}");
             }
         }
         Ok(ServerConfig {

@@ -28,7 +28,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 
 use anyhow::Context;
-use tether_store::sqlite::SqliteStore;
 use tether_store::Store;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -62,18 +61,14 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         .with_context(|| format!("restricting permissions of {}", config.data_dir.display()))?;
     let keys = keys::KeyMaterial::load_or_generate(&config.data_dir)?;
     let store: Arc<dyn Store> = match &config.database_url {
-        Some(url) => Arc::new(
-            SqliteStore::open_url(url)
-                .await
-                .context("opening the database")?,
-        ),
+        Some(url) => tether_store::open(url)
+            .await
+            .context("opening the database")?,
         None => {
             let path = config.data_dir.join("tether.db");
-            Arc::new(
-                SqliteStore::open(&path)
-                    .await
-                    .with_context(|| format!("opening the database {}", path.display()))?,
-            )
+            tether_store::open_file(&path)
+                .await
+                .with_context(|| format!("opening the database {}", path.display()))?
         }
     };
     let listener = tokio::net::TcpListener::bind(config.listen)

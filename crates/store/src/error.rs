@@ -31,6 +31,9 @@ pub enum StoreError {
     /// Stored data no longer parses: a bug or tampering, never bad input.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// The database URL names no backend this build has.
+    #[error("{0}")]
+    InvalidUrl(String),
     #[error("database error")]
     Backend(#[source] Box<dyn StdError + Send + Sync>),
 }

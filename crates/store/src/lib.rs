@@ -19,6 +19,34 @@ pub use records::*;
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// Whether `url` names a backend this build has, without opening anything (for checking the
+/// configuration at start-up). The error is one line for the operator.
+pub fn check_url(url: &str) -> Result<(), String> {
+    if url.starts_with("sqlite:") {
+        Ok(())
+    } else {
+        let scheme = url.split(':').next().unwrap_or_default();
+        Err(format!(
+            "'{scheme}:' URLs are not supported by this build; use a sqlite: URL (or none, for \
+             SQLite in the data directory)"
+        ))
+    }
+}
+
+/// Opens the store a database URL names, applying pending migrations. The only place that knows
+/// which backend a URL means.
+pub async fn open(url: &str) -> StoreResult<std::sync::Arc<dyn Store>> {
+    check_url(url).map_err(StoreError::InvalidUrl)?;
+    Ok(std::sync::Arc::new(
+        sqlite::SqliteStore::open_url(url).await?,
+    ))
+}
+
+/// The embedded default: SQLite in the file `path` (created if missing).
+pub async fn open_file(path: &std::path::Path) -> StoreResult<std::sync::Arc<dyn Store>> {
+    Ok(std::sync::Arc::new(sqlite::SqliteStore::open(path).await?))
+}
+
 #[async_trait]
 pub trait RunnerStore: Send + Sync {
     /// Creates the runner with its first credential generation.
