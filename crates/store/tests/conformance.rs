@@ -959,6 +959,23 @@ fn grace_ended(e: &tether_store::ExpiredGeneration) -> NewAuditEvent {
     )
 }
 
+/// An overlap refresh with the secret `secret`, the previous generation retiring until `until`.
+async fn refresh_overlap(
+    store: &Arc<dyn Store>,
+    secret: &str,
+    runner: RunnerId,
+    until: OffsetDateTime,
+    audit: NewAuditEvent,
+) -> tether_store::Refreshed {
+    let mode = tether_store::RotationMode::Overlap {
+        expires_at_ms: to_ms(until),
+    };
+    store
+        .refresh_credentials(generation_of(secret, runner, mode), audit)
+        .await
+        .expect("refresh")
+}
+
 async fn client_of(store: &Arc<dyn Store>, r: &NewRunner) -> tether_store::ClientRecord {
     store
         .client_by_id(&r.client_id)
@@ -987,19 +1004,14 @@ async fn refresh_revokes_or_retires_bumps_the_version_and_records_who_revoked() 
 
     // Overlap: the previous generation retires until the given time.
     let until = OffsetDateTime::now_utc() + time::Duration::hours(1);
-    let out = store
-        .refresh_credentials(
-            generation_of(
-                "s2",
-                r.id,
-                RotationMode::Overlap {
-                    expires_at_ms: to_ms(until),
-                },
-            ),
-            ev("credentials.refreshed", Some((r.id, "rot"))),
-        )
-        .await
-        .expect("refresh");
+    let out = refresh_overlap(
+        &store,
+        "s2",
+        r.id,
+        until,
+        ev("credentials.refreshed", Some((r.id, "rot"))),
+    )
+    .await;
     assert_eq!(
         (out.generation, out.previous),
         (Generation(2), Generation(1))
@@ -1101,7 +1113,6 @@ async fn a_refresh_of_a_missing_runner_is_not_found_and_writes_nothing() {
 
 #[tokio::test]
 async fn revoke_retiring_ends_an_overlap_once_and_keeps_the_version_when_there_is_none() {
-    use tether_store::RotationMode;
     let (store, _dir) = sqlite().await;
     let r = new_runner("overlap");
     store
@@ -1109,19 +1120,14 @@ async fn revoke_retiring_ends_an_overlap_once_and_keeps_the_version_when_there_i
         .await
         .expect("create");
     let until = OffsetDateTime::now_utc() + time::Duration::hours(1);
-    store
-        .refresh_credentials(
-            generation_of(
-                "s2",
-                r.id,
-                RotationMode::Overlap {
-                    expires_at_ms: to_ms(until),
-                },
-            ),
-            ev("credentials.refreshed", Some((r.id, "overlap"))),
-        )
-        .await
-        .expect("refresh");
+    refresh_overlap(
+        &store,
+        "s2",
+        r.id,
+        until,
+        ev("credentials.refreshed", Some((r.id, "overlap"))),
+    )
+    .await;
     let mut by_bob = ev("credentials.previous_revoked", Some((r.id, "overlap")));
     by_bob.actor = "user:bob".into();
     let done = store.revoke_retiring(r.id, by_bob).await.expect("revoke");
