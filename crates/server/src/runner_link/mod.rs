@@ -826,28 +826,55 @@ mod tests {
         let link = Arc::new(link());
         let r = Arc::new(record(1));
         let floor = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let registered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let start = Arc::new(std::sync::Barrier::new(4));
         let sessions = std::thread::scope(|s| {
             let mut registrars = Vec::new();
             for t in 0..3 {
-                let (link, r, floor) = (link.clone(), r.clone(), floor.clone());
+                let (link, r, floor, start, done, registered) = (
+                    link.clone(),
+                    r.clone(),
+                    floor.clone(),
+                    start.clone(),
+                    done.clone(),
+                    registered.clone(),
+                );
                 registrars.push(s.spawn(move || {
+                    start.wait();
                     let mut out = Vec::new();
-                    for i in 0..800u32 {
+                    let mut after = 0;
+                    // Registers during every revocation and a while after the last one, whatever
+                    // the scheduler does (bounded).
+                    for i in 0..100_000u32 {
+                        if done.load(Ordering::SeqCst) {
+                            after += 1;
+                            if after > 50 {
+                                break;
+                            }
+                        }
                         // A token checked a moment ago, maybe before the latest revocation.
                         let g = floor.load(Ordering::SeqCst) + (i % 2);
                         let (tx, rx) = mpsc::unbounded_channel();
                         let res = link.register(&r, hello(&format!("t{t}-{i}")), g, i64::MAX, tx);
                         out.push((g, res, rx));
+                        registered.fetch_add(1, Ordering::SeqCst);
                     }
                     out
                 }));
             }
             let (link, r, floor) = (link.clone(), r.clone(), floor.clone());
             s.spawn(move || {
+                start.wait();
                 for g in 1..=400u32 {
+                    // Interleave for sure: each revocation waits for a few more registrations.
+                    while registered.load(Ordering::SeqCst) < g as usize * 3 {
+                        std::thread::yield_now();
+                    }
                     link.close_older_generations(&r, g);
                     floor.store(g, Ordering::SeqCst);
                 }
+                done.store(true, Ordering::SeqCst);
             });
             registrars
                 .into_iter()
@@ -876,6 +903,9 @@ mod tests {
                 }
             }
         }
-        assert!(refused + closed > 0, "the race was exercised");
+        assert!(
+            refused > 0 && closed > 0,
+            "the race was exercised ({refused} refused, {closed} closed)"
+        );
     }
 }
