@@ -8,25 +8,11 @@ use tether_protocol::api::Instance;
 
 /// How a runner's live instances pick up a new secret, as one line; `None` when none is live.
 pub fn reload_line(instances: &[Instance]) -> Option<String> {
-    let live = instances.len();
     let reloading = instances
         .iter()
         .filter(|i| i.hot_reload == Some(true))
         .count();
-    match (reloading, live) {
-        (_, 0) => None,
-        (n, m) if n == m => Some(format!(
-            "All {m} live instance(s) reload the secret by themselves: put the new secret in their \
-             store and they pick it up; no restart is needed."
-        )),
-        (0, m) => Some(format!(
-            "The {m} live instance(s) read OAUTH_CLIENT_SECRET: they need a restart with the new value."
-        )),
-        (n, m) => Some(format!(
-            "{n} of {m} live instances reload the secret by themselves; the others need a restart \
-             with the new value."
-        )),
-    }
+    tether_domain::apply_guide::reload_line(reloading, instances.len())
 }
 
 /// The guide as text for a terminal: numbered steps, commands indented under them, and a last

@@ -233,6 +233,25 @@ fn shell_quote(path: &str) -> String {
     }
 }
 
+/// How a runner's live instances pick up a new secret, as one line (`reloading` of `live` reload it
+/// by themselves); `None` when none is live. The web UI and the CLI say the same.
+pub fn reload_line(reloading: usize, live: usize) -> Option<String> {
+    match (reloading, live) {
+        (_, 0) => None,
+        (n, m) if n == m => Some(format!(
+            "All {m} live instance(s) reload the secret by themselves: put the new secret in their \
+             store and they pick it up; no restart is needed."
+        )),
+        (0, m) => Some(format!(
+            "The {m} live instance(s) read OAUTH_CLIENT_SECRET: they need a restart with the new value."
+        )),
+        (n, m) => Some(format!(
+            "{n} of {m} live instances reload the secret by themselves; the others need a restart \
+             with the new value."
+        )),
+    }
+}
+
 /// The steps worth showing: all of them, or without the restart-only ones when every live
 /// instance reloads the secret by itself.
 pub fn steps(guide: &Guide, all_reload: bool) -> impl Iterator<Item = &'static Step> {

@@ -99,6 +99,8 @@ fn replace_file(path: &Path, secret: &ClientSecret) -> std::io::Result<()> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "client_secret".to_owned());
     let tmp = dir.join(format!(".{name}.tether-{}", std::process::id()));
+    // A temporary file left by an earlier run that was killed would make `create_new` fail.
+    let _ = std::fs::remove_file(&tmp);
     let result = (|| {
         let mut f = std::fs::OpenOptions::new()
             .write(true)

@@ -57,7 +57,7 @@ async fn pause_runner(
         }
     }
     let record = runners::pause(&state, &caller, &runner, req.until).await?;
-    Ok((StatusCode::ACCEPTED, Json(view(&state, &record))))
+    Ok((StatusCode::ACCEPTED, Json(view(&state, record))))
 }
 
 async fn resume_runner(
@@ -66,7 +66,7 @@ async fn resume_runner(
     Path(runner): Path<String>,
 ) -> Result<(StatusCode, Json<Runner>), ApiError> {
     let record = runners::resume(&state, &caller, &runner).await?;
-    Ok((StatusCode::ACCEPTED, Json(view(&state, &record))))
+    Ok((StatusCode::ACCEPTED, Json(view(&state, record))))
 }
 
 async fn restart_runner(
@@ -75,7 +75,7 @@ async fn restart_runner(
     Path(runner): Path<String>,
 ) -> Result<(StatusCode, Json<Runner>), ApiError> {
     let (record, _) = runners::restart(&state, &caller, &runner).await?;
-    Ok((StatusCode::ACCEPTED, Json(view(&state, &record))))
+    Ok((StatusCode::ACCEPTED, Json(view(&state, record))))
 }
 
 async fn create_runner(
@@ -99,7 +99,7 @@ async fn create_runner(
     Ok((
         StatusCode::CREATED,
         Json(CreatedRunner {
-            runner: view(&state, &record),
+            runner: view(&state, record),
             credentials,
         }),
     ))
@@ -122,7 +122,7 @@ async fn list_runners(
         None
     };
     Ok(Json(RunnerList {
-        runners: records.iter().map(|r| view(&state, r)).collect(),
+        runners: records.into_iter().map(|r| view(&state, r)).collect(),
         next_cursor,
     }))
 }
@@ -134,7 +134,7 @@ async fn get_runner(
 ) -> Result<Json<Runner>, ApiError> {
     caller.require(Role::Viewer)?;
     let record = runners::find(&state, &runner).await?;
-    Ok(Json(view(&state, &record)))
+    Ok(Json(view(&state, record)))
 }
 
 async fn delete_runner(
@@ -148,8 +148,8 @@ async fn delete_runner(
 
 /// The API's view of a runner: live state from this server's sessions where it has any, else the
 /// last status written to the store.
-pub(crate) fn view(state: &AppState, r: &RunnerRecord) -> Runner {
-    let live = runners::live(state, r.clone());
+pub(crate) fn view(state: &AppState, r: RunnerRecord) -> Runner {
+    let live = runners::live(state, r);
     let credential_rollout = rollout_view(&live);
     let LiveRunner {
         record: r,

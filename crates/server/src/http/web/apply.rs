@@ -85,20 +85,7 @@ pub fn guide(l: &LiveRunner, url: &str) -> ApplyGuide {
               can't run pipelines."
             .to_owned(),
     };
-    let reload = (live > 0).then(|| match (reloading, live) {
-        (n, m) if n == m => format!(
-            "All {m} live instance(s) reload the secret by themselves: once it is in their store \
-             they pick it up with no restart."
-        ),
-        (0, m) => format!(
-            "The {m} live instance(s) need a restart with the new value (they read \
-             OAUTH_CLIENT_SECRET)."
-        ),
-        (n, m) => format!(
-            "{n} of {m} live instances reload the secret by themselves; the others need a restart \
-             with the new value."
-        ),
-    });
+    let reload = apply_guide::reload_line(reloading, live);
     ApplyGuide {
         platform: g.short,
         secret_lives: fill(g.secret_lives, &v),

@@ -40,9 +40,10 @@ async fn stream_events(
         .await?
         .into_iter()
         .map(|r| {
-            let status = state.link.view(r.id).map_or(r.status, |v| v.status);
+            let live = runners::live(&state, r);
+            let status = live.status;
             Ok(runner_event(
-                r.name.as_str(),
+                live.record.name.as_str(),
                 status.status.as_str(),
                 &status.reason,
             ))
