@@ -1,5 +1,5 @@
-//! The handle that wakes the dispatch loop (`services::runs::dispatch_loop`) for a runner: held in
-//! the shared state, so anything that may have made work startable can poke it.
+//! The handle that wakes the dispatch loop (`services::runs::dispatch_loop`) for a runner. It is
+//! an events subscriber: work queued for a runner, or the runner resumed, wakes the loop for it.
 
 use tether_domain::RunnerId;
 use tokio::sync::mpsc;
@@ -18,5 +18,19 @@ impl Dispatcher {
 
     pub fn poke(&self, runner: RunnerId) {
         let _ = self.tx.send(runner);
+    }
+}
+
+impl crate::events::Subscriber for Dispatcher {
+    fn deliver(&self, event: &crate::events::Event, _: &mut crate::events::Delivered) {
+        use crate::events::Event;
+        match event {
+            Event::WorkQueued { runner } => self.poke(*runner),
+            Event::PauseChanged {
+                runner,
+                paused_by: None,
+            } => self.poke(runner.id),
+            _ => {}
+        }
     }
 }

@@ -12,6 +12,7 @@ macro_rules! say {
 pub mod clock;
 pub mod config;
 pub mod dispatch;
+pub mod events;
 pub mod http;
 pub mod jwt;
 pub mod keys;
@@ -96,20 +97,32 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     let (persist_tx, persist_rx) = tokio::sync::mpsc::unbounded_channel();
     let (dispatch, dispatch_rx) = dispatch::Dispatcher::new();
     let (shutdown, mut stop) = watch::channel(false);
+    let clients = Arc::new(memory::clients::ClientCache::default());
+    let revoked = Arc::new(memory::revoked::RevokedTokens::default());
+    let health = Arc::new(memory::health::AuthHealthTracker::default());
+    let link = Arc::new(runner_link::RunnerLink::new(persist_tx));
+    // The client cache first: a revoked secret stops working before its sessions are cut.
+    let events = Arc::new(events::InProcess::new(vec![
+        clients.clone(),
+        revoked.clone(),
+        health.clone(),
+        link.clone(),
+        Arc::new(dispatch),
+    ]));
     let state = AppState::new(Inner {
         config,
         store,
         signer,
         pepper: keys.pepper,
-        clients: Default::default(),
+        clients,
         usage: Default::default(),
-        revoked: Default::default(),
+        revoked,
         metrics: Default::default(),
-        link: runner_link::RunnerLink::new(persist_tx),
+        link,
+        events,
         public_url: public_url.clone(),
-        dispatch,
         sealer: seal::Sealer::new(&keys.master),
-        health: Default::default(),
+        health,
         started_at: now,
         stopping: shutdown.subscribe(),
     });

@@ -6,7 +6,7 @@ use tether_domain::Pepper;
 use tether_store::Store;
 
 use crate::config::ServerConfig;
-use crate::dispatch::Dispatcher;
+use crate::events::EventBus;
 use crate::jwt::TokenSigner;
 use crate::memory::clients::ClientCache;
 use crate::memory::revoked::RevokedTokens;
@@ -23,15 +23,17 @@ pub struct Inner {
     pub store: Arc<dyn Store>,
     pub signer: TokenSigner,
     pub pepper: Pepper,
-    pub clients: ClientCache,
+    /// Read by the token endpoint; changed only through `events`.
+    pub clients: Arc<ClientCache>,
     pub usage: UsageTracker,
-    pub revoked: RevokedTokens,
-    pub link: RunnerLink,
+    pub revoked: Arc<RevokedTokens>,
+    pub link: Arc<RunnerLink>,
+    /// Where services publish what a committed change means for the state in memory.
+    pub events: Arc<dyn EventBus>,
     pub metrics: Metrics,
     pub public_url: String,
-    pub dispatch: Dispatcher,
     pub sealer: crate::seal::Sealer,
-    pub health: crate::memory::health::AuthHealthTracker,
+    pub health: Arc<crate::memory::health::AuthHealthTracker>,
     /// When this process started: tasks of instances it never saw count as gone since then.
     pub started_at: time::OffsetDateTime,
     /// Turns true when the server shuts down: long-lived responses (the UI's event stream) end

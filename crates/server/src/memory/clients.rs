@@ -236,6 +236,19 @@ impl ClientCache {
     }
 }
 
+impl crate::events::Subscriber for ClientCache {
+    fn deliver(&self, event: &crate::events::Event, _: &mut crate::events::Delivered) {
+        use crate::events::Event;
+        match event {
+            Event::CredentialsChanged {
+                runner, version, ..
+            } => self.invalidate(&runner.client_id, *version),
+            Event::RunnerDeleted { client_id, .. } => self.deleted(client_id),
+            _ => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -129,6 +129,19 @@ impl AuthHealthTracker {
     }
 }
 
+impl crate::events::Subscriber for AuthHealthTracker {
+    fn deliver(&self, event: &crate::events::Event, _: &mut crate::events::Delivered) {
+        use crate::events::{CredentialChange, Event};
+        if let Event::CredentialsChanged { runner, change, .. } = event {
+            match change {
+                CredentialChange::Revoked { at, by, .. }
+                | CredentialChange::Rotated { at, by, .. } => self.refreshed(runner.id, *at, by),
+                CredentialChange::RetiringRevoked { .. } => {}
+            }
+        }
+    }
+}
+
 fn describe(reason: &str) -> &'static str {
     match reason {
         "wrong_secret" => "wrong or revoked client secret",

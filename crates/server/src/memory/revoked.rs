@@ -38,3 +38,11 @@ impl RevokedTokens {
             .retain(|_, exp| *exp > now);
     }
 }
+
+impl crate::events::Subscriber for RevokedTokens {
+    fn deliver(&self, event: &crate::events::Event, _: &mut crate::events::Delivered) {
+        if let crate::events::Event::AccessTokenRevoked { jti, expires_at } = event {
+            self.insert(jti.clone(), *expires_at);
+        }
+    }
+}

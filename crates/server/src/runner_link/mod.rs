@@ -24,8 +24,10 @@ use std::time::Duration;
 /// between a session's token check and its `hello`.
 pub const TOMBSTONE_TTL: Duration = Duration::from_secs(600);
 
-use tether_domain::{derive_status, Disconnect, RunnerId, RunnerStatus, StatusFacts};
+use tether_domain::{derive_status, Disconnect, Generation, RunnerId, RunnerStatus, StatusFacts};
 use tether_protocol::api::Instance;
+
+use crate::events::{CredentialChange, Delivered, Event, Subscriber};
 use tether_protocol::session::ServerMessage;
 use tether_store::{PersistedStatus, RunnerRecord};
 use time::OffsetDateTime;
@@ -468,7 +470,7 @@ impl RunnerLink {
     pub fn credentials_revoked(
         &self,
         runner: &RunnerRecord,
-        active: u32,
+        active: Generation,
         reason: &str,
     ) -> Vec<String> {
         let now = OffsetDateTime::now_utc();
@@ -478,7 +480,7 @@ impl RunnerLink {
                 .entry(runner.id)
                 .or_insert_with(|| LiveRunner::from_record(runner));
             live.credentials_revoked = Some(reason.to_owned());
-            let closed = close_older(live, active);
+            let closed = close_older(live, active.0);
             (closed, live.refresh(now))
         };
         self.publish(runner.id, change);
@@ -487,23 +489,27 @@ impl RunnerLink {
 
     /// Closes sessions on generations older than `active` (overlap ended), and refuses them from
     /// now on. Returns their instances.
-    pub fn close_older_generations(&self, runner: &RunnerRecord, active: u32) -> Vec<String> {
+    pub fn close_older_generations(
+        &self,
+        runner: &RunnerRecord,
+        active: Generation,
+    ) -> Vec<String> {
         let mut map = self.lock();
         let live = map
             .entry(runner.id)
             .or_insert_with(|| LiveRunner::from_record(runner));
-        close_older(live, active)
+        close_older(live, active.0)
     }
 
     /// Tells every live instance that `generation` exists (overlap began). Returns how many.
-    pub fn credentials_rotated(&self, id: RunnerId, generation: u32) -> usize {
+    pub fn credentials_rotated(&self, id: RunnerId, generation: Generation) -> usize {
         let map = self.lock();
         let Some(live) = map.get(&id) else { return 0 };
         live.sessions
             .values()
             .filter(|s| {
                 s.tx.send(Outbound::Send(ServerMessage::CredentialsRotated {
-                    generation,
+                    generation: generation.0,
                 }))
                 .is_ok()
             })
@@ -596,23 +602,26 @@ impl RunnerLink {
     }
 
     /// Closes every session of a runner with `code` and forgets its live state (runner deleted);
-    /// its tombstone refuses late registrations.
-    pub fn close_all(&self, id: RunnerId, code: u16, reason: &str) -> usize {
+    /// its tombstone refuses late registrations. Returns the instances whose sessions it closed.
+    pub fn close_all(&self, id: RunnerId, code: u16, reason: &str) -> Vec<String> {
         let removed = {
             let mut map = self.lock();
             map.deleted.insert(id, OffsetDateTime::now_utc());
             map.remove(&id)
         };
         let Some(live) = removed else {
-            return 0;
+            return Vec::new();
         };
-        for s in live.sessions.values() {
-            let _ = s.tx.send(Outbound::Close {
-                code,
-                reason: reason.to_owned(),
-            });
-        }
-        live.sessions.len()
+        live.sessions
+            .into_values()
+            .map(|s| {
+                let _ = s.tx.send(Outbound::Close {
+                    code,
+                    reason: reason.to_owned(),
+                });
+                s.instance_id
+            })
+            .collect()
     }
 
     /// Closes every session of every runner (server shutdown).
@@ -706,11 +715,43 @@ impl RunnerLink {
     }
 }
 
+/// Revocations cut sessions here, deletions close them, pauses and drain requests reach the live
+/// instances.
+impl Subscriber for RunnerLink {
+    fn deliver(&self, event: &Event, delivered: &mut Delivered) {
+        match event {
+            Event::CredentialsChanged { runner, change, .. } => match change {
+                CredentialChange::Revoked { active, reason, .. } => delivered
+                    .sessions_closed
+                    .extend(self.credentials_revoked(runner, *active, reason)),
+                CredentialChange::Rotated { active, .. } => {
+                    delivered.instances_told += self.credentials_rotated(runner.id, *active)
+                }
+                CredentialChange::RetiringRevoked { accepted_from } => delivered
+                    .sessions_closed
+                    .extend(self.close_older_generations(runner, *accepted_from)),
+            },
+            Event::RunnerDeleted { runner, .. } => {
+                delivered.sessions_closed.extend(self.close_all(
+                    *runner,
+                    tether_protocol::session::close_code::RUNNER_DELETED,
+                    "this runner was deleted in the control plane",
+                ))
+            }
+            Event::PauseChanged { runner, paused_by } => self.set_paused(runner, paused_by.clone()),
+            Event::DrainRequested { runner, reason } => {
+                delivered.instances_told += self.drain_all(*runner, reason)
+            }
+            Event::AccessTokenRevoked { .. } | Event::WorkQueued { .. } => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::Arc;
-    use tether_domain::{ClientId, Description, Generation, Platform, RunnerName};
+    use tether_domain::{ClientId, Description, Platform, RunnerName};
 
     fn link() -> RunnerLink {
         // Status changes are not under test: their receiver is dropped.
@@ -772,7 +813,9 @@ mod tests {
     fn a_session_checked_before_a_revocation_cannot_register_after_it() {
         let link = link();
         let r = record(2);
-        assert!(link.credentials_revoked(&r, 2, "refreshed").is_empty());
+        assert!(link
+            .credentials_revoked(&r, Generation(2), "refreshed")
+            .is_empty());
         let (refused, _rx) = register(&link, &r, "i1", 1);
         assert_eq!(refused, Err(Refused::CredentialsRevoked));
         assert_eq!(link.session_count(), 0);
@@ -786,7 +829,10 @@ mod tests {
         let r = record(1);
         let (ok, mut rx) = register(&link, &r, "i1", 1);
         assert!(ok.is_ok());
-        assert_eq!(link.close_older_generations(&r, 2), vec!["i1".to_owned()]);
+        assert_eq!(
+            link.close_older_generations(&r, Generation(2)),
+            vec!["i1".to_owned()]
+        );
         assert!(matches!(
             rx.try_recv(),
             Ok(Outbound::Close { code, .. }) if code == tether_protocol::session::close_code::CREDENTIALS_REVOKED
@@ -800,7 +846,7 @@ mod tests {
         let (id, _rx) = register(&link, &r, "i1", 2);
         let id = id.expect("registered");
         // Generation 3 was made and then revoked (refresh to 4) after the reauth token was checked.
-        link.close_older_generations(&r, 4);
+        link.close_older_generations(&r, Generation(4));
         assert_eq!(
             link.reauthenticated(r.id, id, 3, i64::MAX),
             Err(Refused::CredentialsRevoked)
@@ -871,7 +917,7 @@ mod tests {
                     while registered.load(Ordering::SeqCst) < g as usize * 3 {
                         std::thread::yield_now();
                     }
-                    link.close_older_generations(&r, g);
+                    link.close_older_generations(&r, Generation(g));
                     floor.store(g, Ordering::SeqCst);
                 }
                 done.store(true, Ordering::SeqCst);

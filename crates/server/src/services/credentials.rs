@@ -2,8 +2,11 @@
 //! the periodic expiry of retiring generations and of secrets awaiting reveal.
 //!
 //! Every change is one store transaction with its audit event; the in-memory effects (the client
-//! cache, cutting sessions, telling instances) come after the commit, so a crash in between leaves
-//! the database right and the effects moot (a restart has no sessions and an empty cache).
+//! cache, cutting sessions, telling instances) follow from one event published after the commit,
+//! so a crash in between leaves the database right and the effects moot (a restart has no sessions
+//! and an empty cache).
+
+use std::sync::Arc;
 
 use serde_json::json;
 use tether_domain::{ClientSecret, Generation, Role, RunState, RunnerId};
@@ -13,6 +16,7 @@ use time::OffsetDateTime;
 use super::audit::{self, AuditEventExt};
 use super::{rfc3339, ServiceError};
 use crate::clock::clock;
+use crate::events::{CredentialChange, Event};
 use crate::services::auth::Caller;
 use crate::state::AppState;
 
@@ -105,28 +109,37 @@ pub async fn refresh(
         Err(StoreError::NotFound) => return Err(deleted_meanwhile(&runner)),
         Err(e) => return Err(e.into()),
     };
-    state
-        .clients
-        .invalidate(&runner.client_id, refreshed.version);
-    state.health.refreshed(runner.id, now, &caller.actor());
-    let generation = refreshed.generation.0;
-    let closed = match mode {
-        Mode::Revoke => {
-            let reason = format!(
+    let generation = refreshed.generation;
+    let change = match mode {
+        Mode::Revoke => CredentialChange::Revoked {
+            active: generation,
+            reason: format!(
                 "credentials refreshed at {} by {}; apply the new client_secret and restart the runner",
                 clock(now),
                 caller.actor()
-            );
-            state.link.credentials_revoked(&runner, generation, &reason)
-        }
-        Mode::Overlap { .. } => {
-            let told = state.link.credentials_rotated(runner.id, generation);
-            tracing::info!(runner.id = %runner.id, generation, instances = told, "told instances about the new credential generation");
-            Vec::new()
-        }
+            ),
+            at: now,
+            by: caller.actor(),
+        },
+        Mode::Overlap { .. } => CredentialChange::Rotated {
+            active: generation,
+            at: now,
+            by: caller.actor(),
+        },
     };
+    let runner = Arc::new(runner);
+    let delivered = state.events.publish(Event::CredentialsChanged {
+        runner: runner.clone(),
+        version: refreshed.version,
+        change,
+    });
+    let closed = delivered.sessions_closed;
+    if mode != Mode::Revoke {
+        tracing::info!(runner.id = %runner.id, %generation, instances = delivered.instances_told, "told instances about the new credential generation");
+    }
     audit_cuts(state, &runner, &closed, "credentials refreshed (revoke)").await?;
-    tracing::info!(runner.id = %runner.id, runner.name = %runner.name, generation, mode = mode.as_str(),
+    let runner = Arc::unwrap_or_clone(runner);
+    tracing::info!(runner.id = %runner.id, runner.name = %runner.name, %generation, mode = mode.as_str(),
         sessions_closed = closed.len(), "runner credentials refreshed");
     Ok(RefreshOutcome {
         runner,
@@ -216,10 +229,18 @@ pub async fn revoke_previous(
         Err(StoreError::NotFound) => return Err(deleted_meanwhile(&runner)),
         Err(e) => return Err(e.into()),
     };
-    state.clients.invalidate(&runner.client_id, revoked.version);
+    let runner = Arc::new(runner);
     let closed = state
-        .link
-        .close_older_generations(&runner, runner.generation.0);
+        .events
+        .publish(Event::CredentialsChanged {
+            runner: runner.clone(),
+            version: revoked.version,
+            change: CredentialChange::RetiringRevoked {
+                accepted_from: runner.generation,
+            },
+        })
+        .sessions_closed;
+    let runner = Arc::unwrap_or_clone(runner);
     audit_cuts(state, &runner, &closed, "previous credentials revoked").await?;
     tracing::info!(runner.id = %runner.id, revoked = ?revoked.revoked, sessions_closed = closed.len(), "previous credentials revoked");
     // Every retiring generation is revoked now.
@@ -326,14 +347,22 @@ pub async fn sweep(state: &AppState) -> anyhow::Result<()> {
         })
         .await?
     {
-        state.clients.invalidate(&e.client_id, e.version);
-        // A runner deleted meanwhile has no sessions left to cut.
+        // A runner deleted meanwhile has no sessions left to cut, and its deletion already
+        // invalidated its client.
         let Some(runner) = state.store.runner_by_id(e.runner_id).await? else {
             continue;
         };
+        let runner = Arc::new(runner);
         let closed = state
-            .link
-            .close_older_generations(&runner, e.generation.0 + 1);
+            .events
+            .publish(Event::CredentialsChanged {
+                runner: runner.clone(),
+                version: e.version,
+                change: CredentialChange::RetiringRevoked {
+                    accepted_from: Generation(e.generation.0 + 1),
+                },
+            })
+            .sessions_closed;
         tracing::info!(runner.id = %e.runner_id, generation = e.generation.0, sessions_closed = closed.len(),
             "grace period ended; previous credentials revoked");
         audit_cuts(

@@ -214,7 +214,6 @@ pub async fn revoke_access_token(
     claims: &Claims,
     client: &CachedClient,
 ) -> anyhow::Result<()> {
-    state.revoked.insert(claims.jti.clone(), claims.exp);
     let ev = audit::event(
         format!("client:{}", client.client_id),
         "oauth.token_revoked",
@@ -225,5 +224,11 @@ pub async fn revoke_access_token(
         .store
         .revoke_access_token(&claims.jti, claims.exp * 1000, ev)
         .await?;
+    state
+        .events
+        .publish(crate::events::Event::AccessTokenRevoked {
+            jti: claims.jti.clone(),
+            expires_at: claims.exp,
+        });
     Ok(())
 }

@@ -1,5 +1,7 @@
 //! Registering, finding and deleting runners.
 
+use std::sync::Arc;
+
 use serde_json::json;
 use tether_domain::{
     ClientId, ClientSecret, Description, Generation, Platform, Role, Rollout, RolloutState,
@@ -10,6 +12,7 @@ use time::OffsetDateTime;
 
 use super::audit::{self, AuditEventExt};
 use super::{rfc3339, ServiceError};
+use crate::events::Event;
 use crate::services::auth::Caller;
 use crate::state::AppState;
 
@@ -99,14 +102,15 @@ pub async fn delete(state: &AppState, caller: &Caller, key: &str) -> Result<(), 
         .source_ip(caller.source_ip.clone())
         .detail(json!({"client_id": runner.client_id.as_str()}));
     let deleted = state.store.delete_runner(runner.id, ev).await?;
-    state.clients.deleted(&runner.client_id);
-    let closed = state.link.close_all(
-        runner.id,
-        tether_protocol::session::close_code::RUNNER_DELETED,
-        "this runner was deleted in the control plane",
-    );
-    if closed > 0 {
-        tracing::info!(runner.id = %runner.id, sessions = closed, "closed sessions of deleted runner");
+    let closed = state
+        .events
+        .publish(Event::RunnerDeleted {
+            runner: runner.id,
+            client_id: runner.client_id.clone(),
+        })
+        .sessions_closed;
+    if !closed.is_empty() {
+        tracing::info!(runner.id = %runner.id, sessions = closed.len(), "closed sessions of deleted runner");
     }
     if !deleted {
         return Err(ServiceError::NotFound {
@@ -137,7 +141,10 @@ pub async fn pause(
         .store
         .set_paused(runner.id, Some((caller.actor(), until_ms)), ev)
         .await?;
-    state.link.set_paused(&runner, Some(caller.actor()));
+    state.events.publish(Event::PauseChanged {
+        runner: Arc::new(runner),
+        paused_by: Some(caller.actor()),
+    });
     find(state, key).await
 }
 
@@ -152,8 +159,10 @@ pub async fn resume(
         .runner(runner.id, runner.name.as_str())
         .source_ip(caller.source_ip.clone());
     state.store.set_paused(runner.id, None, ev).await?;
-    state.link.set_paused(&runner, None);
-    state.dispatch.poke(runner.id);
+    state.events.publish(Event::PauseChanged {
+        runner: Arc::new(runner),
+        paused_by: None,
+    });
     find(state, key).await
 }
 
@@ -165,10 +174,13 @@ pub async fn restart(
 ) -> Result<(RunnerRecord, usize), ServiceError> {
     caller.require(Role::Operator)?;
     let runner = find(state, key).await?;
-    let drained = state.link.drain_all(
-        runner.id,
-        &format!("restart requested by {}", caller.actor()),
-    );
+    let drained = state
+        .events
+        .publish(Event::DrainRequested {
+            runner: runner.id,
+            reason: format!("restart requested by {}", caller.actor()),
+        })
+        .instances_told;
     if drained == 0 {
         return Err(ServiceError::Conflict {
             code: "no_live_instances",
@@ -194,10 +206,16 @@ pub async fn resume_due(state: &AppState) -> anyhow::Result<()> {
             .runner(id, name.as_str())
             .detail(json!({"reason": "pause period ended"}));
         state.store.set_paused(id, None, ev).await?;
-        if let Some(runner) = state.store.runner_by_id(id).await? {
-            state.link.set_paused(&runner, None);
+        match state.store.runner_by_id(id).await? {
+            Some(runner) => {
+                state.events.publish(Event::PauseChanged {
+                    runner: Arc::new(runner),
+                    paused_by: None,
+                });
+            }
+            // Deleted meanwhile: nothing to resume.
+            None => continue,
         }
-        state.dispatch.poke(id);
         tracing::info!(runner.id = %id, runner.name = %name, "pause period ended; runner resumed");
     }
     Ok(())

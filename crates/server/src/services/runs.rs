@@ -2,8 +2,8 @@
 //! applying the updates runners send back, cancelling, and marking tasks `lost` when their
 //! instance does not come back.
 //!
-//! Dispatch happens in one background task per control plane, woken by [`crate::dispatch::Dispatcher::poke`]
-//! whenever something may have made work startable (a new run, a connected instance, a finished
+//! Dispatch happens in one background task per control plane, woken by
+//! [`crate::events::Event::WorkQueued`] whenever something may have made work startable (a new run, a connected instance, a finished
 //! task, a resume). Claiming a task is a conditional update in the store, so a task is never
 //! handed out twice even if two dispatch passes overlap.
 
@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 
 use super::audit::{self, AuditEventExt};
 use super::ServiceError;
+use crate::events::Event;
 use crate::runner_link::Presence;
 use crate::services::auth::Caller;
 use crate::state::AppState;
@@ -120,7 +121,7 @@ pub async fn instance_connected(
                 .send_to_instance(runner, instance_id, assignment(task));
         }
     }
-    state.dispatch.poke(runner);
+    state.events.publish(Event::WorkQueued { runner });
     Ok(())
 }
 
@@ -151,7 +152,9 @@ pub async fn create(
     };
     let record = state.store.create_run(run, ev).await?;
     tracing::info!(run.id = %record.id, runner.id = %record.runner_id, pipeline = %record.pipeline, "run queued");
-    state.dispatch.poke(record.runner_id);
+    state.events.publish(Event::WorkQueued {
+        runner: record.runner_id,
+    });
     Ok(record)
 }
 
@@ -233,7 +236,9 @@ pub async fn cancel(
             }
         }
     }
-    state.dispatch.poke(run.runner_id);
+    state.events.publish(Event::WorkQueued {
+        runner: run.runner_id,
+    });
     find(state, key).await
 }
 
@@ -276,7 +281,7 @@ pub async fn apply_update(
             if task_final {
                 tracing::info!(runner.id = %runner, task.id = %task_id, state = run_state.as_str(),
                     exit_code = ?update.exit_code, "task finished");
-                state.dispatch.poke(runner);
+                state.events.publish(Event::WorkQueued { runner });
             }
             if let Some(s) = run_final {
                 tracing::info!(runner.id = %runner, task.id = %task_id, state = s.as_str(), "run finished");
@@ -310,7 +315,7 @@ pub async fn rejected(
             tracing::info!(runner.id = %runner, task.id = %task, instance.id = %instance_id, "instance refused a task; queued again");
         }
     }
-    state.dispatch.poke(runner);
+    state.events.publish(Event::WorkQueued { runner });
     Ok(())
 }
 
@@ -345,7 +350,9 @@ pub async fn sweep_lost(state: &AppState) -> anyhow::Result<()> {
                 .target(format!("run:{}", run.id))
                 .detail(json!({"task_id": t.task_id.to_string(), "instance_id": t.instance_id}));
             state.store.append_audit(ev).await?;
-            state.dispatch.poke(t.runner_id);
+            state.events.publish(Event::WorkQueued {
+                runner: t.runner_id,
+            });
         }
     }
     state.link.forget_departed(lost_after * 2);
@@ -353,7 +360,7 @@ pub async fn sweep_lost(state: &AppState) -> anyhow::Result<()> {
     let connected: HashSet<RunnerId> = state.link.connected_runners().into_iter().collect();
     for runner in state.store.runners_with_active_runs().await? {
         if connected.contains(&runner) {
-            state.dispatch.poke(runner);
+            state.events.publish(Event::WorkQueued { runner });
         }
     }
     Ok(())
