@@ -19,7 +19,7 @@ pub use credential::{
 };
 pub use ids::{RunId, RunnerId, TaskId, UserId};
 pub use names::{Description, Password, RunnerName, TokenName, Username};
-pub use pipeline::{PipelineName, RunState, TaskName, TaskSpec};
+pub use pipeline::{PipelineName, RunEnd, RunState, TaskEnd, TaskName, TaskSpec};
 pub use platform::Platform;
 pub use role::Role;
 pub use secret::{ApiToken, ClientId, ClientSecret, Pepper, Verifier};

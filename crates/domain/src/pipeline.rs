@@ -245,6 +245,97 @@ impl fmt::Display for RunState {
     }
 }
 
+/// How a run ends, and what each of its tasks that never started says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunEnd {
+    pub state: RunState,
+    pub reason: String,
+    /// The reason given to its tasks still queued (they are cancelled).
+    pub not_run: String,
+}
+
+/// A task's end as its runner reported it.
+#[derive(Debug, Clone, Copy)]
+pub struct TaskEnd<'a> {
+    pub task: &'a str,
+    pub state: RunState,
+    pub exit_code: Option<i32>,
+    pub reason: Option<&'a str>,
+}
+
+impl TaskEnd<'_> {
+    /// "task 'build' failed with exit code 2", "task 'test' failed: timed out after 5 s".
+    pub fn describe(&self) -> String {
+        let (name, state) = (self.task, self.state.as_str());
+        match (self.reason, self.exit_code) {
+            (Some(r), _) => format!("task '{name}' {state}: {r}"),
+            (None, Some(code)) => format!("task '{name}' {state} with exit code {code}"),
+            (None, None) => format!("task '{name}' {state}"),
+        }
+    }
+}
+
+impl RunEnd {
+    /// The run was cancelled by `by` (an actor) and none of its tasks runs any more.
+    pub fn cancelled_by(by: &str) -> Self {
+        Self {
+            state: RunState::Cancelled,
+            reason: format!("cancelled by {by}"),
+            not_run: format!("not run: the run was cancelled by {by}"),
+        }
+    }
+
+    /// Its runner was deleted: running and queued tasks alike are cancelled.
+    pub fn runner_deleted() -> Self {
+        let reason = "the runner was deleted".to_owned();
+        Self {
+            state: RunState::Cancelled,
+            not_run: reason.clone(),
+            reason,
+        }
+    }
+
+    /// The control plane ended one of its tasks in `state` (lost: its instance did not come back)
+    /// and the run ends with it.
+    pub fn task_ended_by_control_plane(task: &str, state: RunState, reason: &str) -> Self {
+        Self::from_task(&TaskEnd {
+            task,
+            state,
+            exit_code: None,
+            reason: Some(reason),
+        })
+    }
+
+    /// What a task's end means for its run. `None`: the run goes on (the task succeeded and more
+    /// are queued, and nobody asked to cancel it). A failure ends the run at once; a cancel request
+    /// made meanwhile turns anything but a failure into a cancellation.
+    pub fn after_task(
+        end: &TaskEnd<'_>,
+        cancel_requested_by: Option<&str>,
+        more_queued: bool,
+    ) -> Option<Self> {
+        match (end.state, cancel_requested_by) {
+            (RunState::Succeeded, None) if more_queued => None,
+            (RunState::Succeeded, None) => Some(Self {
+                state: RunState::Succeeded,
+                reason: "every task succeeded".to_owned(),
+                not_run: String::new(),
+            }),
+            (RunState::Failed, _) | (_, None) => Some(Self::from_task(end)),
+            (_, Some(by)) => Some(Self::cancelled_by(by)),
+        }
+    }
+
+    fn from_task(end: &TaskEnd<'_>) -> Self {
+        let what = end.describe();
+        Self {
+            state: end.state,
+            not_run: format!("not run: {what}"),
+            reason: what,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -312,5 +403,63 @@ mod tests {
         assert!(RunState::parse("done").is_err());
         assert!(!RunState::Queued.is_final() && !RunState::Running.is_final());
         assert!(RunState::Lost.is_final() && RunState::Succeeded.is_final());
+    }
+    fn end<'a>(state: RunState, exit_code: Option<i32>, reason: Option<&'a str>) -> TaskEnd<'a> {
+        TaskEnd {
+            task: "build",
+            state,
+            exit_code,
+            reason,
+        }
+    }
+
+    #[test]
+    fn a_run_ends_when_its_last_task_succeeds_or_any_task_fails() {
+        let ok = end(RunState::Succeeded, Some(0), None);
+        assert_eq!(RunEnd::after_task(&ok, None, true), None);
+        let done = RunEnd::after_task(&ok, None, false).expect("ends");
+        assert_eq!(
+            (done.state, done.reason.as_str()),
+            (RunState::Succeeded, "every task succeeded")
+        );
+        let failed =
+            RunEnd::after_task(&end(RunState::Failed, Some(2), None), None, true).expect("ends");
+        assert_eq!(failed.state, RunState::Failed);
+        assert_eq!(failed.reason, "task 'build' failed with exit code 2");
+        assert_eq!(
+            failed.not_run,
+            "not run: task 'build' failed with exit code 2"
+        );
+        let timed_out = end(RunState::Failed, None, Some("timed out after 5 s"));
+        assert_eq!(
+            timed_out.describe(),
+            "task 'build' failed: timed out after 5 s"
+        );
+    }
+
+    #[test]
+    fn a_cancel_request_wins_over_anything_but_a_failure() {
+        let ok = end(RunState::Succeeded, Some(0), None);
+        let cancelled = RunEnd::after_task(&ok, Some("user:alice"), true).expect("ends");
+        assert_eq!(cancelled, RunEnd::cancelled_by("user:alice"));
+        assert_eq!(cancelled.reason, "cancelled by user:alice");
+        let killed = RunEnd::after_task(
+            &end(RunState::Cancelled, None, None),
+            Some("user:alice"),
+            false,
+        )
+        .expect("ends");
+        assert_eq!(killed.state, RunState::Cancelled);
+        let failed = RunEnd::after_task(
+            &end(RunState::Failed, Some(1), None),
+            Some("user:alice"),
+            false,
+        )
+        .expect("ends");
+        assert_eq!(failed.state, RunState::Failed);
+        let lost =
+            RunEnd::task_ended_by_control_plane("build", RunState::Lost, "its instance went away");
+        assert_eq!(lost.reason, "task 'build' lost: its instance went away");
+        assert_eq!(RunEnd::runner_deleted().not_run, "the runner was deleted");
     }
 }

@@ -13,11 +13,16 @@ use tether_domain::{
     ClientId, Generation, PipelineName, Role, RunId, RunState, RunnerId, RunnerName, TaskId,
     Username, Verifier,
 };
+use time::OffsetDateTime;
 
 pub use error::{Conflict, StoreError};
 pub use records::*;
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Makes the audit event of a change from the change's outcome; called inside the change's
+/// transaction, so the event records what the transaction did (the caller decides what it says).
+pub type AuditOf<'a, T> = &'a (dyn for<'e> Fn(&'e T) -> NewAuditEvent + Send + Sync);
 
 /// Whether `url` names a backend this build has, without opening anything (for checking the
 /// configuration at start-up). The error is one line for the operator.
@@ -231,15 +236,15 @@ pub trait PipelineStore: Send + Sync {
 pub trait RotationStore: Send + Sync {
     /// Makes a new active generation. The previous active one is revoked or retiring (per mode);
     /// any older retiring one is revoked; older sealed secrets are deleted; the runner's
-    /// credentials version is bumped. The audit event's detail gains `generation` and
-    /// `previous_generation`.
+    /// credentials version is bumped; `audit` makes the event recorded with it from the outcome.
+    /// `NotFound` if the runner does not exist.
     async fn refresh_credentials(
         &self,
         new: NewGeneration,
-        audit: NewAuditEvent,
+        audit: AuditOf<'_, Refreshed>,
     ) -> StoreResult<Refreshed>;
-    /// The newest generation's sealed secret while it may still be revealed. One whose window has
-    /// closed is deleted on the way.
+    /// The newest generation's sealed secret while it may still be revealed (a pure read: the
+    /// periodic [`RotationStore::purge_sealed_secrets`] deletes closed ones).
     async fn sealed_secret(
         &self,
         runner: RunnerId,
@@ -247,19 +252,22 @@ pub trait RotationStore: Send + Sync {
     ) -> StoreResult<Option<SealedSecret>>;
     /// Deletes every sealed secret whose window closed. Returns how many.
     async fn purge_sealed_secrets(&self, now_ms: i64) -> StoreResult<u64>;
-    /// Ends an overlap early: retiring generations become revoked. Returns them (none: no overlap,
-    /// and the version is unchanged). `NotFound` if the runner does not exist.
+    /// Ends an overlap early: retiring generations become revoked `at` by `by`. Returns them
+    /// (none: no overlap, and the version is unchanged), with the event `audit` makes from that
+    /// recorded in the same transaction. `NotFound` if the runner does not exist.
     async fn revoke_retiring(
         &self,
         runner: RunnerId,
-        audit: NewAuditEvent,
+        at: OffsetDateTime,
+        by: &str,
+        audit: AuditOf<'_, RetiringRevoked>,
     ) -> StoreResult<RetiringRevoked>;
     /// Retiring generations whose grace ended at `now_ms` become revoked, each with the audit event
     /// `audit` makes for it, in the same transaction.
     async fn expire_retiring(
         &self,
         now_ms: i64,
-        audit: &(dyn for<'e> Fn(&'e ExpiredGeneration) -> NewAuditEvent + Send + Sync),
+        audit: AuditOf<'_, ExpiredGeneration>,
     ) -> StoreResult<Vec<ExpiredGeneration>>;
 }
 

@@ -971,7 +971,7 @@ async fn refresh_overlap(
         expires_at_ms: to_ms(until),
     };
     store
-        .refresh_credentials(generation_of(secret, runner, mode), audit)
+        .refresh_credentials(generation_of(secret, runner, mode), &|_| audit.clone())
         .await
         .expect("refresh")
 }
@@ -1041,10 +1041,16 @@ async fn refresh_revokes_or_retires_bumps_the_version_and_records_who_revoked() 
 
     // Revoke mode: the active one and every retiring one are revoked, by the refresher.
     let out = store
-        .refresh_credentials(
-            generation_of("s3", r.id, RotationMode::Revoke),
-            ev("credentials.refreshed", Some((r.id, "rot"))),
-        )
+        .refresh_credentials(generation_of("s3", r.id, RotationMode::Revoke), &|out| {
+            // The event is made from what the transaction did.
+            let mut e = ev("credentials.refreshed", Some((r.id, "rot")));
+            e.detail = json!({
+                "generation": out.generation.0,
+                "previous_generation": out.previous.0,
+                "revoked": out.revoked.len(),
+            });
+            e
+        })
         .await
         .expect("refresh");
     assert_eq!(out.revoked, [Generation(1), Generation(2)]);
@@ -1088,6 +1094,7 @@ async fn refresh_revokes_or_retires_bumps_the_version_and_records_who_revoked() 
         .expect("refresh audited");
     assert_eq!(refreshed.detail["generation"], 3);
     assert_eq!(refreshed.detail["previous_generation"], 2);
+    assert_eq!(refreshed.detail["revoked"], 2);
 }
 
 #[tokio::test]
@@ -1098,14 +1105,19 @@ async fn a_refresh_of_a_missing_runner_is_not_found_and_writes_nothing() {
     let err = store
         .refresh_credentials(
             generation_of("s", RunnerId::new(), RotationMode::Revoke),
-            ev("credentials.refreshed", None),
+            &|_| ev("credentials.refreshed", None),
         )
         .await
         .expect_err("no runner");
     assert!(matches!(err, StoreError::NotFound), "{err:?}");
     assert_eq!(audit_count(&store).await, before);
     let err = store
-        .revoke_retiring(RunnerId::new(), ev("credentials.previous_revoked", None))
+        .revoke_retiring(
+            RunnerId::new(),
+            OffsetDateTime::now_utc(),
+            "user:test",
+            &|_| ev("credentials.previous_revoked", None),
+        )
         .await
         .expect_err("no runner");
     assert!(matches!(err, StoreError::NotFound), "{err:?}");
@@ -1128,9 +1140,16 @@ async fn revoke_retiring_ends_an_overlap_once_and_keeps_the_version_when_there_i
         ev("credentials.refreshed", Some((r.id, "overlap"))),
     )
     .await;
-    let mut by_bob = ev("credentials.previous_revoked", Some((r.id, "overlap")));
-    by_bob.actor = "user:bob".into();
-    let done = store.revoke_retiring(r.id, by_bob).await.expect("revoke");
+    let by_bob = |out: &tether_store::RetiringRevoked| {
+        let mut e = ev("credentials.previous_revoked", Some((r.id, "overlap")));
+        e.actor = "user:bob".into();
+        e.detail = json!({"revoked": out.revoked.iter().map(|g| g.0).collect::<Vec<_>>()});
+        e
+    };
+    let done = store
+        .revoke_retiring(r.id, OffsetDateTime::now_utc(), "user:bob", &by_bob)
+        .await
+        .expect("revoke");
     assert_eq!(done.revoked, [Generation(1)]);
     let c = client_of(&store, &r).await;
     assert_eq!(c.version, done.version);
@@ -1138,10 +1157,7 @@ async fn revoke_retiring_ends_an_overlap_once_and_keeps_the_version_when_there_i
     assert_eq!(c.generations[1].revoked_by.as_deref(), Some("user:bob"));
     // Nothing left: no generation revoked, the version unchanged.
     let again = store
-        .revoke_retiring(
-            r.id,
-            ev("credentials.previous_revoked", Some((r.id, "overlap"))),
-        )
+        .revoke_retiring(r.id, OffsetDateTime::now_utc(), "user:bob", &by_bob)
         .await
         .expect("revoke");
     assert!(again.revoked.is_empty());
@@ -1172,7 +1188,7 @@ async fn grace_expiry_revokes_only_what_ended_as_system_and_bumps_each_runner() 
                         expires_at_ms: to_ms(until),
                     },
                 ),
-                ev("credentials.refreshed", None),
+                &|_| ev("credentials.refreshed", None),
             )
             .await
             .expect("refresh");
@@ -1218,10 +1234,9 @@ async fn sealed_secrets_are_kept_only_for_the_newest_generation_and_their_window
         .is_none());
     for s in ["s2", "s3"] {
         store
-            .refresh_credentials(
-                generation_of(s, r.id, RotationMode::Revoke),
-                ev("credentials.refreshed", None),
-            )
+            .refresh_credentials(generation_of(s, r.id, RotationMode::Revoke), &|_| {
+                ev("credentials.refreshed", None)
+            })
             .await
             .expect("refresh");
     }
@@ -1232,12 +1247,21 @@ async fn sealed_secrets_are_kept_only_for_the_newest_generation_and_their_window
         .expect("kept");
     assert_eq!(sealed.generation, Generation(3));
     assert_eq!(sealed.sealed, b"s3", "only the newest one is kept");
-    // After its window it is gone, and purging finds nothing more.
+    // After its window it cannot be read; reading deletes nothing, the purge deletes it.
     let after = to_ms(now + time::Duration::minutes(16));
     assert!(store
         .sealed_secret(r.id, after)
         .await
         .expect("read")
         .is_none());
+    assert_eq!(store.purge_sealed_secrets(after).await.expect("purge"), 1);
     assert_eq!(store.purge_sealed_secrets(after).await.expect("purge"), 0);
+    assert!(
+        store
+            .sealed_secret(r.id, to_ms(now))
+            .await
+            .expect("read")
+            .is_none(),
+        "the ciphertext is gone"
+    );
 }

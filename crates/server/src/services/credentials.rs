@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 use serde_json::json;
 use tether_domain::{ClientSecret, Generation, Role, RunState, RunnerId};
-use tether_store::{NewGeneration, Refreshed, RotationMode, RunFilter, RunnerRecord, StoreError};
+use tether_store::{
+    NewGeneration, Refreshed, RetiringRevoked, RotationMode, RunFilter, RunnerRecord, StoreError,
+};
 use time::OffsetDateTime;
 
 use super::audit::{self, AuditEventExt};
@@ -93,17 +95,22 @@ pub async fn refresh(
         at_ms: tether_store::to_ms(now),
         created_by: caller.actor(),
     };
-    let ev = audit::event(caller.actor(), "credentials.refreshed")
-        .runner(runner.id, runner.name.as_str())
-        .source_ip(caller.source_ip.clone())
-        .detail(json!({
-            "mode": mode.as_str(),
-            "client_id": runner.client_id.as_str(),
-            "forced": force,
-            "previous_expires_at": previous_expires_at.map(rfc3339),
-            "rotation_id": rotation_id,
-        }));
-    let refreshed = match state.store.refresh_credentials(new, ev).await {
+    let ev = |r: &Refreshed| {
+        audit::event(caller.actor(), "credentials.refreshed")
+            .runner(runner.id, runner.name.as_str())
+            .source_ip(caller.source_ip.clone())
+            .detail(json!({
+                "mode": mode.as_str(),
+                "client_id": runner.client_id.as_str(),
+                "forced": force,
+                "previous_expires_at": previous_expires_at.map(rfc3339),
+                "rotation_id": rotation_id,
+                "generation": r.generation.0,
+                "previous_generation": r.previous.0,
+                "revoked_generations": r.revoked.iter().map(|g| g.0).collect::<Vec<_>>(),
+            }))
+    };
+    let refreshed = match state.store.refresh_credentials(new, &ev).await {
         Ok(r) => r,
         // Every runner has an active generation, so this is a runner deleted meanwhile.
         Err(StoreError::NotFound) => return Err(deleted_meanwhile(&runner)),
@@ -220,11 +227,21 @@ pub async fn revoke_previous(
 ) -> Result<RevokedPrevious, ServiceError> {
     caller.require(Role::Operator)?;
     let runner = super::runners::find(state, key).await?;
-    let ev = audit::event(caller.actor(), "credentials.previous_revoked")
-        .runner(runner.id, runner.name.as_str())
-        .source_ip(caller.source_ip.clone())
-        .detail(json!({"rotation_id": rotation_id}));
-    let revoked = match state.store.revoke_retiring(runner.id, ev).await {
+    let ev = |r: &RetiringRevoked| {
+        audit::event(caller.actor(), "credentials.previous_revoked")
+            .runner(runner.id, runner.name.as_str())
+            .source_ip(caller.source_ip.clone())
+            .detail(json!({
+                "rotation_id": rotation_id,
+                "revoked_generations": r.revoked.iter().map(|g| g.0).collect::<Vec<_>>(),
+            }))
+    };
+    let now = OffsetDateTime::now_utc();
+    let revoked = match state
+        .store
+        .revoke_retiring(runner.id, now, &caller.actor(), &ev)
+        .await
+    {
         Ok(r) => r,
         Err(StoreError::NotFound) => return Err(deleted_meanwhile(&runner)),
         Err(e) => return Err(e.into()),

@@ -4,13 +4,14 @@
 //! line of defence: whatever the code does, a runner never has two.
 
 use async_trait::async_trait;
-use serde_json::Value;
 use sqlx::Row;
 use tether_domain::{ClientId, CredentialsVersion, Generation, RunnerId, RunnerName};
 
 use super::{backend, corrupt, insert_audit, SqliteStore};
+use time::OffsetDateTime;
+
 use crate::{
-    ExpiredGeneration, NewAuditEvent, NewGeneration, Refreshed, RetiringRevoked, RotationMode,
+    AuditOf, ExpiredGeneration, NewGeneration, Refreshed, RetiringRevoked, RotationMode,
     RotationStore, SealedSecret, StoreError, StoreResult,
 };
 
@@ -19,7 +20,7 @@ impl RotationStore for SqliteStore {
     async fn refresh_credentials(
         &self,
         new: NewGeneration,
-        mut audit: NewAuditEvent,
+        audit: AuditOf<'_, Refreshed>,
     ) -> StoreResult<Refreshed> {
         let runner = new.runner_id.to_string();
         let mut tx = self.writer.begin().await.map_err(backend)?;
@@ -102,21 +103,17 @@ impl RotationStore for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(backend)?;
-        if let Value::Object(detail) = &mut audit.detail {
-            detail.insert("generation".into(), generation.into());
-            detail.insert("previous_generation".into(), previous.into());
-            detail.insert("revoked_generations".into(), revoked.clone().into());
-        }
         let version = bump_version(&mut tx, &runner).await?;
-        insert_audit(&mut *tx, &audit).await?;
-        tx.commit().await.map_err(backend)?;
         revoked.sort_unstable();
-        Ok(Refreshed {
+        let refreshed = Refreshed {
             generation: Generation(generation),
             previous: Generation(previous),
             revoked: revoked.into_iter().map(Generation).collect(),
             version,
-        })
+        };
+        insert_audit(&mut *tx, &audit(&refreshed)).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(refreshed)
     }
 
     async fn sealed_secret(
@@ -136,7 +133,6 @@ impl RotationStore for SqliteStore {
         let Some(row) = row else { return Ok(None) };
         let reveal_until: i64 = row.try_get("reveal_until").map_err(backend)?;
         if reveal_until <= now_ms {
-            self.purge_sealed_secrets(now_ms).await?;
             return Ok(None);
         }
         Ok(Some(SealedSecret {
@@ -161,7 +157,9 @@ impl RotationStore for SqliteStore {
     async fn revoke_retiring(
         &self,
         runner: RunnerId,
-        mut audit: NewAuditEvent,
+        at: OffsetDateTime,
+        by: &str,
+        audit: AuditOf<'_, RetiringRevoked>,
     ) -> StoreResult<RetiringRevoked> {
         let runner = runner.to_string();
         let mut tx = self.writer.begin().await.map_err(backend)?;
@@ -169,8 +167,8 @@ impl RotationStore for SqliteStore {
             "UPDATE credentials SET state = 'revoked', revoked_at = ?, revoked_by = ?
              WHERE runner_id = ? AND state = 'retiring' RETURNING generation",
         )
-        .bind(crate::to_ms(audit.at))
-        .bind(&audit.actor)
+        .bind(crate::to_ms(at))
+        .bind(by)
         .bind(&runner)
         .fetch_all(&mut *tx)
         .await
@@ -181,21 +179,19 @@ impl RotationStore for SqliteStore {
         } else {
             bump_version(&mut tx, &runner).await?
         };
-        if let Value::Object(detail) = &mut audit.detail {
-            detail.insert("revoked_generations".into(), revoked.clone().into());
-        }
-        insert_audit(&mut *tx, &audit).await?;
-        tx.commit().await.map_err(backend)?;
-        Ok(RetiringRevoked {
+        let outcome = RetiringRevoked {
             revoked: revoked.into_iter().map(Generation).collect(),
             version,
-        })
+        };
+        insert_audit(&mut *tx, &audit(&outcome)).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(outcome)
     }
 
     async fn expire_retiring(
         &self,
         now_ms: i64,
-        audit: &(dyn for<'e> Fn(&'e ExpiredGeneration) -> NewAuditEvent + Send + Sync),
+        audit: AuditOf<'_, ExpiredGeneration>,
     ) -> StoreResult<Vec<ExpiredGeneration>> {
         let mut tx = self.writer.begin().await.map_err(backend)?;
         let rows = sqlx::query(

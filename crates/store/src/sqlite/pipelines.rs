@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, Sqlite, Transaction};
 use tether_domain::pipeline::{parse_tasks, RawTask};
-use tether_domain::{PipelineName, RunId, RunState, RunnerId, TaskId, TaskSpec};
+use tether_domain::{PipelineName, RunEnd, RunId, RunState, RunnerId, TaskEnd, TaskId, TaskSpec};
 
 use super::{backend, corrupt, insert_audit, SqliteStore};
 use crate::{
@@ -177,21 +177,19 @@ where
     .collect()
 }
 
-/// Ends a run in `state` with `reason` and cancels its tasks that never started.
+/// Ends a run as `end` says and cancels its tasks that never started.
 async fn finish_run(
     tx: &mut Transaction<'_, Sqlite>,
     run_id: &str,
-    state: RunState,
-    reason: &str,
-    not_run_reason: &str,
+    end: &RunEnd,
     at_ms: i64,
 ) -> StoreResult<()> {
     sqlx::query(
         "UPDATE runs SET state = ?, reason = ?, finished_at = ?, started_at = COALESCE(started_at, ?)
          WHERE id = ?",
     )
-    .bind(state.as_str())
-    .bind(reason)
+    .bind(end.state.as_str())
+    .bind(&end.reason)
     .bind(at_ms)
     .bind(at_ms)
     .bind(run_id)
@@ -202,7 +200,7 @@ async fn finish_run(
         "UPDATE run_tasks SET state = 'cancelled', reason = ?, finished_at = ?
          WHERE run_id = ? AND state = 'queued'",
     )
-    .bind(not_run_reason)
+    .bind(&end.not_run)
     .bind(at_ms)
     .bind(run_id)
     .execute(&mut **tx)
@@ -211,11 +209,12 @@ async fn finish_run(
     Ok(())
 }
 
-/// Cancels every queued or running run of a runner (it was deleted).
-pub(crate) async fn cancel_active_runs(
+/// Ends every queued or running run of a runner as `end` says, running tasks included (the
+/// runner was deleted).
+pub(crate) async fn end_active_runs(
     tx: &mut Transaction<'_, Sqlite>,
     runner: RunnerId,
-    reason: &str,
+    end: &RunEnd,
     at_ms: i64,
 ) -> StoreResult<()> {
     let ids: Vec<String> = sqlx::query_scalar(
@@ -230,13 +229,13 @@ pub(crate) async fn cancel_active_runs(
             "UPDATE run_tasks SET state = 'cancelled', reason = ?, finished_at = ?
              WHERE run_id = ? AND state = 'running'",
         )
-        .bind(reason)
+        .bind(&end.reason)
         .bind(at_ms)
         .bind(&run_id)
         .execute(&mut **tx)
         .await
         .map_err(backend)?;
-        finish_run(tx, &run_id, RunState::Cancelled, reason, reason, at_ms).await?;
+        finish_run(tx, &run_id, end, at_ms).await?;
     }
     Ok(())
 }
@@ -581,27 +580,15 @@ impl PipelineStore for SqliteStore {
             .fetch_one(&mut *tx)
             .await
             .map_err(backend)?;
-            let what = describe_end(&name, u.state, u.exit_code, u.reason.as_deref());
-            let end = match (u.state, &cancel_by) {
-                (RunState::Succeeded, None) if more => None,
-                (RunState::Succeeded, None) => Some((
-                    RunState::Succeeded,
-                    "every task succeeded".to_owned(),
-                    String::new(),
-                )),
-                (RunState::Failed, _) => {
-                    Some((RunState::Failed, what.clone(), format!("not run: {what}")))
-                }
-                (_, Some(by)) => Some((
-                    RunState::Cancelled,
-                    format!("cancelled by {by}"),
-                    format!("not run: the run was cancelled by {by}"),
-                )),
-                (state, None) => Some((state, what.clone(), format!("not run: {what}"))),
+            let task_end = TaskEnd {
+                task: &name,
+                state: u.state,
+                exit_code: u.exit_code,
+                reason: u.reason.as_deref(),
             };
-            if let Some((state, reason, not_run)) = end {
-                finish_run(&mut tx, &run_id, state, &reason, &not_run, at).await?;
-                run_final = Some(state);
+            if let Some(end) = RunEnd::after_task(&task_end, cancel_by.as_deref(), more) {
+                finish_run(&mut tx, &run_id, &end, at).await?;
+                run_final = Some(end.state);
             }
         }
         tx.commit().await.map_err(backend)?;
@@ -640,16 +627,8 @@ impl PipelineStore for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
-        let what = format!("task '{name}' {}: {reason}", state.as_str());
-        finish_run(
-            &mut tx,
-            &run_id,
-            state,
-            &what,
-            &format!("not run: {what}"),
-            at_ms,
-        )
-        .await?;
+        let end = RunEnd::task_ended_by_control_plane(&name, state, reason);
+        finish_run(&mut tx, &run_id, &end, at_ms).await?;
         let run = Self::run_in_tx(&mut tx, &run_id).await?;
         tx.commit().await.map_err(backend)?;
         Ok(Some(run))
@@ -681,15 +660,7 @@ impl PipelineStore for SqliteStore {
             .map(assigned_from_row)
             .collect::<StoreResult<Vec<_>>>()?;
         if running.is_empty() {
-            finish_run(
-                &mut tx,
-                &run_id,
-                RunState::Cancelled,
-                &format!("cancelled by {by}"),
-                &format!("not run: the run was cancelled by {by}"),
-                at,
-            )
-            .await?;
+            finish_run(&mut tx, &run_id, &RunEnd::cancelled_by(&by), at).await?;
         }
         insert_audit(&mut *tx, &audit).await?;
         tx.commit().await.map_err(backend)?;
@@ -719,13 +690,4 @@ fn ready_from_row(row: &SqliteRow) -> StoreResult<ReadyTask> {
         pipeline: row.try_get("pipeline").map_err(backend)?,
         spec,
     })
-}
-
-/// "task 'build' failed with exit code 2", "task 'test' failed: timed out after 5 s".
-fn describe_end(name: &str, state: RunState, exit: Option<i32>, reason: Option<&str>) -> String {
-    match (reason, exit) {
-        (Some(r), _) => format!("task '{name}' {}: {r}", state.as_str()),
-        (None, Some(code)) => format!("task '{name}' {} with exit code {code}", state.as_str()),
-        (None, None) => format!("task '{name}' {}", state.as_str()),
-    }
 }

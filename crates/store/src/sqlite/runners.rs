@@ -146,10 +146,10 @@ impl RunnerStore for SqliteStore {
         if deleted == 0 {
             return Ok(false);
         }
-        super::pipelines::cancel_active_runs(
+        super::pipelines::end_active_runs(
             &mut tx,
             id,
-            "the runner was deleted",
+            &tether_domain::RunEnd::runner_deleted(),
             to_ms(audit.at),
         )
         .await?;
