@@ -85,7 +85,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     let reset = store
         .reset_live_statuses(
             "the control plane restarted; waiting for the runner to reconnect",
-            tether_store::to_ms(now),
+            now,
         )
         .await?;
     if reset > 0 {
@@ -129,11 +129,12 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     let (flush_persister, flush_rx) = tokio::sync::mpsc::unbounded_channel();
     let persister = tokio::spawn(persist_statuses(state.store.clone(), persist_rx, flush_rx));
     let dispatcher = tokio::spawn(services::runs::dispatch_loop(state.clone(), dispatch_rx));
+    let revoked = state.store.revoked_access_tokens(now).await?;
     state.revoked.load(
-        state
-            .store
-            .revoked_access_tokens(tether_store::to_ms(now))
-            .await?,
+        revoked
+            .into_iter()
+            .map(|(jti, exp)| (jti, exp.unix_timestamp()))
+            .collect(),
     );
     let bootstrapped = services::bootstrap::ensure_admin(&state).await?;
 
@@ -208,12 +209,11 @@ async fn background_loop(state: AppState, mut stop: watch::Receiver<bool>) {
         if let Err(e) = services::runs::sweep_lost(&state).await {
             tracing::error!(error = format!("{e:#}"), "checking for lost tasks failed");
         }
-        if let Err(e) = state
-            .store
-            .purge_web_sessions(tether_store::to_ms(now))
-            .await
-        {
+        if let Err(e) = state.store.purge_web_sessions(now).await {
             tracing::error!(error = %e, "deleting expired web sessions failed");
+        }
+        if let Err(e) = state.store.purge_revoked_access_tokens(now).await {
+            tracing::error!(error = %e, "forgetting expired access-token revocations failed");
         }
     }
 }

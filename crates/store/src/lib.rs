@@ -3,6 +3,13 @@
 //! one transaction, so the audit trail can never disagree with the data.
 //!
 //! Errors: backends map their errors into [`StoreError`]; callers never see a driver type.
+//!
+//! Concurrency: no method may rely on a single writer. Several control-plane processes may call
+//! any method at once, so each method that reads and then writes says what it needs under
+//! "Isolation:" — which row it locks (or which conditional update decides) so that two concurrent
+//! calls serialise correctly at READ COMMITTED. SQLite meets every note with its one write
+//! transaction at a time; another backend meets them with the row locks named. Methods without
+//! a note are single statements or inserts whose constraints decide.
 
 mod error;
 mod records;
@@ -68,22 +75,26 @@ pub trait RunnerStore: Send + Sync {
     ) -> StoreResult<Vec<RunnerRecord>>;
     async fn runner_by_id(&self, id: RunnerId) -> StoreResult<Option<RunnerRecord>>;
     async fn runner_by_name(&self, name: &RunnerName) -> StoreResult<Option<RunnerRecord>>;
-    /// Deletes the runner and, with it, every credential generation. False if it did not exist.
+    /// Deletes the runner and, with it, every credential generation; its queued and running runs
+    /// end as [`tether_domain::RunEnd::runner_deleted`]. False if it did not exist.
+    /// Isolation: the delete locks the runner row first, so a concurrent `create_run` for it
+    /// either commits before (and its run is ended here) or fails on the foreign key.
     async fn delete_runner(&self, id: RunnerId, audit: NewAuditEvent) -> StoreResult<bool>;
     /// Records a runner's newly derived status (not audited: it changes with every connection).
     async fn save_runner_status(&self, id: RunnerId, status: &PersistedStatus) -> StoreResult<()>;
     /// After a control-plane restart no session is live: every runner that looked connected becomes
-    /// `unknown` with `reason`. Returns how many changed.
-    async fn reset_live_statuses(&self, reason: &str, at_ms: i64) -> StoreResult<u64>;
+    /// `unknown` with `reason`. Returns how many changed. Only for a control plane that is the
+    /// only process serving its database: with several replicas, the others still hold sessions.
+    async fn reset_live_statuses(&self, reason: &str, at: OffsetDateTime) -> StoreResult<u64>;
     /// Sets (`Some((by, until))`) or clears (`None`) the operator's pause. False if no such runner.
     async fn set_paused(
         &self,
         id: RunnerId,
-        pause: Option<(String, Option<i64>)>,
+        pause: Option<(String, Option<OffsetDateTime>)>,
         audit: NewAuditEvent,
     ) -> StoreResult<bool>;
-    /// Runners whose timed pause ended at or before `now_ms`.
-    async fn pauses_due(&self, now_ms: i64) -> StoreResult<Vec<(RunnerId, RunnerName)>>;
+    /// Runners whose timed pause ended at or before `now`.
+    async fn pauses_due(&self, now: OffsetDateTime) -> StoreResult<Vec<(RunnerId, RunnerName)>>;
 }
 
 #[async_trait]
@@ -93,29 +104,37 @@ pub trait CredentialStore: Send + Sync {
     /// Records when generations were last used (flushed in batches from memory).
     async fn record_credential_use(&self, uses: &[CredentialUse]) -> StoreResult<()>;
     /// Marks the first access token issued to a generation. Returns false (and writes no audit
-    /// event) if one was already recorded.
+    /// event) if one was already recorded. Isolation: a conditional update (`first_token_at IS
+    /// NULL`) decides which of two concurrent calls records it.
     async fn record_first_token(
         &self,
         runner_id: RunnerId,
         generation: Generation,
-        at_ms: i64,
+        at: OffsetDateTime,
         audit: NewAuditEvent,
     ) -> StoreResult<bool>;
-    /// Remembers a revoked access token until `expires_at_ms`.
+    /// Remembers a revoked access token until `expires_at`.
     async fn revoke_access_token(
         &self,
         jti: &str,
-        expires_at_ms: i64,
+        expires_at: OffsetDateTime,
         audit: NewAuditEvent,
     ) -> StoreResult<()>;
-    /// Revoked access tokens (`jti`, expiry in unix seconds) not yet expired at `now_ms`;
-    /// expired ones are purged.
-    async fn revoked_access_tokens(&self, now_ms: i64) -> StoreResult<Vec<(String, i64)>>;
+    /// Revoked access tokens (`jti`, expiry) not yet expired at `now`.
+    async fn revoked_access_tokens(
+        &self,
+        now: OffsetDateTime,
+    ) -> StoreResult<Vec<(String, OffsetDateTime)>>;
+    /// Forgets revoked access tokens that expired at or before `now` (run periodically). Returns
+    /// how many.
+    async fn purge_revoked_access_tokens(&self, now: OffsetDateTime) -> StoreResult<u64>;
 }
 
 #[async_trait]
 pub trait UserStore: Send + Sync {
     /// Creates the first admin and their token, only if no user exists yet. False if users exist.
+    /// Isolation: two processes starting at once on an empty database must not both create an
+    /// admin: the check and the insert are one statement or under a table lock.
     async fn bootstrap_admin(
         &self,
         admin: NewUser,
@@ -129,7 +148,8 @@ pub trait UserStore: Send + Sync {
     async fn user_by_token(&self, verifier: &Verifier) -> StoreResult<Option<UserRecord>>;
     /// Every user, by username.
     async fn list_users(&self) -> StoreResult<Vec<UserRecord>>;
-    /// Changes a user's role, refusing to demote the last admin.
+    /// Changes a user's role, refusing to demote the last admin. Isolation: the admin rows are
+    /// locked before they are counted, so two concurrent demotions cannot both see another admin.
     async fn set_user_role(
         &self,
         username: &Username,
@@ -150,11 +170,11 @@ pub trait UserStore: Send + Sync {
 pub trait WebSessionStore: Send + Sync {
     async fn create_web_session(&self, new: NewWebSession, audit: NewAuditEvent)
         -> StoreResult<()>;
-    /// The session and its user, unless it expired at or before `now_ms`.
+    /// The session and its user, unless it expired at or before `now`.
     async fn web_session(
         &self,
         verifier: &Verifier,
-        now_ms: i64,
+        now: OffsetDateTime,
     ) -> StoreResult<Option<WebSessionRecord>>;
     /// Ends a session (logout). False if it did not exist; then nothing is audited.
     async fn delete_web_session(
@@ -162,8 +182,8 @@ pub trait WebSessionStore: Send + Sync {
         verifier: &Verifier,
         audit: NewAuditEvent,
     ) -> StoreResult<bool>;
-    /// Deletes sessions that expired at or before `now_ms`. Returns how many.
-    async fn purge_web_sessions(&self, now_ms: i64) -> StoreResult<u64>;
+    /// Deletes sessions that expired at or before `now`. Returns how many.
+    async fn purge_web_sessions(&self, now: OffsetDateTime) -> StoreResult<u64>;
 }
 
 #[async_trait]
@@ -206,26 +226,39 @@ pub trait PipelineStore: Send + Sync {
     /// Tasks assigned and not finished, of one runner or of all.
     async fn assigned_tasks(&self, runner_id: Option<RunnerId>) -> StoreResult<Vec<AssignedTask>>;
     /// Assigns a queued task to an instance. False if it is no longer queued (someone else took it,
-    /// or the run was cancelled).
-    async fn claim_task(&self, task: TaskId, instance_id: &str, at_ms: i64) -> StoreResult<bool>;
+    /// or the run was cancelled). Isolation: a conditional update (`state = 'queued'`) decides
+    /// which of two concurrent claims wins; the loser changes nothing.
+    async fn claim_task(
+        &self,
+        task: TaskId,
+        instance_id: &str,
+        at: OffsetDateTime,
+    ) -> StoreResult<bool>;
     /// Puts a task the instance refused back in the queue, if it has not started.
     async fn requeue_task(&self, task: TaskId, instance_id: &str) -> StoreResult<bool>;
-    /// Applies one update from a runner, idempotently by `seq`.
+    /// Applies one update from a runner, idempotently by `seq`; a final update may end the run
+    /// (as [`tether_domain::RunEnd::after_task`] says). Isolation: the task row and its run row
+    /// are locked before `last_seq` and the log offset are read, so two deliveries of one update
+    /// (a resend racing the original) apply it once and log chunks never overlap.
     async fn apply_task_update(
         &self,
         runner_id: RunnerId,
         update: TaskProgress,
     ) -> StoreResult<UpdateOutcome>;
     /// Ends an unfinished task (and its run) without the runner: `Lost`, or `Cancelled` when the
-    /// instance is gone. Returns the run if the task was unfinished.
+    /// instance is gone. Returns the run if the task was unfinished. Isolation: the task row is
+    /// locked while its state is checked, so a late update from the runner and this call do not
+    /// both end it.
     async fn end_task(
         &self,
         task: TaskId,
         state: RunState,
         reason: &str,
-        at_ms: i64,
+        at: OffsetDateTime,
     ) -> StoreResult<Option<RunRecord>>;
-    /// Cancels a run: queued tasks at once; running ones are returned to be killed.
+    /// Cancels a run: queued tasks at once; running ones are returned to be killed. Isolation: the
+    /// run row is locked first, so a cancel and the last task's final update serialise (the run
+    /// ends once).
     async fn cancel_run(&self, id: RunId, audit: NewAuditEvent) -> StoreResult<CancelOutcome>;
 }
 
@@ -237,7 +270,10 @@ pub trait RotationStore: Send + Sync {
     /// Makes a new active generation. The previous active one is revoked or retiring (per mode);
     /// any older retiring one is revoked; older sealed secrets are deleted; the runner's
     /// credentials version is bumped; `audit` makes the event recorded with it from the outcome.
-    /// `NotFound` if the runner does not exist.
+    /// `NotFound` if the runner does not exist. Isolation: the runner row is locked before the
+    /// active generation is read, so concurrent refreshes of one runner run one after the other
+    /// (the second sees the first's generation as the previous one); the partial unique index
+    /// "one active generation per runner" is the last line of defence.
     async fn refresh_credentials(
         &self,
         new: NewGeneration,
@@ -248,13 +284,15 @@ pub trait RotationStore: Send + Sync {
     async fn sealed_secret(
         &self,
         runner: RunnerId,
-        now_ms: i64,
+        now: OffsetDateTime,
     ) -> StoreResult<Option<SealedSecret>>;
     /// Deletes every sealed secret whose window closed. Returns how many.
-    async fn purge_sealed_secrets(&self, now_ms: i64) -> StoreResult<u64>;
+    async fn purge_sealed_secrets(&self, now: OffsetDateTime) -> StoreResult<u64>;
     /// Ends an overlap early: retiring generations become revoked `at` by `by`. Returns them
     /// (none: no overlap, and the version is unchanged), with the event `audit` makes from that
-    /// recorded in the same transaction. `NotFound` if the runner does not exist.
+    /// recorded in the same transaction. `NotFound` if the runner does not exist. Isolation: the
+    /// runner row is locked first (as in a refresh), so the outcome's version is the one this
+    /// change produced.
     async fn revoke_retiring(
         &self,
         runner: RunnerId,
@@ -262,11 +300,13 @@ pub trait RotationStore: Send + Sync {
         by: &str,
         audit: AuditOf<'_, RetiringRevoked>,
     ) -> StoreResult<RetiringRevoked>;
-    /// Retiring generations whose grace ended at `now_ms` become revoked, each with the audit event
-    /// `audit` makes for it, in the same transaction.
+    /// Retiring generations whose grace ended at `now` become revoked, each with the audit event
+    /// `audit` makes for it, in the same transaction. Isolation: one conditional update (`state =
+    /// 'retiring'`) picks the generations, so when two processes sweep at once each generation is
+    /// expired, bumped and audited by exactly one of them.
     async fn expire_retiring(
         &self,
-        now_ms: i64,
+        now: OffsetDateTime,
         audit: AuditOf<'_, ExpiredGeneration>,
     ) -> StoreResult<Vec<ExpiredGeneration>>;
 }

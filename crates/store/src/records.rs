@@ -77,7 +77,7 @@ pub struct ClientRecord {
 pub struct CredentialUse {
     pub runner_id: RunnerId,
     pub generation: Generation,
-    pub at_ms: i64,
+    pub at: OffsetDateTime,
 }
 
 #[derive(Debug, Clone)]
@@ -308,19 +308,19 @@ pub enum CancelOutcome {
 pub enum RotationMode {
     /// Revoked at once (the seed guide's behaviour).
     Revoke,
-    /// Still accepted until this time (unix ms): zero-downtime rotation.
-    Overlap { expires_at_ms: i64 },
+    /// Still accepted until this time: zero-downtime rotation.
+    Overlap { expires_at: OffsetDateTime },
 }
 
 #[derive(Clone)]
 pub struct NewGeneration {
     pub runner_id: RunnerId,
     pub verifier: Verifier,
-    /// The plaintext secret, encrypted by the caller; kept until `reveal_until_ms`.
+    /// The plaintext secret, encrypted by the caller; kept until `reveal_until`.
     pub sealed_secret: Vec<u8>,
-    pub reveal_until_ms: i64,
+    pub reveal_until: OffsetDateTime,
     pub mode: RotationMode,
-    pub at_ms: i64,
+    pub at: OffsetDateTime,
     pub created_by: String,
 }
 
@@ -357,14 +357,14 @@ pub struct RetiringRevoked {
 pub struct SealedSecret {
     pub generation: Generation,
     pub sealed: Vec<u8>,
-    pub reveal_until_ms: i64,
+    pub reveal_until: OffsetDateTime,
 }
 
 impl std::fmt::Debug for SealedSecret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SealedSecret")
             .field("generation", &self.generation)
-            .field("reveal_until_ms", &self.reveal_until_ms)
+            .field("reveal_until", &self.reveal_until)
             .finish_non_exhaustive()
     }
 }

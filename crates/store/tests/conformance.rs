@@ -29,6 +29,11 @@ fn ev(action: &str, runner: Option<(RunnerId, &str)>) -> NewAuditEvent {
     }
 }
 
+/// `ms` milliseconds after the epoch.
+fn ms(ms: i64) -> OffsetDateTime {
+    tether_store::from_ms(ms)
+}
+
 fn new_runner(name: &str) -> NewRunner {
     NewRunner {
         id: RunnerId::new(),
@@ -168,14 +173,14 @@ async fn credentials_usage_and_first_token() {
     let first = store.record_first_token(
         id,
         Generation::FIRST,
-        1000,
+        ms(1000),
         ev("credential.first_token", Some((id, "cred"))),
     );
     assert!(first.await.expect("first"));
     let second = store.record_first_token(
         id,
         Generation::FIRST,
-        2000,
+        ms(2000),
         ev("credential.first_token", Some((id, "cred"))),
     );
     assert!(!second.await.expect("second"));
@@ -194,7 +199,7 @@ async fn credentials_usage_and_first_token() {
         .record_credential_use(&[CredentialUse {
             runner_id: id,
             generation: Generation::FIRST,
-            at_ms: 5000,
+            at: ms(5000),
         }])
         .await
         .expect("use");
@@ -210,23 +215,41 @@ async fn credentials_usage_and_first_token() {
 async fn revoked_tokens_expire() {
     let (store, _dir) = sqlite().await;
     store
-        .revoke_access_token("j1", 10_000, ev("oauth.token_revoked", None))
+        .revoke_access_token("j1", ms(10_000), ev("oauth.token_revoked", None))
         .await
         .expect("revoke");
     store
-        .revoke_access_token("j1", 10_000, ev("oauth.token_revoked", None))
+        .revoke_access_token("j1", ms(10_000), ev("oauth.token_revoked", None))
         .await
         .expect("idempotent");
     store
-        .revoke_access_token("j2", 50_000, ev("oauth.token_revoked", None))
+        .revoke_access_token("j2", ms(50_000), ev("oauth.token_revoked", None))
         .await
         .expect("revoke");
-    let mut live = store.revoked_access_tokens(5_000).await.expect("list");
+    let mut live = store.revoked_access_tokens(ms(5_000)).await.expect("list");
     live.sort();
-    assert_eq!(live, [("j1".to_owned(), 10), ("j2".to_owned(), 50)]);
     assert_eq!(
-        store.revoked_access_tokens(20_000).await.expect("list"),
-        [("j2".to_owned(), 50)]
+        live,
+        [("j1".to_owned(), ms(10_000)), ("j2".to_owned(), ms(50_000))]
+    );
+    assert_eq!(
+        store.revoked_access_tokens(ms(20_000)).await.expect("list"),
+        [("j2".to_owned(), ms(50_000))],
+        "an expired revocation is not returned"
+    );
+    assert_eq!(
+        store
+            .purge_revoked_access_tokens(ms(20_000))
+            .await
+            .expect("purge"),
+        1
+    );
+    assert_eq!(
+        store
+            .purge_revoked_access_tokens(ms(20_000))
+            .await
+            .expect("purge"),
+        0
     );
     let events = store
         .list_audit(AuditFilter {
@@ -493,7 +516,7 @@ async fn web_sessions_resolve_to_the_current_user_expire_and_end() {
     assert!(matches!(ghost, Err(StoreError::NotFound)), "needs a user");
 
     let found = store
-        .web_session(&pepper.verifier("s1"), to_ms(now))
+        .web_session(&pepper.verifier("s1"), now)
         .await
         .expect("get")
         .expect("live");
@@ -504,7 +527,7 @@ async fn web_sessions_resolve_to_the_current_user_expire_and_end() {
         to_ms(now + time::Duration::hours(1))
     );
     assert!(store
-        .web_session(&pepper.verifier("nope"), to_ms(now))
+        .web_session(&pepper.verifier("nope"), now)
         .await
         .expect("get")
         .is_none());
@@ -519,14 +542,14 @@ async fn web_sessions_resolve_to_the_current_user_expire_and_end() {
         .await
         .expect("role");
     let found = store
-        .web_session(&pepper.verifier("s1"), to_ms(now))
+        .web_session(&pepper.verifier("s1"), now)
         .await
         .expect("get")
         .expect("live");
     assert_eq!(found.user.role, Role::Viewer);
 
     // Expiry: not returned at or after expires_at, and purged then.
-    let later = to_ms(now + time::Duration::minutes(2));
+    let later = now + time::Duration::minutes(2);
     assert!(store
         .web_session(&pepper.verifier("s2"), later)
         .await
@@ -551,7 +574,7 @@ async fn web_sessions_resolve_to_the_current_user_expire_and_end() {
         .expect("delete"));
     assert_eq!(audit_count(&store).await, before + 1);
     assert!(store
-        .web_session(&pepper.verifier("s1"), to_ms(now))
+        .web_session(&pepper.verifier("s1"), now)
         .await
         .expect("get")
         .is_none());
@@ -573,7 +596,7 @@ async fn web_sessions_resolve_to_the_current_user_expire_and_end() {
         .await
         .expect("reset");
     assert!(store
-        .web_session(&pepper.verifier("s4"), to_ms(now))
+        .web_session(&pepper.verifier("s4"), now)
         .await
         .expect("get")
         .is_none());
@@ -729,8 +752,8 @@ async fn tasks_are_claimed_once_updates_apply_once_and_logs_keep_their_order() {
     let ready = store.ready_tasks(runner.id, 10).await.expect("ready");
     assert_eq!(ready.len(), 1);
     assert_eq!(ready[0].task_id, one);
-    assert!(store.claim_task(one, "i1", 1).await.expect("claim"));
-    assert!(!store.claim_task(one, "i2", 2).await.expect("claim"));
+    assert!(store.claim_task(one, "i1", ms(1)).await.expect("claim"));
+    assert!(!store.claim_task(one, "i2", ms(2)).await.expect("claim"));
     assert!(store
         .ready_tasks(runner.id, 10)
         .await
@@ -788,7 +811,7 @@ async fn tasks_are_claimed_once_updates_apply_once_and_logs_keep_their_order() {
     );
     let ready = store.ready_tasks(runner.id, 10).await.expect("ready");
     assert_eq!(ready[0].task_id, two);
-    assert!(store.claim_task(two, "i2", 3).await.expect("claim"));
+    assert!(store.claim_task(two, "i2", ms(3)).await.expect("claim"));
     let last = store
         .apply_task_update(
             runner.id,
@@ -866,7 +889,7 @@ async fn cancel_lost_and_runner_deletion_end_runs() {
     // Running: the running task is handed back to be killed; the run ends when it reports.
     let running = queued_run(&store, &runner, &["a", "b"]).await;
     let a = running.tasks[0].id;
-    assert!(store.claim_task(a, "i1", 1).await.expect("claim"));
+    assert!(store.claim_task(a, "i1", ms(1)).await.expect("claim"));
     match store
         .cancel_run(running.id, ev("run.cancel_requested", None))
         .await
@@ -898,15 +921,15 @@ async fn cancel_lost_and_runner_deletion_end_runs() {
     // Lost.
     let lost = queued_run(&store, &runner, &["a"]).await;
     let t = lost.tasks[0].id;
-    assert!(store.claim_task(t, "i1", 1).await.expect("claim"));
+    assert!(store.claim_task(t, "i1", ms(1)).await.expect("claim"));
     let ended = store
-        .end_task(t, RunState::Lost, "gone", 5)
+        .end_task(t, RunState::Lost, "gone", ms(5))
         .await
         .expect("end")
         .expect("was running");
     assert_eq!(ended.state, RunState::Lost);
     assert!(store
-        .end_task(t, RunState::Lost, "gone", 6)
+        .end_task(t, RunState::Lost, "gone", ms(6))
         .await
         .expect("again")
         .is_none());
@@ -945,9 +968,9 @@ fn generation_of(
         runner_id: runner,
         verifier: Pepper::from_bytes([1; 32]).verifier(pepper_input),
         sealed_secret: pepper_input.as_bytes().to_vec(),
-        reveal_until_ms: to_ms(now + time::Duration::minutes(15)),
+        reveal_until: now + time::Duration::minutes(15),
         mode,
-        at_ms: to_ms(now),
+        at: now,
         created_by: "user:alice".into(),
     }
 }
@@ -967,9 +990,7 @@ async fn refresh_overlap(
     until: OffsetDateTime,
     audit: NewAuditEvent,
 ) -> tether_store::Refreshed {
-    let mode = tether_store::RotationMode::Overlap {
-        expires_at_ms: to_ms(until),
-    };
+    let mode = tether_store::RotationMode::Overlap { expires_at: until };
     store
         .refresh_credentials(generation_of(secret, runner, mode), &|_| audit.clone())
         .await
@@ -1181,13 +1202,7 @@ async fn grace_expiry_revokes_only_what_ended_as_system_and_bumps_each_runner() 
             .expect("create");
         store
             .refresh_credentials(
-                generation_of(
-                    "s2",
-                    r.id,
-                    RotationMode::Overlap {
-                        expires_at_ms: to_ms(until),
-                    },
-                ),
+                generation_of("s2", r.id, RotationMode::Overlap { expires_at: until }),
                 &|_| ev("credentials.refreshed", None),
             )
             .await
@@ -1195,7 +1210,7 @@ async fn grace_expiry_revokes_only_what_ended_as_system_and_bumps_each_runner() 
     }
     let before = client_of(&store, &ended).await.version;
     let expired = store
-        .expire_retiring(to_ms(now), &grace_ended)
+        .expire_retiring(now, &grace_ended)
         .await
         .expect("expire");
     assert_eq!(expired.len(), 1);
@@ -1211,7 +1226,7 @@ async fn grace_expiry_revokes_only_what_ended_as_system_and_bumps_each_runner() 
         CredentialState::Retiring
     );
     assert!(store
-        .expire_retiring(to_ms(now), &grace_ended)
+        .expire_retiring(now, &grace_ended)
         .await
         .expect("again")
         .is_empty());
@@ -1228,7 +1243,7 @@ async fn sealed_secrets_are_kept_only_for_the_newest_generation_and_their_window
         .expect("create");
     let now = OffsetDateTime::now_utc();
     assert!(store
-        .sealed_secret(r.id, to_ms(now))
+        .sealed_secret(r.id, now)
         .await
         .expect("read")
         .is_none());
@@ -1241,14 +1256,14 @@ async fn sealed_secrets_are_kept_only_for_the_newest_generation_and_their_window
             .expect("refresh");
     }
     let sealed = store
-        .sealed_secret(r.id, to_ms(now))
+        .sealed_secret(r.id, now)
         .await
         .expect("read")
         .expect("kept");
     assert_eq!(sealed.generation, Generation(3));
     assert_eq!(sealed.sealed, b"s3", "only the newest one is kept");
     // After its window it cannot be read; reading deletes nothing, the purge deletes it.
-    let after = to_ms(now + time::Duration::minutes(16));
+    let after = now + time::Duration::minutes(16);
     assert!(store
         .sealed_secret(r.id, after)
         .await
@@ -1258,7 +1273,7 @@ async fn sealed_secrets_are_kept_only_for_the_newest_generation_and_their_window
     assert_eq!(store.purge_sealed_secrets(after).await.expect("purge"), 0);
     assert!(
         store
-            .sealed_secret(r.id, to_ms(now))
+            .sealed_secret(r.id, now)
             .await
             .expect("read")
             .is_none(),

@@ -85,14 +85,12 @@ pub async fn refresh(
         sealed_secret: state
             .sealer
             .seal(secret.expose().as_bytes(), &aad(runner.id)),
-        reveal_until_ms: tether_store::to_ms(reveal_until),
+        reveal_until,
         mode: match previous_expires_at {
             None => RotationMode::Revoke,
-            Some(t) => RotationMode::Overlap {
-                expires_at_ms: tether_store::to_ms(t),
-            },
+            Some(t) => RotationMode::Overlap { expires_at: t },
         },
-        at_ms: tether_store::to_ms(now),
+        at: now,
         created_by: caller.actor(),
     };
     let ev = |r: &Refreshed| {
@@ -178,11 +176,7 @@ pub async fn reveal(
         ),
     }
     };
-    let Some(sealed) = state
-        .store
-        .sealed_secret(runner.id, tether_store::to_ms(now))
-        .await?
-    else {
+    let Some(sealed) = state.store.sealed_secret(runner.id, now).await? else {
         return Err(closed());
     };
     let plain = state
@@ -201,12 +195,7 @@ pub async fn reveal(
         .source_ip(caller.source_ip.clone())
         .detail(json!({"generation": sealed.generation.0}));
     state.store.append_audit(ev).await?;
-    Ok((
-        runner,
-        plain,
-        sealed.generation,
-        tether_store::from_ms(sealed.reveal_until_ms),
-    ))
+    Ok((runner, plain, sealed.generation, sealed.reveal_until))
 }
 
 /// What ending an overlap did.
@@ -357,7 +346,7 @@ pub async fn sweep(state: &AppState) -> anyhow::Result<()> {
     let now = OffsetDateTime::now_utc();
     for e in state
         .store
-        .expire_retiring(tether_store::to_ms(now), &|e| {
+        .expire_retiring(now, &|e| {
             audit::event("system", "credential.grace_expired")
                 .runner(e.runner_id, e.runner_name.as_str())
                 .detail(json!({"generation": e.generation.0}))
@@ -390,10 +379,7 @@ pub async fn sweep(state: &AppState) -> anyhow::Result<()> {
         )
         .await?;
     }
-    let purged = state
-        .store
-        .purge_sealed_secrets(tether_store::to_ms(now))
-        .await?;
+    let purged = state.store.purge_sealed_secrets(now).await?;
     if purged > 0 {
         tracing::debug!(
             secrets = purged,
@@ -458,9 +444,9 @@ pub async fn overview(state: &AppState, runner: RunnerRecord) -> Result<Overview
     let now = OffsetDateTime::now_utc();
     let reveal_until = state
         .store
-        .sealed_secret(runner.id, tether_store::to_ms(now))
+        .sealed_secret(runner.id, now)
         .await?
-        .map(|s| tether_store::from_ms(s.reveal_until_ms));
+        .map(|s| s.reveal_until);
     Ok(Overview {
         live: super::runners::live(state, runner),
         generations: client.generations,

@@ -173,7 +173,7 @@ fn record_first_token(
             .record_first_token(
                 client.runner_id,
                 tether_domain::Generation(generation),
-                tether_store::to_ms(at),
+                at,
                 ev,
             )
             .await;
@@ -222,7 +222,11 @@ pub async fn revoke_access_token(
     .detail(json!({"jti": claims.jti, "generation": claims.gen}));
     state
         .store
-        .revoke_access_token(&claims.jti, claims.exp * 1000, ev)
+        .revoke_access_token(
+            &claims.jti,
+            OffsetDateTime::from_unix_timestamp(claims.exp).unwrap_or(OffsetDateTime::UNIX_EPOCH),
+            ev,
+        )
         .await?;
     state
         .events

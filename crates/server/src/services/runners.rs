@@ -132,14 +132,13 @@ pub async fn pause(
 ) -> Result<RunnerRecord, ServiceError> {
     caller.require(Role::Operator)?;
     let runner = find(state, key).await?;
-    let until_ms = until.map(tether_store::to_ms);
     let ev = audit::event(caller.actor(), "runner.paused")
         .runner(runner.id, runner.name.as_str())
         .source_ip(caller.source_ip.clone())
         .detail(json!({"until": until.map(rfc3339)}));
     state
         .store
-        .set_paused(runner.id, Some((caller.actor(), until_ms)), ev)
+        .set_paused(runner.id, Some((caller.actor(), until)), ev)
         .await?;
     state.events.publish(Event::PauseChanged {
         runner: Arc::new(runner),
@@ -200,7 +199,7 @@ pub async fn restart(
 
 /// Resumes runners whose timed pause has ended (run periodically).
 pub async fn resume_due(state: &AppState) -> anyhow::Result<()> {
-    let now = tether_store::to_ms(OffsetDateTime::now_utc());
+    let now = OffsetDateTime::now_utc();
     for (id, name) in state.store.pauses_due(now).await? {
         let ev = audit::event("system", "runner.resumed")
             .runner(id, name.as_str())

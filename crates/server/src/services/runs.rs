@@ -61,7 +61,7 @@ async fn dispatch(state: &AppState, runner: RunnerId) -> anyhow::Result<()> {
     if total == 0 {
         return Ok(());
     }
-    let now = tether_store::to_ms(OffsetDateTime::now_utc());
+    let now = OffsetDateTime::now_utc();
     for task in state.store.ready_tasks(runner, total).await? {
         let Some((instance, slots)) = free
             .iter_mut()
@@ -214,7 +214,7 @@ pub async fn cancel(
             })
         }
         CancelOutcome::Requested { running } => {
-            let now = tether_store::to_ms(OffsetDateTime::now_utc());
+            let now = OffsetDateTime::now_utc();
             for t in running {
                 let cancel = ServerMessage::Cancel {
                     task_id: t.task_id.to_string(),
@@ -341,7 +341,7 @@ pub async fn sweep_lost(state: &AppState) -> anyhow::Result<()> {
         );
         if let Some(run) = state
             .store
-            .end_task(t.task_id, RunState::Lost, &reason, tether_store::to_ms(now))
+            .end_task(t.task_id, RunState::Lost, &reason, now)
             .await?
         {
             tracing::warn!(run.id = %run.id, task.id = %t.task_id, instance.id = %t.instance_id, "task lost: {reason}");

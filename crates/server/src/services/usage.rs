@@ -43,7 +43,7 @@ pub async fn flush(
                 uses.push(CredentialUse {
                     runner_id: client.runner_id,
                     generation: g.generation,
-                    at_ms,
+                    at: tether_store::from_ms(at_ms),
                 });
             }
         }

@@ -432,7 +432,7 @@ async fn reveal_returns_the_new_secret_until_the_window_closes_and_leaves_no_pla
                 .expect("id")
                 .parse::<tether_domain::RunnerId>()
                 .expect("runner id"),
-            0,
+            time::OffsetDateTime::UNIX_EPOCH,
         )
         .await
         .expect("query");

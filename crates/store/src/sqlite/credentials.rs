@@ -1,7 +1,7 @@
-//! Credential rotation in SQLite. The single writer connection serialises refreshes, so two
-//! concurrent refreshes of one runner run one after the other: the second sees the first's
-//! generation as the previous one. The partial unique index on active generations is the last
-//! line of defence: whatever the code does, a runner never has two.
+//! Credential rotation in SQLite. The isolation each method needs (see the trait) comes from
+//! SQLite's one write transaction at a time: two concurrent refreshes of one runner run one after
+//! the other, and the second sees the first's generation as the previous one. The partial unique
+//! index on active generations is the last line of defence: a runner never has two.
 
 use async_trait::async_trait;
 use sqlx::Row;
@@ -46,7 +46,7 @@ impl RotationStore for SqliteStore {
             "UPDATE credentials SET state = 'revoked', revoked_at = ?, revoked_by = ?
              WHERE runner_id = ? AND state = 'retiring' RETURNING generation",
         )
-        .bind(new.at_ms)
+        .bind(crate::to_ms(new.at))
         .bind(&new.created_by)
         .bind(&runner)
         .fetch_all(&mut *tx)
@@ -58,7 +58,7 @@ impl RotationStore for SqliteStore {
                     "UPDATE credentials SET state = 'revoked', revoked_at = ?, revoked_by = ?
                      WHERE runner_id = ? AND generation = ?",
                 )
-                .bind(new.at_ms)
+                .bind(crate::to_ms(new.at))
                 .bind(&new.created_by)
                 .bind(&runner)
                 .bind(previous)
@@ -67,12 +67,12 @@ impl RotationStore for SqliteStore {
                 .map_err(backend)?;
                 revoked.push(previous);
             }
-            RotationMode::Overlap { expires_at_ms } => {
+            RotationMode::Overlap { expires_at } => {
                 sqlx::query(
                     "UPDATE credentials SET state = 'retiring', expires_at = ?
                      WHERE runner_id = ? AND generation = ?",
                 )
-                .bind(expires_at_ms)
+                .bind(crate::to_ms(expires_at))
                 .bind(&runner)
                 .bind(previous)
                 .execute(&mut *tx)
@@ -96,10 +96,10 @@ impl RotationStore for SqliteStore {
         .bind(&runner)
         .bind(generation)
         .bind(new.verifier.as_bytes().as_slice())
-        .bind(new.at_ms)
+        .bind(crate::to_ms(new.at))
         .bind(&new.created_by)
         .bind(&new.sealed_secret)
-        .bind(new.reveal_until_ms)
+        .bind(crate::to_ms(new.reveal_until))
         .execute(&mut *tx)
         .await
         .map_err(backend)?;
@@ -119,8 +119,9 @@ impl RotationStore for SqliteStore {
     async fn sealed_secret(
         &self,
         runner: RunnerId,
-        now_ms: i64,
+        now: OffsetDateTime,
     ) -> StoreResult<Option<SealedSecret>> {
+        let now_ms = crate::to_ms(now);
         let row = sqlx::query(
             "SELECT generation, sealed_secret, reveal_until FROM credentials
              WHERE runner_id = ? AND sealed_secret IS NOT NULL
@@ -138,11 +139,12 @@ impl RotationStore for SqliteStore {
         Ok(Some(SealedSecret {
             generation: Generation(row.try_get("generation").map_err(backend)?),
             sealed: row.try_get("sealed_secret").map_err(backend)?,
-            reveal_until_ms: reveal_until,
+            reveal_until: crate::from_ms(reveal_until),
         }))
     }
 
-    async fn purge_sealed_secrets(&self, now_ms: i64) -> StoreResult<u64> {
+    async fn purge_sealed_secrets(&self, now: OffsetDateTime) -> StoreResult<u64> {
+        let now_ms = crate::to_ms(now);
         Ok(sqlx::query(
             "UPDATE credentials SET sealed_secret = NULL, reveal_until = NULL
              WHERE sealed_secret IS NOT NULL AND reveal_until <= ?",
@@ -190,9 +192,10 @@ impl RotationStore for SqliteStore {
 
     async fn expire_retiring(
         &self,
-        now_ms: i64,
+        now: OffsetDateTime,
         audit: AuditOf<'_, ExpiredGeneration>,
     ) -> StoreResult<Vec<ExpiredGeneration>> {
+        let now_ms = crate::to_ms(now);
         let mut tx = self.writer.begin().await.map_err(backend)?;
         let rows = sqlx::query(
             "UPDATE credentials SET state = 'revoked', revoked_at = ?, revoked_by = 'system'

@@ -10,6 +10,7 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, Sqlite, Transaction};
 use tether_domain::pipeline::{parse_tasks, RawTask};
 use tether_domain::{PipelineName, RunEnd, RunId, RunState, RunnerId, TaskEnd, TaskId, TaskSpec};
+use time::OffsetDateTime;
 
 use super::{backend, corrupt, insert_audit, SqliteStore};
 use crate::{
@@ -448,7 +449,13 @@ impl PipelineStore for SqliteStore {
         rows.iter().map(assigned_from_row).collect()
     }
 
-    async fn claim_task(&self, task: TaskId, instance_id: &str, at_ms: i64) -> StoreResult<bool> {
+    async fn claim_task(
+        &self,
+        task: TaskId,
+        instance_id: &str,
+        at: OffsetDateTime,
+    ) -> StoreResult<bool> {
+        let at_ms = to_ms(at);
         let mut tx = self.writer.begin().await.map_err(backend)?;
         let claimed = sqlx::query(
             "UPDATE run_tasks SET state = 'running', instance_id = ?, assigned_at = ?
@@ -603,8 +610,9 @@ impl PipelineStore for SqliteStore {
         task: TaskId,
         state: RunState,
         reason: &str,
-        at_ms: i64,
+        at: OffsetDateTime,
     ) -> StoreResult<Option<RunRecord>> {
+        let at_ms = to_ms(at);
         let mut tx = self.writer.begin().await.map_err(backend)?;
         let row = sqlx::query(
             "SELECT t.run_id, t.name, r.cancel_requested_by FROM run_tasks t JOIN runs r ON r.id = t.run_id

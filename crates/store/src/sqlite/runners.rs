@@ -5,6 +5,7 @@ use tether_domain::{
     ClientId, CredentialState, CredentialsVersion, Description, Generation, Platform, RunnerId,
     RunnerName, RunnerStatus, Verifier,
 };
+use time::OffsetDateTime;
 
 use super::{backend, corrupt, insert_audit, SqliteStore};
 use crate::{
@@ -176,7 +177,8 @@ impl RunnerStore for SqliteStore {
         Ok(())
     }
 
-    async fn reset_live_statuses(&self, reason: &str, at_ms: i64) -> StoreResult<u64> {
+    async fn reset_live_statuses(&self, reason: &str, at: OffsetDateTime) -> StoreResult<u64> {
+        let at_ms = to_ms(at);
         let changed = sqlx::query(
             "UPDATE runners SET status = 'unknown', status_reason = ?, status_since = ?
              WHERE status IN ('running', 'pausing', 'paused', 'stopping')",
@@ -193,12 +195,12 @@ impl RunnerStore for SqliteStore {
     async fn set_paused(
         &self,
         id: RunnerId,
-        pause: Option<(String, Option<i64>)>,
+        pause: Option<(String, Option<OffsetDateTime>)>,
         audit: NewAuditEvent,
     ) -> StoreResult<bool> {
         let mut tx = self.writer.begin().await.map_err(backend)?;
         let (by, until) = match pause {
-            Some((by, until)) => (Some(by), until),
+            Some((by, until)) => (Some(by), until.map(to_ms)),
             None => (None, None),
         };
         let changed =
@@ -218,7 +220,8 @@ impl RunnerStore for SqliteStore {
         Ok(true)
     }
 
-    async fn pauses_due(&self, now_ms: i64) -> StoreResult<Vec<(RunnerId, RunnerName)>> {
+    async fn pauses_due(&self, now: OffsetDateTime) -> StoreResult<Vec<(RunnerId, RunnerName)>> {
+        let now_ms = to_ms(now);
         let rows: Vec<(String, String)> = sqlx::query_as(
             "SELECT id, name FROM runners WHERE paused_by IS NOT NULL AND paused_until IS NOT NULL AND paused_until <= ?",
         )
@@ -314,7 +317,7 @@ impl CredentialStore for SqliteStore {
                 "UPDATE credentials SET last_used_at = MAX(COALESCE(last_used_at, 0), ?)
                  WHERE runner_id = ? AND generation = ?",
             )
-            .bind(u.at_ms)
+            .bind(to_ms(u.at))
             .bind(u.runner_id.to_string())
             .bind(u.generation.0)
             .execute(&mut *tx)
@@ -329,9 +332,10 @@ impl CredentialStore for SqliteStore {
         &self,
         runner_id: RunnerId,
         generation: Generation,
-        at_ms: i64,
+        at: OffsetDateTime,
         audit: NewAuditEvent,
     ) -> StoreResult<bool> {
+        let at_ms = to_ms(at);
         let mut tx = self.writer.begin().await.map_err(backend)?;
         let first = sqlx::query(
             "UPDATE credentials SET first_token_at = ?
@@ -355,9 +359,10 @@ impl CredentialStore for SqliteStore {
     async fn revoke_access_token(
         &self,
         jti: &str,
-        expires_at_ms: i64,
+        expires_at: OffsetDateTime,
         audit: NewAuditEvent,
     ) -> StoreResult<()> {
+        let expires_at_ms = to_ms(expires_at);
         let mut tx = self.writer.begin().await.map_err(backend)?;
         let inserted =
             sqlx::query("INSERT OR IGNORE INTO revoked_tokens (jti, expires_at) VALUES (?, ?)")
@@ -374,16 +379,30 @@ impl CredentialStore for SqliteStore {
         Ok(())
     }
 
-    async fn revoked_access_tokens(&self, now_ms: i64) -> StoreResult<Vec<(String, i64)>> {
-        sqlx::query("DELETE FROM revoked_tokens WHERE expires_at <= ?")
-            .bind(now_ms)
-            .execute(&self.writer)
-            .await
-            .map_err(backend)?;
-        let rows: Vec<(String, i64)> = sqlx::query_as("SELECT jti, expires_at FROM revoked_tokens")
-            .fetch_all(&self.writer)
-            .await
-            .map_err(backend)?;
-        Ok(rows.into_iter().map(|(jti, ms)| (jti, ms / 1000)).collect())
+    async fn revoked_access_tokens(
+        &self,
+        now: OffsetDateTime,
+    ) -> StoreResult<Vec<(String, OffsetDateTime)>> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT jti, expires_at FROM revoked_tokens WHERE expires_at > ?")
+                .bind(to_ms(now))
+                .fetch_all(&self.reader)
+                .await
+                .map_err(backend)?;
+        Ok(rows
+            .into_iter()
+            .map(|(jti, ms)| (jti, from_ms(ms)))
+            .collect())
+    }
+
+    async fn purge_revoked_access_tokens(&self, now: OffsetDateTime) -> StoreResult<u64> {
+        Ok(
+            sqlx::query("DELETE FROM revoked_tokens WHERE expires_at <= ?")
+                .bind(to_ms(now))
+                .execute(&self.writer)
+                .await
+                .map_err(backend)?
+                .rows_affected(),
+        )
     }
 }

@@ -1,6 +1,7 @@
 use async_trait::async_trait;
 use sqlx::Row;
 use tether_domain::Verifier;
+use time::OffsetDateTime;
 
 use super::users::user_from_row;
 use super::{backend, insert_audit, SqliteStore};
@@ -34,8 +35,9 @@ impl WebSessionStore for SqliteStore {
     async fn web_session(
         &self,
         verifier: &Verifier,
-        now_ms: i64,
+        now: OffsetDateTime,
     ) -> StoreResult<Option<WebSessionRecord>> {
+        let now_ms = crate::to_ms(now);
         let row = sqlx::query(
             "SELECT u.id, u.username, u.password_hash, u.role, u.created_at,
                     s.created_at AS session_created_at, s.expires_at
@@ -75,7 +77,8 @@ impl WebSessionStore for SqliteStore {
         Ok(true)
     }
 
-    async fn purge_web_sessions(&self, now_ms: i64) -> StoreResult<u64> {
+    async fn purge_web_sessions(&self, now: OffsetDateTime) -> StoreResult<u64> {
+        let now_ms = crate::to_ms(now);
         Ok(
             sqlx::query("DELETE FROM web_sessions WHERE expires_at <= ?")
                 .bind(now_ms)

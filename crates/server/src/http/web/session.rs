@@ -45,7 +45,7 @@ impl FromRequestParts<AppState> for Visitor {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let now = tether_store::to_ms(OffsetDateTime::now_utc());
+        let now = OffsetDateTime::now_utc();
         let found = match cookie(&parts.headers, SESSION_COOKIE).filter(|id| is_session_id(id)) {
             Some(id) => {
                 let verifier = state.pepper.verifier(id);
