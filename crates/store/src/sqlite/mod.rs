@@ -14,38 +14,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Executor, SqlitePool};
+use sqlx::SqlitePool;
 
 use crate::{Conflict, NewAuditEvent, Store, StoreError, StoreResult};
 
-/// Embedded migrations, applied in order, each once. Never edit one that has landed: add a new one.
-const MIGRATIONS: &[(i64, &str, &str)] = &[
-    (
-        1,
-        "init",
-        include_str!("../../migrations/sqlite/0001_init.sql"),
-    ),
-    (
-        2,
-        "pipelines",
-        include_str!("../../migrations/sqlite/0002_pipelines.sql"),
-    ),
-    (
-        3,
-        "reveal",
-        include_str!("../../migrations/sqlite/0003_reveal.sql"),
-    ),
-    (
-        4,
-        "web_sessions",
-        include_str!("../../migrations/sqlite/0004_web_sessions.sql"),
-    ),
-    (
-        5,
-        "credential_versions",
-        include_str!("../../migrations/sqlite/0005_credential_versions.sql"),
-    ),
-];
+/// Embedded migrations (`migrations/sqlite/NNNN_name.sql`), applied in order, each once, with a
+/// checksum: a database whose applied migration differs from the embedded one is refused. Never
+/// edit one that has landed: add a new one.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
@@ -97,41 +73,66 @@ impl SqliteStore {
 }
 
 async fn migrate(pool: &SqlitePool) -> StoreResult<()> {
-    pool.execute(
-        "CREATE TABLE IF NOT EXISTS schema_migrations (
-            version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)",
+    bridge_hand_rolled_migrations(pool).await?;
+    MIGRATOR.run(pool).await.map_err(|e| match e {
+        sqlx::migrate::MigrateError::VersionMismatch(v) => StoreError::Corrupt(format!(
+            "database migration {v} was applied from a different file than this build has (it was \
+             edited after it landed); restore the original migration file"
+        )),
+        sqlx::migrate::MigrateError::VersionMissing(v) => StoreError::Corrupt(format!(
+            "the database has migration {v}, which this build does not know: it was written by a \
+             newer tether; run that version (or newer) instead"
+        )),
+        other => StoreError::Backend(Box::new(other)),
+    })
+}
+
+/// Databases made before migrations had checksums record them in `schema_migrations` (version,
+/// name). Moves that record to sqlx's table, with the embedded migrations' checksums (those files
+/// are the ones that were applied: they have never been edited), in one transaction.
+async fn bridge_hand_rolled_migrations(pool: &SqlitePool) -> StoreResult<()> {
+    use sqlx::migrate::Migrate as _;
+    let mut tx = pool.begin().await.map_err(backend)?;
+    let old: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations')",
     )
+    .fetch_one(&mut *tx)
     .await
     .map_err(backend)?;
-    for (version, name, sql) in MIGRATIONS {
-        let mut tx = pool.begin().await.map_err(backend)?;
-        let done: Option<i64> =
-            sqlx::query_scalar("SELECT version FROM schema_migrations WHERE version = ?")
-                .bind(version)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(backend)?;
-        if done.is_some() {
-            continue;
-        }
-        sqlx::raw_sql(sql)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-        sqlx::query("INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)")
-            .bind(version)
-            .bind(name)
-            .bind(crate::to_ms(time::OffsetDateTime::now_utc()))
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-        tx.commit().await.map_err(backend)?;
-        tracing::info!(
-            migration.version = version,
-            migration.name = name,
-            "applied database migration"
-        );
+    if !old {
+        return Ok(());
     }
+    tx.ensure_migrations_table()
+        .await
+        .map_err(|e| StoreError::Backend(Box::new(e)))?;
+    let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM schema_migrations")
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(backend)?;
+    for version in applied {
+        let Some(m) = MIGRATOR.iter().find(|m| m.version == version) else {
+            return Err(StoreError::Corrupt(format!(
+                "the database has migration {version}, which this build does not know: it was \
+                 written by a newer tether; run that version (or newer) instead"
+            )));
+        };
+        sqlx::query(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+             VALUES (?, ?, TRUE, ?, 0)",
+        )
+        .bind(m.version)
+        .bind(&*m.description)
+        .bind(&*m.checksum)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+    }
+    sqlx::query("DROP TABLE schema_migrations")
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+    tx.commit().await.map_err(backend)?;
+    tracing::info!("moved the record of applied migrations to _sqlx_migrations");
     Ok(())
 }
 
