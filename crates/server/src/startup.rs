@@ -1,0 +1,203 @@
+//! Starting and stopping one control-plane process: open the store and key material, wire the
+//! in-memory state and its event subscribers, bind, serve, and drain on shutdown.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tether_store::Store;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::background::{self, FlushRequest};
+use crate::config::ServerConfig;
+use crate::services::bootstrap::Bootstrapped;
+use crate::state::{AppState, Inner};
+use crate::{dispatch, events, http, jwt, keys, memory, runner_link, seal, services};
+
+/// A control plane serving in the background.
+#[derive(Debug)]
+pub struct RunningServer {
+    pub local_addr: SocketAddr,
+    pub public_url: String,
+    /// Set on the first start of a fresh database: what was created, for printing once.
+    pub bootstrapped: Option<Bootstrapped>,
+    state: AppState,
+    shutdown: watch::Sender<bool>,
+    serve: JoinHandle<std::io::Result<()>>,
+    background: JoinHandle<()>,
+    sweeper: JoinHandle<()>,
+    persister: JoinHandle<()>,
+    flush_persister: tokio::sync::mpsc::UnboundedSender<FlushRequest>,
+    dispatcher: JoinHandle<()>,
+}
+
+/// Opens the database, loads or creates key material, binds the listener and starts serving.
+pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("restricting permissions of {}", config.data_dir.display()))?;
+    let keys = keys::KeyMaterial::load_or_generate(&config.data_dir)?;
+    let store: Arc<dyn Store> = match &config.database_url {
+        Some(url) => tether_store::open(url)
+            .await
+            .context("opening the database")?,
+        None => {
+            let path = config.data_dir.join("tether.db");
+            tether_store::open_file(&path)
+                .await
+                .with_context(|| format!("opening the database {}", path.display()))?
+        }
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.listen))?;
+    let local_addr = listener.local_addr()?;
+    let public_url = config.public_url.as_ref().map_or_else(
+        || format!("http://{local_addr}"),
+        |u| u.as_str().trim_end_matches('/').to_owned(),
+    );
+    let signer = jwt::TokenSigner::new(keys.signing, public_url.clone(), public_url.clone());
+    let now = time::OffsetDateTime::now_utc();
+    let reset = store
+        .reset_live_statuses(
+            "the control plane restarted; waiting for the runner to reconnect",
+            now,
+        )
+        .await?;
+    if reset > 0 {
+        tracing::info!(
+            runners = reset,
+            "marked runners unknown until they reconnect"
+        );
+    }
+    let (persist_tx, persist_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (dispatch, dispatch_rx) = dispatch::Dispatcher::new();
+    let (shutdown, mut stop) = watch::channel(false);
+    let clients = Arc::new(memory::clients::ClientCache::default());
+    let revoked = Arc::new(memory::revoked::RevokedTokens::default());
+    let health = Arc::new(memory::health::AuthHealthTracker::default());
+    let link = Arc::new(runner_link::RunnerLink::new(persist_tx));
+    // The client cache first: a revoked secret stops working before its sessions are cut.
+    let events = Arc::new(events::InProcess::new(vec![
+        clients.clone(),
+        revoked.clone(),
+        health.clone(),
+        link.clone(),
+        Arc::new(dispatch),
+    ]));
+    let state = AppState::new(Inner {
+        config,
+        store,
+        signer,
+        pepper: keys.pepper,
+        clients,
+        usage: Default::default(),
+        revoked,
+        metrics: Default::default(),
+        link,
+        events,
+        public_url: public_url.clone(),
+        sealer: seal::Sealer::new(&keys.master),
+        health,
+        started_at: now,
+        stopping: shutdown.subscribe(),
+    });
+    let (flush_persister, flush_rx) = tokio::sync::mpsc::unbounded_channel();
+    let persister = tokio::spawn(background::persist_statuses(
+        state.store.clone(),
+        persist_rx,
+        flush_rx,
+    ));
+    let dispatcher = tokio::spawn(services::runs::dispatch_loop(state.clone(), dispatch_rx));
+    let revoked = state.store.revoked_access_tokens(now).await?;
+    state.revoked.load(
+        revoked
+            .into_iter()
+            .map(|(jti, exp)| (jti, exp.unix_timestamp()))
+            .collect(),
+    );
+    let bootstrapped = services::bootstrap::ensure_admin(&state).await?;
+
+    let app = http::router(state.clone());
+    // Runner sessions exchange small latency-bound frames (assign, update, ack): without
+    // TCP_NODELAY each one can wait up to 40 ms behind the peer's delayed ACK.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY on a connection");
+        }
+    });
+    let serve = tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await
+    });
+    let background = tokio::spawn(background::housekeeping(
+        state.clone(),
+        shutdown.subscribe(),
+    ));
+    let sweeper = tokio::spawn(background::sweep_sessions(
+        state.clone(),
+        shutdown.subscribe(),
+    ));
+    tracing::info!(listen = %local_addr, public_url = %public_url, "tether control plane started");
+    Ok(RunningServer {
+        local_addr,
+        public_url,
+        bootstrapped,
+        state,
+        shutdown,
+        serve,
+        background,
+        sweeper,
+        persister,
+        flush_persister,
+        dispatcher,
+    })
+}
+
+impl RunningServer {
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Stops accepting connections, lets in-flight requests finish and writes pending usage data.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(true);
+        // Statuses reached before the shutdown are written; the ones the shutdown itself causes
+        // are not, so after a restart the runners read "the control plane restarted".
+        let (done, flushed) = tokio::sync::oneshot::channel();
+        if self.flush_persister.send(done).is_ok() {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), flushed).await;
+        }
+        // Runner sessions are upgraded connections the HTTP server no longer tracks: close them so
+        // instances reconnect (to this server after a restart, or to another replica).
+        self.state
+            .link
+            .close_everything(1001, "the control plane is shutting down");
+        self.serve
+            .await
+            .context("server task panicked")?
+            .context("serving HTTP")?;
+        let _ = self.background.await;
+        let _ = self.sweeper.await;
+        self.persister.abort();
+        self.dispatcher.abort();
+        services::usage::flush(
+            &self.state.usage,
+            self.state.store.as_ref(),
+            &self.state.clients,
+        )
+        .await
+        .context("flushing usage data at shutdown")?;
+        tracing::info!("tether control plane stopped");
+        Ok(())
+    }
+}
