@@ -1,8 +1,19 @@
-//! The handle that wakes the dispatch loop (`services::runs::dispatch_loop`) for a runner. It is
-//! an events subscriber: work queued for a runner, or the runner resumed, wakes the loop for it.
+//! The dispatch engine: hands ready tasks to connected instances with free capacity. One loop
+//! per control plane runs the passes; [`Dispatcher`], an events subscriber, wakes it for a runner
+//! whenever work may have become startable (a new run, a connected instance, a finished task, a
+//! resume). Claiming a task is a conditional update in the store, so a task is never handed out
+//! twice even if two passes (or two replicas) overlap.
 
-use tether_domain::RunnerId;
+use std::collections::{HashMap, HashSet};
+
+use tether_domain::{RunnerId, TaskId};
+use tether_protocol::session::{ServerMessage, TaskAssignment};
+use tether_store::ReadyTask;
+use time::OffsetDateTime;
 use tokio::sync::mpsc;
+
+use crate::events::Event;
+use crate::state::AppState;
 
 /// Wakes the dispatch loop for a runner.
 #[derive(Debug, Clone)]
@@ -33,4 +44,118 @@ impl crate::events::Subscriber for Dispatcher {
             _ => {}
         }
     }
+}
+
+/// Runs dispatch passes until the channel closes; pokes that arrive during a pass are coalesced.
+pub async fn run(state: AppState, mut rx: mpsc::UnboundedReceiver<RunnerId>) {
+    while let Some(first) = rx.recv().await {
+        let mut due = HashSet::from([first]);
+        while let Ok(more) = rx.try_recv() {
+            due.insert(more);
+        }
+        for runner in due {
+            if let Err(e) = dispatch(&state, runner).await {
+                tracing::error!(error = format!("{e:#}"), runner.id = %runner, "dispatching tasks failed");
+            }
+        }
+    }
+}
+
+/// Hands ready tasks of one runner to its instances, each up to its capacity.
+async fn dispatch(state: &AppState, runner: RunnerId) -> anyhow::Result<()> {
+    let targets = state.link.dispatch_targets(runner);
+    if targets.is_empty() {
+        return Ok(());
+    }
+    let mut busy: HashMap<String, u32> = HashMap::new();
+    for t in state.store.assigned_tasks(Some(runner)).await? {
+        *busy.entry(t.instance_id).or_default() += 1;
+    }
+    let mut free: Vec<(String, u32)> = targets
+        .into_iter()
+        .map(|t| {
+            let used = busy.get(&t.instance_id).copied().unwrap_or(0);
+            (t.instance_id, t.capacity.saturating_sub(used))
+        })
+        .collect();
+    let total: u32 = free.iter().map(|(_, n)| n).sum();
+    if total == 0 {
+        return Ok(());
+    }
+    let now = OffsetDateTime::now_utc();
+    for task in state.store.ready_tasks(runner, total).await? {
+        let Some((instance, slots)) = free
+            .iter_mut()
+            .filter(|(_, n)| *n > 0)
+            .max_by_key(|(_, n)| *n)
+        else {
+            break;
+        };
+        if !state.store.claim_task(task.task_id, instance, now).await? {
+            continue;
+        }
+        *slots -= 1;
+        let (task_id, run_id) = (task.task_id, task.run_id);
+        if state
+            .link
+            .send_to_instance(runner, instance, assignment(task))
+        {
+            state.metrics.tasks_assigned.inc();
+            tracing::info!(runner.id = %runner, run.id = %run_id, task.id = %task_id, instance.id = %instance, "task assigned");
+        } else {
+            // The session ended between choosing it and sending: put the task back.
+            state.store.requeue_task(task_id, instance).await?;
+            *slots = 0;
+        }
+    }
+    Ok(())
+}
+
+fn assignment(task: ReadyTask) -> ServerMessage {
+    ServerMessage::Assign {
+        task: TaskAssignment {
+            task_id: task.task_id.to_string(),
+            run_id: task.run_id.to_string(),
+            pipeline: task.pipeline,
+            name: task.spec.name.as_str().to_owned(),
+            run: task.spec.run,
+            env: task.spec.env,
+            timeout_seconds: task.spec.timeout_seconds,
+        },
+    }
+}
+
+/// A reconnected instance may have missed an assignment sent just before its connection dropped:
+/// send again what it has not confirmed (it ignores task ids it already has), then dispatch.
+pub async fn instance_connected(
+    state: &AppState,
+    runner: RunnerId,
+    instance_id: &str,
+) -> anyhow::Result<()> {
+    for t in state.store.assigned_tasks(Some(runner)).await? {
+        if t.instance_id != instance_id || t.last_seq > 0 {
+            continue;
+        }
+        if let Some(task) = state.store.task_assignment(t.task_id).await? {
+            state
+                .link
+                .send_to_instance(runner, instance_id, assignment(task));
+        }
+    }
+    state.events.publish(Event::WorkQueued { runner });
+    Ok(())
+}
+
+/// An instance refused an assignment (it is draining): queue the task again for another one.
+pub async fn rejected(
+    state: &AppState,
+    runner: RunnerId,
+    instance_id: &str,
+    task: TaskId,
+) -> anyhow::Result<()> {
+    if state.store.requeue_task(task, instance_id).await? {
+        tracing::info!(runner.id = %runner, task.id = %task, instance.id = %instance_id, "instance refused a task; queued again");
+    }
+    state.events.publish(Event::WorkQueued { runner });
+    Ok(())
 }

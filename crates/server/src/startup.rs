@@ -111,7 +111,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         persist_rx,
         flush_rx,
     ));
-    let dispatcher = tokio::spawn(services::runs::dispatch_loop(state.clone(), dispatch_rx));
+    let dispatcher = tokio::spawn(dispatch::run(state.clone(), dispatch_rx));
     let revoked = state.store.revoked_access_tokens(now).await?;
     state.revoked.load(
         revoked

@@ -10,15 +10,19 @@ use axum::extract::State;
 use axum::http::header::AUTHORIZATION;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use tether_domain::Disconnect;
-use tether_protocol::session::{close_code, RunnerMessage, ServerMessage, PROTOCOL_VERSION};
+use tether_domain::{Disconnect, RunState, RunnerId, TaskId};
+use tether_protocol::session::{
+    close_code, RunnerMessage, ServerMessage, TaskUpdate, TaskUpdateState, PROTOCOL_VERSION,
+};
+use tether_store::TaskProgress;
+use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
 use super::error::ApiError;
 use crate::jwt::Claims;
 use crate::memory::clients::CachedClient;
 use crate::runner_link::{Hello, Outbound, Refused};
-use crate::services::oauth;
+use crate::services::{oauth, runs};
 use crate::state::AppState;
 
 /// Largest message a runner may send (task log chunks are bounded well below this).
@@ -61,7 +65,12 @@ async fn run_session(
         Ok(Err(why)) => return refuse(socket, close_code::PROTOCOL_ERROR, &why).await,
         Err(_) => return refuse(socket, close_code::PROTOCOL_ERROR, "no hello within 10 s").await,
     };
-    let runner = match crate::services::runners::find(&state, &client.runner_id.to_string()).await {
+    let runner = match crate::services::runners::find(
+        &state,
+        &tether_domain::RunnerRef::from(client.runner_id),
+    )
+    .await
+    {
         Ok(r) => r,
         Err(_) => {
             return refuse(
@@ -90,9 +99,7 @@ async fn run_session(
         heartbeat_seconds: state.config.heartbeat.as_secs(),
     };
     let mut ended = if send(&mut socket, &welcome).await {
-        if let Err(e) =
-            crate::services::runs::instance_connected(&state, runner.id, &instance_id).await
-        {
+        if let Err(e) = crate::dispatch::instance_connected(&state, runner.id, &instance_id).await {
             tracing::error!(error = format!("{e:#}"), runner.id = %runner.id, "re-sending assignments failed");
         }
         None
@@ -209,19 +216,19 @@ async fn handle(
             }
         }
         RunnerMessage::TaskUpdate(update) => {
-            match crate::services::runs::apply_update(state, *runner_id, update).await {
-                Ok(replies) => {
-                    for reply in replies {
-                        if !send(socket, &reply).await {
-                            return Some(Disconnect::Lost {
-                                reason: "connection lost".into(),
-                            });
-                        }
-                    }
-                }
+            let replies = match task_update(state, *runner_id, update).await {
+                Ok(replies) => replies,
                 // Not acknowledged: the runner keeps the update spooled and sends it again.
                 Err(e) => {
-                    tracing::error!(error = format!("{e:#}"), runner.id = %runner_id, "storing a task update failed")
+                    tracing::error!(error = format!("{e:#}"), runner.id = %runner_id, "storing a task update failed");
+                    return None;
+                }
+            };
+            for reply in replies {
+                if !send(socket, &reply).await {
+                    return Some(Disconnect::Lost {
+                        reason: "connection lost".into(),
+                    });
                 }
             }
             None
@@ -233,9 +240,13 @@ async fn handle(
         }
         RunnerMessage::Reject { task_id, reason } => {
             tracing::info!(runner.id = %runner_id, instance.id = %me.instance_id, task.id = %task_id, reason = %reason, "instance refused a task");
-            if let Err(e) =
-                crate::services::runs::rejected(state, *runner_id, me.instance_id, &task_id).await
-            {
+            let requeued = match task_id.parse::<TaskId>() {
+                Ok(task) => {
+                    crate::dispatch::rejected(state, *runner_id, me.instance_id, task).await
+                }
+                Err(_) => Ok(()),
+            };
+            if let Err(e) = requeued {
                 tracing::error!(error = format!("{e:#}"), runner.id = %runner_id, "re-queueing a refused task failed");
             }
             None
@@ -345,4 +356,44 @@ async fn refuse(mut socket: WebSocket, code: u16, reason: &str) {
     };
     let _ = send(&mut socket, &error).await;
     close(&mut socket, code, reason).await;
+}
+
+/// Hands a task update to the services and says what to answer: `ack` once it is stored (or
+/// known, or cannot be stored: a malformed task id), plus `cancel` when the task was given up on.
+async fn task_update(
+    state: &AppState,
+    runner: RunnerId,
+    update: TaskUpdate,
+) -> anyhow::Result<Vec<ServerMessage>> {
+    let ack = ServerMessage::Ack {
+        task_id: update.task_id.clone(),
+        seq: update.seq,
+    };
+    let Ok(task_id) = update.task_id.parse::<TaskId>() else {
+        tracing::warn!(runner.id = %runner, "dropping an update for a malformed task id");
+        return Ok(vec![ack]);
+    };
+    let progress = TaskProgress {
+        task_id,
+        seq: update.seq,
+        state: match update.state {
+            TaskUpdateState::Running => RunState::Running,
+            TaskUpdateState::Succeeded => RunState::Succeeded,
+            TaskUpdateState::Failed => RunState::Failed,
+            TaskUpdateState::Cancelled => RunState::Cancelled,
+        },
+        log_chunk: update.log_chunk,
+        exit_code: update.exit_code,
+        reason: update.reason,
+        at: OffsetDateTime::now_utc(),
+    };
+    Ok(match runs::apply_update(state, runner, progress).await? {
+        runs::AfterUpdate::Continue => vec![ack],
+        runs::AfterUpdate::Stop => vec![
+            ack,
+            ServerMessage::Cancel {
+                task_id: update.task_id,
+            },
+        ],
+    })
 }

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use serde_json::json;
-use tether_domain::{ClientSecret, Generation, Role, RunState, RunnerId};
+use tether_domain::{ClientSecret, Generation, Role, RotationId, RunState, RunnerId, RunnerRef};
 use tether_store::{
     NewGeneration, Refreshed, RetiringRevoked, RotationMode, RunFilter, RunnerRecord, StoreError,
 };
@@ -42,10 +42,10 @@ pub struct RefreshOutcome {
 pub async fn refresh(
     state: &AppState,
     caller: &Caller,
-    key: &str,
+    key: &RunnerRef,
     mode: Mode,
     force: bool,
-    rotation_id: Option<&str>,
+    rotation_id: Option<&RotationId>,
 ) -> Result<RefreshOutcome, ServiceError> {
     caller.require(Role::Operator)?;
     let runner = super::runners::find(state, key).await?;
@@ -102,7 +102,7 @@ pub async fn refresh(
                 "client_id": runner.client_id.as_str(),
                 "forced": force,
                 "previous_expires_at": previous_expires_at.map(rfc3339),
-                "rotation_id": rotation_id,
+                "rotation_id": rotation_id.map(RotationId::as_str),
                 "generation": r.generation.0,
                 "previous_generation": r.previous.0,
                 "revoked_generations": r.revoked.iter().map(|g| g.0).collect::<Vec<_>>(),
@@ -161,7 +161,7 @@ pub async fn refresh(
 pub async fn reveal(
     state: &AppState,
     caller: &Caller,
-    key: &str,
+    key: &RunnerRef,
 ) -> Result<(RunnerRecord, ClientSecret, Generation, OffsetDateTime), ServiceError> {
     caller.require(Role::Operator)?;
     let runner = super::runners::find(state, key).await?;
@@ -211,8 +211,8 @@ pub struct RevokedPrevious {
 pub async fn revoke_previous(
     state: &AppState,
     caller: &Caller,
-    key: &str,
-    rotation_id: Option<&str>,
+    key: &RunnerRef,
+    rotation_id: Option<&RotationId>,
 ) -> Result<RevokedPrevious, ServiceError> {
     caller.require(Role::Operator)?;
     let runner = super::runners::find(state, key).await?;
@@ -221,7 +221,7 @@ pub async fn revoke_previous(
             .runner(runner.id, runner.name.as_str())
             .source_ip(caller.source_ip.clone())
             .detail(json!({
-                "rotation_id": rotation_id,
+                "rotation_id": rotation_id.map(RotationId::as_str),
                 "revoked_generations": r.revoked.iter().map(|g| g.0).collect::<Vec<_>>(),
             }))
     };
@@ -313,25 +313,16 @@ pub const ROTATION_STEPS: [&str; 6] = [
 pub async fn record_rotation_step(
     state: &AppState,
     caller: &Caller,
-    key: &str,
+    key: &RunnerRef,
     step: &str,
-    rotation_id: Option<String>,
+    rotation_id: Option<RotationId>,
     detail: serde_json::Map<String, serde_json::Value>,
-) -> Result<String, ServiceError> {
+) -> Result<RotationId, ServiceError> {
     caller.require(Role::Operator)?;
     let runner = super::runners::find(state, key).await?;
-    let id = match rotation_id {
-        Some(id) => id,
-        None => format!(
-            "rot_{}",
-            tether_domain::random_bytes::<8>()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
-        ),
-    };
+    let id = rotation_id.unwrap_or_else(RotationId::generate);
     let mut detail = detail;
-    detail.insert("rotation_id".into(), id.clone().into());
+    detail.insert("rotation_id".into(), id.as_str().into());
     let ev = audit::event(caller.actor(), &format!("rotation.{step}"))
         .runner(runner.id, runner.name.as_str())
         .source_ip(caller.source_ip.clone())

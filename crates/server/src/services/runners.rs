@@ -5,7 +5,7 @@ use std::sync::Arc;
 use serde_json::json;
 use tether_domain::{
     ClientId, ClientSecret, Description, Generation, Platform, Role, Rollout, RolloutState,
-    RunnerId, RunnerName,
+    RunnerId, RunnerName, RunnerRef,
 };
 use tether_store::{Conflict, NewRunner, PersistedStatus, RunnerRecord, StoreError};
 use time::OffsetDateTime;
@@ -78,23 +78,35 @@ pub async fn list(
 }
 
 /// Finds a runner by id or by unique name.
-pub async fn find(state: &AppState, key: &str) -> Result<RunnerRecord, ServiceError> {
-    let found = if let Ok(id) = key.parse::<RunnerId>() {
-        state.store.runner_by_id(id).await?
-    } else if let Ok(name) = RunnerName::parse(key) {
-        state.store.runner_by_name(&name).await?
-    } else {
-        None
+pub async fn find(state: &AppState, key: &RunnerRef) -> Result<RunnerRecord, ServiceError> {
+    let found = match key {
+        RunnerRef::Id(id) => state.store.runner_by_id(*id).await?,
+        RunnerRef::Name(name) => state.store.runner_by_name(name).await?,
     };
-    found.ok_or_else(|| ServiceError::NotFound {
+    found.ok_or_else(|| not_found(&key.to_string()))
+}
+
+/// The answer for a runner that does not exist (or a key that cannot name one).
+pub fn not_found(key: &str) -> ServiceError {
+    ServiceError::NotFound {
         what: "runner",
         code: "runner_not_found",
         detail: format!("no runner with the id or name '{key}'"),
-    })
+    }
+}
+
+/// The runner `key` names: an id, or a name. A key that is neither names no runner (not found,
+/// like a name nobody has).
+pub fn parse_ref(key: &str) -> Result<RunnerRef, ServiceError> {
+    RunnerRef::parse(key).map_err(|_| not_found(key))
 }
 
 /// Deletes a runner; its credentials stop working at once.
-pub async fn delete(state: &AppState, caller: &Caller, key: &str) -> Result<(), ServiceError> {
+pub async fn delete(
+    state: &AppState,
+    caller: &Caller,
+    key: &RunnerRef,
+) -> Result<(), ServiceError> {
     caller.require(Role::Operator)?;
     let runner = find(state, key).await?;
     let ev = audit::event(caller.actor(), "runner.deleted")
@@ -113,11 +125,7 @@ pub async fn delete(state: &AppState, caller: &Caller, key: &str) -> Result<(), 
         tracing::info!(runner.id = %runner.id, sessions = closed.len(), "closed sessions of deleted runner");
     }
     if !deleted {
-        return Err(ServiceError::NotFound {
-            what: "runner",
-            code: "runner_not_found",
-            detail: format!("no runner with the id or name '{key}'"),
-        });
+        return Err(not_found(&key.to_string()));
     }
     tracing::info!(runner.id = %runner.id, runner.name = %runner.name, "runner deleted");
     Ok(())
@@ -127,7 +135,7 @@ pub async fn delete(state: &AppState, caller: &Caller, key: &str) -> Result<(), 
 pub async fn pause(
     state: &AppState,
     caller: &Caller,
-    key: &str,
+    key: &RunnerRef,
     until: Option<OffsetDateTime>,
 ) -> Result<RunnerRecord, ServiceError> {
     caller.require(Role::Operator)?;
@@ -150,7 +158,7 @@ pub async fn pause(
 pub async fn resume(
     state: &AppState,
     caller: &Caller,
-    key: &str,
+    key: &RunnerRef,
 ) -> Result<RunnerRecord, ServiceError> {
     caller.require(Role::Operator)?;
     let runner = find(state, key).await?;
@@ -169,7 +177,7 @@ pub async fn resume(
 pub async fn restart(
     state: &AppState,
     caller: &Caller,
-    key: &str,
+    key: &RunnerRef,
 ) -> Result<(RunnerRecord, usize), ServiceError> {
     caller.require(Role::Operator)?;
     let runner = find(state, key).await?;

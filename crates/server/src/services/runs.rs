@@ -1,22 +1,14 @@
-//! Runs: queueing a pipeline on a runner, handing its tasks to instances with free capacity,
-//! applying the updates runners send back, cancelling, and marking tasks `lost` when their
-//! instance does not come back.
-//!
-//! Dispatch happens in one background task per control plane, woken by
-//! [`crate::events::Event::WorkQueued`] whenever something may have made work startable (a new run, a connected instance, a finished
-//! task, a resume). Claiming a task is a conditional update in the store, so a task is never
-//! handed out twice even if two dispatch passes overlap.
+//! Runs: queueing a pipeline on a runner, applying the updates runners send back, cancelling,
+//! and marking tasks `lost` when their instance does not come back. Handing tasks to instances
+//! is the dispatch engine's (`crate::dispatch`), woken by the [`Event::WorkQueued`] these publish.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use serde_json::json;
-use tether_domain::{RunId, RunState, RunnerId, TaskId};
-use tether_protocol::session::{ServerMessage, TaskAssignment, TaskUpdate, TaskUpdateState};
-use tether_store::{
-    CancelOutcome, NewRun, ReadyTask, RunFilter, RunRecord, TaskProgress, UpdateOutcome,
-};
+use tether_domain::{RunId, RunState, RunnerId, RunnerRef, TaskId};
+use tether_protocol::session::ServerMessage;
+use tether_store::{CancelOutcome, NewRun, RunFilter, RunRecord, TaskProgress, UpdateOutcome};
 use time::OffsetDateTime;
-use tokio::sync::mpsc;
 
 use super::audit::{self, AuditEventExt};
 use super::ServiceError;
@@ -25,112 +17,12 @@ use crate::runner_link::Presence;
 use crate::services::auth::Caller;
 use crate::state::AppState;
 
-/// Runs dispatch passes until the channel closes; pokes that arrive during a pass are coalesced.
-pub async fn dispatch_loop(state: AppState, mut rx: mpsc::UnboundedReceiver<RunnerId>) {
-    while let Some(first) = rx.recv().await {
-        let mut due = HashSet::from([first]);
-        while let Ok(more) = rx.try_recv() {
-            due.insert(more);
-        }
-        for runner in due {
-            if let Err(e) = dispatch(&state, runner).await {
-                tracing::error!(error = format!("{e:#}"), runner.id = %runner, "dispatching tasks failed");
-            }
-        }
-    }
-}
-
-/// Hands ready tasks of one runner to its instances, each up to its capacity.
-async fn dispatch(state: &AppState, runner: RunnerId) -> anyhow::Result<()> {
-    let targets = state.link.dispatch_targets(runner);
-    if targets.is_empty() {
-        return Ok(());
-    }
-    let mut busy: HashMap<String, u32> = HashMap::new();
-    for t in state.store.assigned_tasks(Some(runner)).await? {
-        *busy.entry(t.instance_id).or_default() += 1;
-    }
-    let mut free: Vec<(String, u32)> = targets
-        .into_iter()
-        .map(|t| {
-            let used = busy.get(&t.instance_id).copied().unwrap_or(0);
-            (t.instance_id, t.capacity.saturating_sub(used))
-        })
-        .collect();
-    let total: u32 = free.iter().map(|(_, n)| n).sum();
-    if total == 0 {
-        return Ok(());
-    }
-    let now = OffsetDateTime::now_utc();
-    for task in state.store.ready_tasks(runner, total).await? {
-        let Some((instance, slots)) = free
-            .iter_mut()
-            .filter(|(_, n)| *n > 0)
-            .max_by_key(|(_, n)| *n)
-        else {
-            break;
-        };
-        if !state.store.claim_task(task.task_id, instance, now).await? {
-            continue;
-        }
-        *slots -= 1;
-        let (task_id, run_id) = (task.task_id, task.run_id);
-        if state
-            .link
-            .send_to_instance(runner, instance, assignment(task))
-        {
-            state.metrics.tasks_assigned.inc();
-            tracing::info!(runner.id = %runner, run.id = %run_id, task.id = %task_id, instance.id = %instance, "task assigned");
-        } else {
-            // The session ended between choosing it and sending: put the task back.
-            state.store.requeue_task(task_id, instance).await?;
-            *slots = 0;
-        }
-    }
-    Ok(())
-}
-
-fn assignment(task: ReadyTask) -> ServerMessage {
-    ServerMessage::Assign {
-        task: TaskAssignment {
-            task_id: task.task_id.to_string(),
-            run_id: task.run_id.to_string(),
-            pipeline: task.pipeline,
-            name: task.spec.name.as_str().to_owned(),
-            run: task.spec.run,
-            env: task.spec.env,
-            timeout_seconds: task.spec.timeout_seconds,
-        },
-    }
-}
-
-/// A reconnected instance may have missed an assignment sent just before its connection dropped:
-/// send again what it has not confirmed (it ignores task ids it already has), then dispatch.
-pub async fn instance_connected(
-    state: &AppState,
-    runner: RunnerId,
-    instance_id: &str,
-) -> anyhow::Result<()> {
-    for t in state.store.assigned_tasks(Some(runner)).await? {
-        if t.instance_id != instance_id || t.last_seq > 0 {
-            continue;
-        }
-        if let Some(task) = state.store.task_assignment(t.task_id).await? {
-            state
-                .link
-                .send_to_instance(runner, instance_id, assignment(task));
-        }
-    }
-    state.events.publish(Event::WorkQueued { runner });
-    Ok(())
-}
-
 /// Queues a run of `pipeline` on `runner_key`.
 pub async fn create(
     state: &AppState,
     caller: &Caller,
     pipeline: &str,
-    runner_key: &str,
+    runner_key: &RunnerRef,
 ) -> Result<RunRecord, ServiceError> {
     caller.require(tether_domain::Role::Operator)?;
     let p = super::pipelines::find(state, pipeline).await?;
@@ -172,7 +64,7 @@ pub async fn find(state: &AppState, key: &str) -> Result<RunRecord, ServiceError
 
 pub async fn list_for_runner(
     state: &AppState,
-    runner_key: &str,
+    runner_key: &RunnerRef,
     run_state: Option<RunState>,
     limit: u32,
 ) -> Result<Vec<RunRecord>, ServiceError> {
@@ -242,81 +134,50 @@ pub async fn cancel(
     find(state, key).await
 }
 
-/// Applies one task update from an instance. Returns the message to answer with: `ack` once the
-/// update is stored (or known), plus `cancel` when the task was given up on while still running.
+/// What the instance that sent a task update should do next with the task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterUpdate {
+    /// Go on (or, for a final update, nothing more): the update is stored, or was already.
+    Continue,
+    /// Stop running it: the control plane gave up on it (cancelled while disconnected, or lost).
+    Stop,
+}
+
+/// Applies one task update from an instance of `runner`. Once this returns the update is stored
+/// (or known), so the edge may acknowledge it; an error means it was not, and must not be.
 pub async fn apply_update(
     state: &AppState,
     runner: RunnerId,
-    update: TaskUpdate,
-) -> anyhow::Result<Vec<ServerMessage>> {
-    let ack = ServerMessage::Ack {
-        task_id: update.task_id.clone(),
-        seq: update.seq,
-    };
-    let Ok(task_id) = update.task_id.parse::<TaskId>() else {
-        tracing::warn!(runner.id = %runner, "dropping an update for a malformed task id");
-        return Ok(vec![ack]);
-    };
-    let run_state = match update.state {
-        TaskUpdateState::Running => RunState::Running,
-        TaskUpdateState::Succeeded => RunState::Succeeded,
-        TaskUpdateState::Failed => RunState::Failed,
-        TaskUpdateState::Cancelled => RunState::Cancelled,
-    };
-    let progress = TaskProgress {
-        task_id,
-        seq: update.seq,
-        state: run_state,
-        log_chunk: update.log_chunk,
-        exit_code: update.exit_code,
-        reason: update.reason.map(|r| r.chars().take(1000).collect()),
-        at: OffsetDateTime::now_utc(),
-    };
-    let mut reply = vec![ack];
-    match state.store.apply_task_update(runner, progress).await? {
+    mut update: TaskProgress,
+) -> anyhow::Result<AfterUpdate> {
+    let (task_id, reported, exit_code) = (update.task_id, update.state, update.exit_code);
+    update.reason = update.reason.map(|r| r.chars().take(1000).collect());
+    match state.store.apply_task_update(runner, update).await? {
         UpdateOutcome::Applied {
             task_final,
             run_final,
         } => {
             if task_final {
-                tracing::info!(runner.id = %runner, task.id = %task_id, state = run_state.as_str(),
-                    exit_code = ?update.exit_code, "task finished");
+                tracing::info!(runner.id = %runner, task.id = %task_id, state = reported.as_str(),
+                    exit_code = ?exit_code, "task finished");
                 state.events.publish(Event::WorkQueued { runner });
             }
             if let Some(s) = run_final {
                 tracing::info!(runner.id = %runner, task.id = %task_id, state = s.as_str(), "run finished");
             }
+            Ok(AfterUpdate::Continue)
         }
-        UpdateOutcome::AlreadyFinished(s) if !update.state.is_final() => {
-            // The control plane gave up on it (cancelled while disconnected, or lost): stop it.
+        UpdateOutcome::AlreadyFinished(s) if !reported.is_final() => {
             tracing::info!(runner.id = %runner, task.id = %task_id, state = s.as_str(),
                 "an instance still runs a task that already ended here; cancelling it");
-            reply.push(ServerMessage::Cancel {
-                task_id: update.task_id,
-            });
+            Ok(AfterUpdate::Stop)
         }
         UpdateOutcome::UnknownTask => {
             tracing::warn!(runner.id = %runner, task.id = %task_id, "dropping an update for a task this runner does not have");
+            Ok(AfterUpdate::Continue)
         }
-        UpdateOutcome::AlreadyFinished(_) | UpdateOutcome::Duplicate => {}
+        UpdateOutcome::AlreadyFinished(_) | UpdateOutcome::Duplicate => Ok(AfterUpdate::Continue),
     }
-    Ok(reply)
-}
-
-/// An instance refused an assignment (it is draining): queue the task again for another one.
-pub async fn rejected(
-    state: &AppState,
-    runner: RunnerId,
-    instance_id: &str,
-    task_id: &str,
-) -> anyhow::Result<()> {
-    if let Ok(task) = task_id.parse::<TaskId>() {
-        if state.store.requeue_task(task, instance_id).await? {
-            tracing::info!(runner.id = %runner, task.id = %task, instance.id = %instance_id, "instance refused a task; queued again");
-        }
-    }
-    state.events.publish(Event::WorkQueued { runner });
-    Ok(())
 }
 
 /// Marks `lost` every task whose instance has been gone for `lost_after` (run periodically). An

@@ -4,7 +4,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use tether_domain::{CredentialState, Role};
+use tether_domain::{CredentialState, Role, RotationId};
 use tether_protocol::api::{
     CredentialGeneration, Credentials, RefreshRequest, RefreshResponse, RevealResponse,
     RevokePreviousRequest, RevokePreviousResponse, RotationStep, RotationStepRequest,
@@ -17,6 +17,7 @@ use crate::http::error::ApiError;
 use crate::http::extract::{ApiJson, OptionalJson};
 use crate::services::auth::Caller;
 use crate::services::credentials::{self, Mode};
+use crate::services::runners::parse_ref;
 use crate::services::{runners, ServiceError};
 use crate::state::AppState;
 
@@ -59,26 +60,34 @@ async fn refresh_credentials(
     let rotation_id = req
         .rotation_id
         .as_deref()
-        .map(|id| parse_rotation_id(id).map(|()| id))
+        .map(parse_rotation_id)
         .transpose()?;
-    let outcome =
-        match credentials::refresh(&state, &caller, &runner, mode, req.force, rotation_id).await {
-            Ok(o) => o,
-            Err(ServiceError::RunsInProgress { detail, runs }) => {
-                let runs: Vec<_> = runs.into_iter().map(|r| run_view(&state, r)).collect();
-                let mut extra = serde_json::Map::new();
-                extra.insert(
-                    "runs".into(),
-                    serde_json::to_value(runs).map_err(|e| ApiError::Internal(e.into()))?,
-                );
-                return Err(ApiError::ConflictWith {
-                    code: "runs_in_progress",
-                    detail,
-                    extra,
-                });
-            }
-            Err(e) => return Err(e.into()),
-        };
+    let outcome = match credentials::refresh(
+        &state,
+        &caller,
+        &parse_ref(&runner)?,
+        mode,
+        req.force,
+        rotation_id.as_ref(),
+    )
+    .await
+    {
+        Ok(o) => o,
+        Err(ServiceError::RunsInProgress { detail, runs }) => {
+            let runs: Vec<_> = runs.into_iter().map(|r| run_view(&state, r)).collect();
+            let mut extra = serde_json::Map::new();
+            extra.insert(
+                "runs".into(),
+                serde_json::to_value(runs).map_err(|e| ApiError::Internal(e.into()))?,
+            );
+            return Err(ApiError::ConflictWith {
+                code: "runs_in_progress",
+                detail,
+                extra,
+            });
+        }
+        Err(e) => return Err(e.into()),
+    };
     Ok(Json(RefreshResponse {
         client_id: outcome.runner.client_id.as_str().to_owned(),
         client_secret: outcome.secret.expose().to_owned(),
@@ -97,7 +106,7 @@ async fn reveal_credentials(
     Path(runner): Path<String>,
 ) -> Result<Json<RevealResponse>, ApiError> {
     let (record, secret, generation, reveal_until) =
-        credentials::reveal(&state, &caller, &runner).await?;
+        credentials::reveal(&state, &caller, &parse_ref(&runner)?).await?;
     Ok(Json(RevealResponse {
         client_id: record.client_id.as_str().to_owned(),
         client_secret: secret.expose().to_owned(),
@@ -112,7 +121,7 @@ async fn get_credentials(
     Path(runner): Path<String>,
 ) -> Result<Json<Credentials>, ApiError> {
     caller.require(Role::Viewer)?;
-    let record = runners::find(&state, &runner).await?;
+    let record = runners::find(&state, &parse_ref(&runner)?).await?;
     Ok(Json(view(&state, record).await?))
 }
 
@@ -124,11 +133,14 @@ async fn revoke_previous_credentials(
     OptionalJson(req): OptionalJson<RevokePreviousRequest>,
 ) -> Result<Json<RevokePreviousResponse>, ApiError> {
     caller.require(Role::Operator)?;
-    if let Some(id) = &req.rotation_id {
-        parse_rotation_id(id)?;
-    }
+    let rotation_id = req
+        .rotation_id
+        .as_deref()
+        .map(parse_rotation_id)
+        .transpose()?;
     let done =
-        credentials::revoke_previous(&state, &caller, &runner, req.rotation_id.as_deref()).await?;
+        credentials::revoke_previous(&state, &caller, &parse_ref(&runner)?, rotation_id.as_ref())
+            .await?;
     let summary = done.summary();
     let revoked_generations = done.revoked.iter().map(|g| g.0).collect();
     Ok(Json(RevokePreviousResponse {
@@ -166,9 +178,13 @@ async fn record_rotation_step(
                 "names the rotation this step belongs to (returned by its `started` step)",
             ))
         }
-        (Some(id), _) => parse_rotation_id(id)?,
-        (None, _) => {}
+        _ => {}
     }
+    let rotation_id = req
+        .rotation_id
+        .as_deref()
+        .map(parse_rotation_id)
+        .transpose()?;
     let detail = match req.detail {
         None => serde_json::Map::new(),
         Some(serde_json::Value::Object(map))
@@ -186,32 +202,23 @@ async fn record_rotation_step(
     let id = credentials::record_rotation_step(
         &state,
         &caller,
-        &runner,
+        &parse_ref(&runner)?,
         &req.step,
-        req.rotation_id,
+        rotation_id,
         detail,
     )
     .await?;
     Ok((
         StatusCode::CREATED,
         Json(RotationStep {
-            rotation_id: id,
+            rotation_id: id.to_string(),
             step: req.step,
         }),
     ))
 }
 
-/// Rotation ids are `rot_` and 16 hex digits, as the control plane makes them.
-fn parse_rotation_id(id: &str) -> Result<(), ApiError> {
-    let hex = id.strip_prefix("rot_").unwrap_or_default();
-    if hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        Ok(())
-    } else {
-        Err(ApiError::invalid_field(
-            "rotation_id",
-            "is not a rotation id (rot_ and 16 hex digits)",
-        ))
-    }
+fn parse_rotation_id(id: &str) -> Result<RotationId, ApiError> {
+    RotationId::parse(id).map_err(|e| ApiError::invalid_field("rotation_id", e.0))
 }
 
 /// Every generation with its state and how many live sessions use it; never a secret.

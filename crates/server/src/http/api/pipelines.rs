@@ -15,6 +15,7 @@ use super::runs::view as run_view;
 use crate::http::error::ApiError;
 use crate::http::extract::ApiJson;
 use crate::services::auth::Caller;
+use crate::services::runners::parse_ref;
 use crate::services::{pipelines, runs};
 use crate::state::AppState;
 
@@ -89,7 +90,7 @@ async fn create_run(
     if req.runner.trim().is_empty() {
         return Err(ApiError::invalid_field("runner", "must name a runner"));
     }
-    let record = runs::create(&state, &caller, &name, &req.runner).await?;
+    let record = runs::create(&state, &caller, &name, &parse_ref(&req.runner)?).await?;
     Ok((StatusCode::CREATED, Json(run_view(&state, record))))
 }
 

@@ -12,6 +12,7 @@ use super::cursor;
 use crate::http::error::ApiError;
 use crate::http::extract::{ApiJson, QueryParams};
 use crate::services::auth::Caller;
+use crate::services::runners::parse_ref;
 use crate::services::runners::{self, LiveRunner, NewRunnerInput};
 use crate::state::AppState;
 
@@ -56,7 +57,7 @@ async fn pause_runner(
             return Err(ApiError::invalid_field("until", "must be in the future"));
         }
     }
-    let record = runners::pause(&state, &caller, &runner, req.until).await?;
+    let record = runners::pause(&state, &caller, &parse_ref(&runner)?, req.until).await?;
     Ok((StatusCode::ACCEPTED, Json(view(&state, record))))
 }
 
@@ -65,7 +66,7 @@ async fn resume_runner(
     caller: Caller,
     Path(runner): Path<String>,
 ) -> Result<(StatusCode, Json<Runner>), ApiError> {
-    let record = runners::resume(&state, &caller, &runner).await?;
+    let record = runners::resume(&state, &caller, &parse_ref(&runner)?).await?;
     Ok((StatusCode::ACCEPTED, Json(view(&state, record))))
 }
 
@@ -74,7 +75,7 @@ async fn restart_runner(
     caller: Caller,
     Path(runner): Path<String>,
 ) -> Result<(StatusCode, Json<Runner>), ApiError> {
-    let (record, _) = runners::restart(&state, &caller, &runner).await?;
+    let (record, _) = runners::restart(&state, &caller, &parse_ref(&runner)?).await?;
     Ok((StatusCode::ACCEPTED, Json(view(&state, record))))
 }
 
@@ -133,7 +134,7 @@ async fn get_runner(
     Path(runner): Path<String>,
 ) -> Result<Json<Runner>, ApiError> {
     caller.require(Role::Viewer)?;
-    let record = runners::find(&state, &runner).await?;
+    let record = runners::find(&state, &parse_ref(&runner)?).await?;
     Ok(Json(view(&state, record)))
 }
 
@@ -142,7 +143,7 @@ async fn delete_runner(
     caller: Caller,
     Path(runner): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    runners::delete(&state, &caller, &runner).await?;
+    runners::delete(&state, &caller, &parse_ref(&runner)?).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

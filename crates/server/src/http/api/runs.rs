@@ -13,6 +13,7 @@ use tether_store::RunRecord;
 use crate::http::error::ApiError;
 use crate::http::extract::QueryParams;
 use crate::services::auth::Caller;
+use crate::services::runners::parse_ref;
 use crate::services::runs;
 use crate::state::AppState;
 
@@ -72,7 +73,7 @@ async fn list_runner_runs(
         .map(RunState::parse)
         .transpose()
         .map_err(|e| ApiError::invalid_field("state", e))?;
-    let records = runs::list_for_runner(&state, &runner, run_state, limit).await?;
+    let records = runs::list_for_runner(&state, &parse_ref(&runner)?, run_state, limit).await?;
     Ok(Json(RunList {
         runs: records.into_iter().map(|r| view(&state, r)).collect(),
     }))

@@ -13,6 +13,7 @@ use super::runners::{load, RunnerHead};
 use super::session::{PostForm, Visitor};
 use super::{page, see_other, Chrome, WebError};
 use crate::services::runners;
+use crate::services::runners::parse_ref;
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -80,7 +81,7 @@ async fn pause_runner(
         };
         return page(StatusCode::UNPROCESSABLE_ENTITY, &body);
     }
-    let record = runners::pause(&state, caller, &name, None).await?;
+    let record = runners::pause(&state, caller, &parse_ref(&name)?, None).await?;
     Ok(back(&post, record.name.as_str(), "paused"))
 }
 
@@ -89,7 +90,7 @@ async fn resume_runner(
     Path(name): Path<String>,
     post: PostForm,
 ) -> Result<Response, WebError> {
-    let record = runners::resume(&state, &post.visitor.caller, &name).await?;
+    let record = runners::resume(&state, &post.visitor.caller, &parse_ref(&name)?).await?;
     Ok(back(&post, record.name.as_str(), "resumed"))
 }
 
@@ -150,7 +151,7 @@ async fn restart_runner(
         let body = restart_page(Chrome::new(&post.visitor, "runners"), &l, back);
         return page(StatusCode::OK, &body);
     }
-    let (record, _) = runners::restart(&state, &post.visitor.caller, &name).await?;
+    let (record, _) = runners::restart(&state, &post.visitor.caller, &parse_ref(&name)?).await?;
     Ok(back(&post, record.name.as_str(), "restarted"))
 }
 
@@ -194,6 +195,6 @@ async fn delete_runner(
         };
         return page(StatusCode::UNPROCESSABLE_ENTITY, &body);
     }
-    runners::delete(&state, caller, &l.record.id.to_string()).await?;
+    runners::delete(&state, caller, &tether_domain::RunnerRef::from(l.record.id)).await?;
     Ok(see_other("/runners?done=deleted"))
 }

@@ -17,6 +17,7 @@ use super::session::{PostForm, Visitor};
 use super::{hh_mm, page, see_other, when, Chrome, WebError};
 use crate::http::extract::QueryParams;
 use crate::services::credentials::{self, Mode};
+use crate::services::runners::parse_ref;
 use crate::services::{runs, ServiceError};
 use crate::state::AppState;
 
@@ -60,7 +61,7 @@ pub struct RefreshForm {
 async fn refresh_form(state: &AppState, l: &Loaded) -> Result<RefreshForm, WebError> {
     let running = runs::list_for_runner(
         state,
-        &l.record.id.to_string(),
+        &tether_domain::RunnerRef::from(l.record.id),
         Some(RunState::Running),
         100,
     )
@@ -156,7 +157,7 @@ async fn show_credentials(
     query: QueryParams,
 ) -> Result<Response, WebError> {
     visitor.caller.require(Role::Viewer)?;
-    let record = crate::services::runners::find(&state, &name).await?;
+    let record = crate::services::runners::find(&state, &parse_ref(&name)?).await?;
     let o = credentials::overview(&state, record).await?;
     let refreshed = query.get("refreshed") == Some("1");
     let last = o.last_refresh();
@@ -285,15 +286,14 @@ async fn refresh_credentials(
         )
         .await;
     }
-    let mode = if overlap {
-        Mode::Overlap {
-            grace: std::time::Duration::from_secs(grace),
-        }
-    } else {
-        Mode::Revoke
-    };
+    // The domain's rule, as the API applies it (the dialog offers only grace periods it accepts).
+    let mode = Mode::parse(
+        Some(if overlap { "overlap" } else { "revoke" }),
+        overlap.then_some(grace),
+    )
+    .map_err(|(_, detail)| WebError::Invalid(detail))?;
     let force = post.form.checked("force");
-    match credentials::refresh(&state, caller, &name, mode, force, None).await {
+    match credentials::refresh(&state, caller, &parse_ref(&name)?, mode, force, None).await {
         Ok(outcome) => Ok(see_other(&format!(
             "/runners/{}/credentials?refreshed=1",
             outcome.runner.name
@@ -332,7 +332,7 @@ async fn reveal_credentials(
     post: PostForm,
 ) -> Result<Response, WebError> {
     let (record, secret, generation, until) =
-        credentials::reveal(&state, &post.visitor.caller, &name).await?;
+        credentials::reveal(&state, &post.visitor.caller, &parse_ref(&name)?).await?;
     let l = load(&state, record.id.to_string().as_str()).await?;
     let body = RevealPage {
         chrome: Chrome::new(&post.visitor, "runners"),
@@ -368,7 +368,7 @@ async fn show_revoke_previous(
     Path(name): Path<String>,
 ) -> Result<Response, WebError> {
     visitor.caller.require(Role::Operator)?;
-    let record = crate::services::runners::find(&state, &name).await?;
+    let record = crate::services::runners::find(&state, &parse_ref(&name)?).await?;
     let o = credentials::overview(&state, record).await?;
     let body = RevokePreviousPage {
         chrome: Chrome::new(&visitor, "runners"),
@@ -392,7 +392,8 @@ async fn revoke_previous_credentials(
     Path(name): Path<String>,
     post: PostForm,
 ) -> Result<Response, WebError> {
-    let done = credentials::revoke_previous(&state, &post.visitor.caller, &name, None).await?;
+    let done = credentials::revoke_previous(&state, &post.visitor.caller, &parse_ref(&name)?, None)
+        .await?;
     let gens: Vec<String> = done.revoked.iter().map(|g| g.to_string()).collect();
     Ok(see_other(&format!(
         "/runners/{}/credentials?done=revoked-previous&gens={}&closed={}",

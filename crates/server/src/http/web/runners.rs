@@ -15,6 +15,7 @@ use super::session::Visitor;
 use super::{ago, page, platform_label, when, Chrome, WebError};
 use crate::http::extract::QueryParams;
 use crate::services::runners;
+use crate::services::runners::parse_ref;
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -29,7 +30,7 @@ pub fn router() -> Router<AppState> {
 pub type Loaded = runners::LiveRunner;
 
 pub async fn load(state: &AppState, key: &str) -> Result<Loaded, WebError> {
-    let record = runners::find(state, key).await?;
+    let record = runners::find(state, &runners::parse_ref(key)?).await?;
     Ok(runners::live(state, record))
 }
 
@@ -291,7 +292,7 @@ async fn show_activity(
     visitor.caller.require(Role::Viewer)?;
     let l = load(&state, &name).await?;
     let id = l.record.id.to_string();
-    let runs = crate::services::runs::list_for_runner(&state, &id, None, 20).await?;
+    let runs = crate::services::runs::list_for_runner(&state, &parse_ref(&id)?, None, 20).await?;
     let events = state
         .store
         .list_audit(AuditFilter {
