@@ -13,6 +13,7 @@ use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
 use crate::events::Event;
+use crate::services::StoreContext as _;
 use crate::state::AppState;
 
 /// Wakes the dispatch loop for a runner.
@@ -68,7 +69,12 @@ async fn dispatch(state: &AppState, runner: RunnerId) -> anyhow::Result<()> {
         return Ok(());
     }
     let mut busy: HashMap<String, u32> = HashMap::new();
-    for t in state.store.assigned_tasks(Some(runner)).await? {
+    for t in state
+        .store
+        .assigned_tasks(Some(runner))
+        .await
+        .op("assigned_tasks")?
+    {
         *busy.entry(t.instance_id).or_default() += 1;
     }
     let mut free: Vec<(String, u32)> = targets
@@ -83,7 +89,12 @@ async fn dispatch(state: &AppState, runner: RunnerId) -> anyhow::Result<()> {
         return Ok(());
     }
     let now = OffsetDateTime::now_utc();
-    for task in state.store.ready_tasks(runner, total).await? {
+    for task in state
+        .store
+        .ready_tasks(runner, total)
+        .await
+        .op("ready_tasks")?
+    {
         let Some((instance, slots)) = free
             .iter_mut()
             .filter(|(_, n)| *n > 0)
@@ -91,7 +102,12 @@ async fn dispatch(state: &AppState, runner: RunnerId) -> anyhow::Result<()> {
         else {
             break;
         };
-        if !state.store.claim_task(task.task_id, instance, now).await? {
+        if !state
+            .store
+            .claim_task(task.task_id, instance, now)
+            .await
+            .op("claim_task")?
+        {
             continue;
         }
         *slots -= 1;
@@ -104,7 +120,11 @@ async fn dispatch(state: &AppState, runner: RunnerId) -> anyhow::Result<()> {
             tracing::info!(runner.id = %runner, run.id = %run_id, task.id = %task_id, instance.id = %instance, "task assigned");
         } else {
             // The session ended between choosing it and sending: put the task back.
-            state.store.requeue_task(task_id, instance).await?;
+            state
+                .store
+                .requeue_task(task_id, instance)
+                .await
+                .op("requeue_task")?;
             *slots = 0;
         }
     }
@@ -132,11 +152,21 @@ pub async fn instance_connected(
     runner: RunnerId,
     instance_id: &str,
 ) -> anyhow::Result<()> {
-    for t in state.store.assigned_tasks(Some(runner)).await? {
+    for t in state
+        .store
+        .assigned_tasks(Some(runner))
+        .await
+        .op("assigned_tasks")?
+    {
         if t.instance_id != instance_id || t.last_seq > 0 {
             continue;
         }
-        if let Some(task) = state.store.task_assignment(t.task_id).await? {
+        if let Some(task) = state
+            .store
+            .task_assignment(t.task_id)
+            .await
+            .op("task_assignment")?
+        {
             state
                 .link
                 .send_to_instance(runner, instance_id, assignment(task));
@@ -153,7 +183,12 @@ pub async fn rejected(
     instance_id: &str,
     task: TaskId,
 ) -> anyhow::Result<()> {
-    if state.store.requeue_task(task, instance_id).await? {
+    if state
+        .store
+        .requeue_task(task, instance_id)
+        .await
+        .op("requeue_task")?
+    {
         tracing::info!(runner.id = %runner, task.id = %task, instance.id = %instance_id, "instance refused a task; queued again");
     }
     state.events.publish(Event::WorkQueued { runner });

@@ -78,12 +78,6 @@ impl From<ServiceError> for ApiError {
     }
 }
 
-impl From<tether_store::StoreError> for ApiError {
-    fn from(e: tether_store::StoreError) -> Self {
-        ApiError::Internal(e.into())
-    }
-}
-
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut extra = serde_json::Map::new();

@@ -1,8 +1,23 @@
-//! Building audit events. Actors are `user:<name>`, `client:<client_id>` or `system`.
+//! Building audit events, and reading the audit log. Actors are `user:<name>`,
+//! `client:<client_id>` or `system`.
 
-use tether_domain::RunnerId;
-use tether_store::NewAuditEvent;
+use tether_domain::{Role, RunnerId};
+use tether_store::{AuditFilter, AuditRecord, NewAuditEvent};
 use time::OffsetDateTime;
+
+use super::auth::Caller;
+use super::{ServiceError, StoreContext as _};
+use crate::state::AppState;
+
+/// Audit events newest first, as `filter` selects them (viewers may read the log).
+pub async fn list(
+    state: &AppState,
+    caller: &Caller,
+    filter: AuditFilter,
+) -> Result<Vec<AuditRecord>, ServiceError> {
+    caller.require(Role::Viewer)?;
+    state.store.list_audit(filter).await.op("list_audit")
+}
 
 pub fn event(actor: impl Into<String>, action: &str) -> NewAuditEvent {
     NewAuditEvent {

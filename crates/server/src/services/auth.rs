@@ -3,6 +3,7 @@
 use tether_domain::{ApiToken, Role, UserId, Username};
 
 use super::ServiceError;
+use crate::services::StoreContext as _;
 use crate::state::AppState;
 
 #[derive(Debug, Clone)]
@@ -42,6 +43,10 @@ pub async fn resolve_api_token(
         return Ok(None);
     };
     let verifier = state.pepper.verifier(token.expose());
-    let user = state.store.user_by_token(&verifier).await?;
+    let user = state
+        .store
+        .user_by_token(&verifier)
+        .await
+        .op("user_by_token")?;
     Ok(user.map(|u| (u.id, u.username, u.role)))
 }

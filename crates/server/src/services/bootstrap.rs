@@ -6,6 +6,7 @@ use time::OffsetDateTime;
 
 use super::audit;
 use super::users::hash_password;
+use crate::services::StoreContext as _;
 use crate::state::AppState;
 
 pub const ADMIN_USERNAME: &str = "admin";
@@ -51,7 +52,12 @@ pub async fn ensure_admin(state: &AppState) -> anyhow::Result<Option<Bootstrappe
         created_at: now,
     };
     let ev = audit::event("system", "admin.bootstrapped");
-    if state.store.bootstrap_admin(admin, api_token, ev).await? {
+    if state
+        .store
+        .bootstrap_admin(admin, api_token, ev)
+        .await
+        .op("bootstrap_admin")?
+    {
         tracing::info!(
             user = ADMIN_USERNAME,
             "created the first admin user and API token"

@@ -20,6 +20,7 @@ use super::{rfc3339, ServiceError};
 use crate::clock::clock;
 use crate::events::{CredentialChange, Event};
 use crate::services::auth::Caller;
+use crate::services::StoreContext as _;
 use crate::state::AppState;
 
 /// How a refresh treats the previous generation (the rule and its bounds are the domain's).
@@ -58,7 +59,8 @@ pub async fn refresh(
                 before: None,
                 limit: 100,
             })
-            .await?;
+            .await
+            .op("list_runs")?;
         if !running.is_empty() {
             return Err(ServiceError::RunsInProgress {
                 detail: format!(
@@ -112,7 +114,7 @@ pub async fn refresh(
         Ok(r) => r,
         // Every runner has an active generation, so this is a runner deleted meanwhile.
         Err(StoreError::NotFound) => return Err(deleted_meanwhile(&runner)),
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(e).op("refresh_credentials"),
     };
     let generation = refreshed.generation;
     let change = match mode {
@@ -176,7 +178,12 @@ pub async fn reveal(
         ),
     }
     };
-    let Some(sealed) = state.store.sealed_secret(runner.id, now).await? else {
+    let Some(sealed) = state
+        .store
+        .sealed_secret(runner.id, now)
+        .await
+        .op("sealed_secret")?
+    else {
         return Err(closed());
     };
     let plain = state
@@ -194,7 +201,7 @@ pub async fn reveal(
         .runner(runner.id, runner.name.as_str())
         .source_ip(caller.source_ip.clone())
         .detail(json!({"generation": sealed.generation.0}));
-    state.store.append_audit(ev).await?;
+    state.store.append_audit(ev).await.op("append_audit")?;
     Ok((runner, plain, sealed.generation, sealed.reveal_until))
 }
 
@@ -233,7 +240,7 @@ pub async fn revoke_previous(
     {
         Ok(r) => r,
         Err(StoreError::NotFound) => return Err(deleted_meanwhile(&runner)),
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(e).op("revoke_retiring"),
     };
     let runner = Arc::new(runner);
     let closed = state
@@ -327,7 +334,7 @@ pub async fn record_rotation_step(
         .runner(runner.id, runner.name.as_str())
         .source_ip(caller.source_ip.clone())
         .detail(serde_json::Value::Object(detail));
-    state.store.append_audit(ev).await?;
+    state.store.append_audit(ev).await.op("append_audit")?;
     Ok(id)
 }
 
@@ -342,11 +349,17 @@ pub async fn sweep(state: &AppState) -> anyhow::Result<()> {
                 .runner(e.runner_id, e.runner_name.as_str())
                 .detail(json!({"generation": e.generation.0}))
         })
-        .await?
+        .await
+        .op("expire_retiring")?
     {
         // A runner deleted meanwhile has no sessions left to cut, and its deletion already
         // invalidated its client.
-        let Some(runner) = state.store.runner_by_id(e.runner_id).await? else {
+        let Some(runner) = state
+            .store
+            .runner_by_id(e.runner_id)
+            .await
+            .op("runner_by_id")?
+        else {
             continue;
         };
         let runner = Arc::new(runner);
@@ -370,7 +383,11 @@ pub async fn sweep(state: &AppState) -> anyhow::Result<()> {
         )
         .await?;
     }
-    let purged = state.store.purge_sealed_secrets(now).await?;
+    let purged = state
+        .store
+        .purge_sealed_secrets(now)
+        .await
+        .op("purge_sealed_secrets")?;
     if purged > 0 {
         tracing::debug!(
             secrets = purged,
@@ -391,7 +408,7 @@ async fn audit_cuts(
             .runner(runner.id, runner.name.as_str())
             .target(format!("instance:{instance}"))
             .detail(json!({"reason": why, "close_code": tether_protocol::session::close_code::CREDENTIALS_REVOKED}));
-        state.store.append_audit(ev).await?;
+        state.store.append_audit(ev).await.op("append_audit")?;
     }
     Ok(())
 }
@@ -430,13 +447,15 @@ pub async fn overview(state: &AppState, runner: RunnerRecord) -> Result<Overview
     let client = state
         .store
         .client_by_id(&runner.client_id)
-        .await?
+        .await
+        .op("client_by_id")?
         .ok_or_else(|| deleted_meanwhile(&runner))?;
     let now = OffsetDateTime::now_utc();
     let reveal_until = state
         .store
         .sealed_secret(runner.id, now)
-        .await?
+        .await
+        .op("sealed_secret")?
         .map(|s| s.reveal_until);
     Ok(Overview {
         live: super::runners::live(state, runner),

@@ -1,5 +1,17 @@
 //! Use cases of the control plane. Handlers parse input into domain types and call these; these
-//! talk to the store and the in-memory caches and return domain or store records.
+//! check the caller's role, talk to the store, publish what a committed change means for memory
+//! (`crate::events`), and return domain types, store records or their own read models.
+//!
+//! Errors, layer by layer:
+//! - the store returns [`StoreError`] (`NotFound`, `Conflict(Conflict)`, `Corrupt`, `Backend`);
+//!   a backend never leaks a driver type;
+//! - services turn the expected ones into a [`ServiceError`] with a stable code (`Conflict::RunnerName`
+//!   → `runner_name_taken`, a runner deleted meanwhile → `runner_not_found`) and every other one
+//!   into `ServiceError::Internal` through [`StoreContext::op`], which names the store operation;
+//!   there is no blanket conversion, so no store call goes without it;
+//! - the HTTP edge maps each `ServiceError` to one problem+json type (`http::error::ApiError`) or
+//!   one page (`http::web::WebError`); an internal error is logged once, inside the request span
+//!   (method, route, request id), with its whole chain, and answered without detail.
 
 pub mod audit;
 pub mod auth;
@@ -11,6 +23,7 @@ pub mod runners;
 pub mod runs;
 pub mod usage;
 pub mod users;
+pub mod web_sessions;
 
 use tether_store::StoreError;
 
@@ -40,9 +53,18 @@ pub enum ServiceError {
     Internal(#[from] anyhow::Error),
 }
 
-impl From<StoreError> for ServiceError {
-    fn from(e: StoreError) -> Self {
-        ServiceError::Internal(anyhow::Error::new(e))
+/// Names the store operation a failure came from, so the one internal-error line says what failed
+/// (`store.refresh_credentials: …`). Every store call in the services goes through it: there is
+/// deliberately no `From<StoreError>` for [`ServiceError`].
+pub(crate) trait StoreContext<T> {
+    fn op(self, operation: &'static str) -> Result<T, ServiceError>;
+}
+
+impl<T> StoreContext<T> for Result<T, StoreError> {
+    fn op(self, operation: &'static str) -> Result<T, ServiceError> {
+        self.map_err(|e| {
+            ServiceError::Internal(anyhow::Error::new(e).context(format!("store.{operation}")))
+        })
     }
 }
 
@@ -50,4 +72,22 @@ impl From<StoreError> for ServiceError {
 pub(crate) fn rfc3339(t: time::OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_failure_names_its_operation_in_the_error_chain() {
+        let failed: Result<(), StoreError> = Err(StoreError::Corrupt("runners.id: bad".into()));
+        let Err(ServiceError::Internal(e)) = failed.op("list_runners") else {
+            panic!("an unexpected store error is internal");
+        };
+        let chain = format!("{e:#}");
+        assert!(
+            chain.starts_with("store.list_runners: ") && chain.contains("runners.id: bad"),
+            "{chain}"
+        );
+    }
 }

@@ -14,6 +14,7 @@ use time::OffsetDateTime;
 use super::audit::{self, AuditEventExt};
 use crate::jwt::Claims;
 use crate::memory::clients::CachedClient;
+use crate::services::StoreContext as _;
 use crate::state::AppState;
 
 /// Why client authentication failed. The reason is logged and counted, never told to the client
@@ -227,7 +228,8 @@ pub async fn revoke_access_token(
             OffsetDateTime::from_unix_timestamp(claims.exp).unwrap_or(OffsetDateTime::UNIX_EPOCH),
             ev,
         )
-        .await?;
+        .await
+        .op("revoke_access_token")?;
     state
         .events
         .publish(crate::events::Event::AccessTokenRevoked {

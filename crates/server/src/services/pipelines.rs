@@ -8,6 +8,7 @@ use time::OffsetDateTime;
 use super::audit::{self, AuditEventExt};
 use super::ServiceError;
 use crate::services::auth::Caller;
+use crate::services::StoreContext as _;
 use crate::state::AppState;
 
 /// Creates or replaces a pipeline.
@@ -30,17 +31,25 @@ pub async fn put(
         updated_at: now,
         updated_by: caller.actor(),
     };
-    Ok(state.store.put_pipeline(record, ev).await?)
+    state
+        .store
+        .put_pipeline(record, ev)
+        .await
+        .op("put_pipeline")
 }
 
 pub async fn list(state: &AppState, caller: &Caller) -> Result<Vec<PipelineRecord>, ServiceError> {
     caller.require(Role::Viewer)?;
-    Ok(state.store.list_pipelines().await?)
+    state.store.list_pipelines().await.op("list_pipelines")
 }
 
 pub async fn find(state: &AppState, key: &str) -> Result<PipelineRecord, ServiceError> {
     let found = match PipelineName::parse(key) {
-        Ok(name) => state.store.pipeline_by_name(&name).await?,
+        Ok(name) => state
+            .store
+            .pipeline_by_name(&name)
+            .await
+            .op("pipeline_by_name")?,
         Err(_) => None,
     };
     found.ok_or_else(|| not_found(key))
@@ -52,7 +61,12 @@ pub async fn delete(state: &AppState, caller: &Caller, key: &str) -> Result<(), 
     let ev = audit::event(caller.actor(), "pipeline.deleted")
         .target(format!("pipeline:{name}"))
         .source_ip(caller.source_ip.clone());
-    if state.store.delete_pipeline(&name, ev).await? {
+    if state
+        .store
+        .delete_pipeline(&name, ev)
+        .await
+        .op("delete_pipeline")?
+    {
         Ok(())
     } else {
         Err(not_found(key))

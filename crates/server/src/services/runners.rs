@@ -14,6 +14,7 @@ use super::audit::{self, AuditEventExt};
 use super::{rfc3339, ServiceError};
 use crate::events::Event;
 use crate::services::auth::Caller;
+use crate::services::StoreContext as _;
 use crate::state::AppState;
 
 #[derive(Debug)]
@@ -65,7 +66,7 @@ pub async fn register(
             code: "runner_name_taken",
             detail: format!("a runner named '{name}' already exists"),
         }),
-        Err(e) => Err(e.into()),
+        Err(e) => Err(e).op("create_runner"),
     }
 }
 
@@ -74,14 +75,22 @@ pub async fn list(
     after: Option<RunnerId>,
     limit: u32,
 ) -> Result<Vec<RunnerRecord>, ServiceError> {
-    Ok(state.store.list_runners(after, limit).await?)
+    state
+        .store
+        .list_runners(after, limit)
+        .await
+        .op("list_runners")
 }
 
 /// Finds a runner by id or by unique name.
 pub async fn find(state: &AppState, key: &RunnerRef) -> Result<RunnerRecord, ServiceError> {
     let found = match key {
-        RunnerRef::Id(id) => state.store.runner_by_id(*id).await?,
-        RunnerRef::Name(name) => state.store.runner_by_name(name).await?,
+        RunnerRef::Id(id) => state.store.runner_by_id(*id).await.op("runner_by_id")?,
+        RunnerRef::Name(name) => state
+            .store
+            .runner_by_name(name)
+            .await
+            .op("runner_by_name")?,
     };
     found.ok_or_else(|| not_found(&key.to_string()))
 }
@@ -113,7 +122,11 @@ pub async fn delete(
         .runner(runner.id, runner.name.as_str())
         .source_ip(caller.source_ip.clone())
         .detail(json!({"client_id": runner.client_id.as_str()}));
-    let deleted = state.store.delete_runner(runner.id, ev).await?;
+    let deleted = state
+        .store
+        .delete_runner(runner.id, ev)
+        .await
+        .op("delete_runner")?;
     let closed = state
         .events
         .publish(Event::RunnerDeleted {
@@ -147,7 +160,8 @@ pub async fn pause(
     state
         .store
         .set_paused(runner.id, Some((caller.actor(), until)), ev)
-        .await?;
+        .await
+        .op("set_paused")?;
     state.events.publish(Event::PauseChanged {
         runner: Arc::new(runner),
         paused_by: Some(caller.actor()),
@@ -165,7 +179,11 @@ pub async fn resume(
     let ev = audit::event(caller.actor(), "runner.resumed")
         .runner(runner.id, runner.name.as_str())
         .source_ip(caller.source_ip.clone());
-    state.store.set_paused(runner.id, None, ev).await?;
+    state
+        .store
+        .set_paused(runner.id, None, ev)
+        .await
+        .op("set_paused")?;
     state.events.publish(Event::PauseChanged {
         runner: Arc::new(runner),
         paused_by: None,
@@ -201,19 +219,23 @@ pub async fn restart(
         .runner(runner.id, runner.name.as_str())
         .source_ip(caller.source_ip.clone())
         .detail(json!({"instances": drained}));
-    state.store.append_audit(ev).await?;
+    state.store.append_audit(ev).await.op("append_audit")?;
     Ok((runner, drained))
 }
 
 /// Resumes runners whose timed pause has ended (run periodically).
 pub async fn resume_due(state: &AppState) -> anyhow::Result<()> {
     let now = OffsetDateTime::now_utc();
-    for (id, name) in state.store.pauses_due(now).await? {
+    for (id, name) in state.store.pauses_due(now).await.op("pauses_due")? {
         let ev = audit::event("system", "runner.resumed")
             .runner(id, name.as_str())
             .detail(json!({"reason": "pause period ended"}));
-        state.store.set_paused(id, None, ev).await?;
-        match state.store.runner_by_id(id).await? {
+        state
+            .store
+            .set_paused(id, None, ev)
+            .await
+            .op("set_paused")?;
+        match state.store.runner_by_id(id).await.op("runner_by_id")? {
             Some(runner) => {
                 state.events.publish(Event::PauseChanged {
                     runner: Arc::new(runner),

@@ -15,6 +15,7 @@ use super::ServiceError;
 use crate::events::Event;
 use crate::runner_link::Presence;
 use crate::services::auth::Caller;
+use crate::services::StoreContext as _;
 use crate::state::AppState;
 
 /// Queues a run of `pipeline` on `runner_key`.
@@ -42,7 +43,7 @@ pub async fn create(
         created_at: OffsetDateTime::now_utc(),
         created_by: caller.actor(),
     };
-    let record = state.store.create_run(run, ev).await?;
+    let record = state.store.create_run(run, ev).await.op("create_run")?;
     tracing::info!(run.id = %record.id, runner.id = %record.runner_id, pipeline = %record.pipeline, "run queued");
     state.events.publish(Event::WorkQueued {
         runner: record.runner_id,
@@ -52,7 +53,7 @@ pub async fn create(
 
 pub async fn find(state: &AppState, key: &str) -> Result<RunRecord, ServiceError> {
     let found = match key.parse::<RunId>() {
-        Ok(id) => state.store.run_by_id(id).await?,
+        Ok(id) => state.store.run_by_id(id).await.op("run_by_id")?,
         Err(_) => None,
     };
     found.ok_or_else(|| ServiceError::NotFound {
@@ -69,7 +70,7 @@ pub async fn list_for_runner(
     limit: u32,
 ) -> Result<Vec<RunRecord>, ServiceError> {
     let runner = super::runners::find(state, runner_key).await?;
-    Ok(state
+    state
         .store
         .list_runs(RunFilter {
             runner_id: Some(runner.id),
@@ -77,12 +78,13 @@ pub async fn list_for_runner(
             before: None,
             limit,
         })
-        .await?)
+        .await
+        .op("list_runs")
 }
 
 pub async fn log(state: &AppState, key: &str, offset: u64) -> Result<String, ServiceError> {
     let run = find(state, key).await?;
-    Ok(state.store.run_log(run.id, offset).await?)
+    state.store.run_log(run.id, offset).await.op("run_log")
 }
 
 /// Cancels a run: queued tasks at once; a running task's process group is killed by its instance,
@@ -98,7 +100,7 @@ pub async fn cancel(
         .runner(run.runner_id, &run.runner_name)
         .target(format!("run:{}", run.id))
         .source_ip(caller.source_ip.clone());
-    match state.store.cancel_run(run.id, ev).await? {
+    match state.store.cancel_run(run.id, ev).await.op("cancel_run")? {
         CancelOutcome::AlreadyFinished(s) => {
             return Err(ServiceError::Conflict {
                 code: "run_finished",
@@ -123,7 +125,8 @@ pub async fn cancel(
                     state
                         .store
                         .end_task(t.task_id, RunState::Cancelled, &reason, now)
-                        .await?;
+                        .await
+                        .op("end_task")?;
                 }
             }
         }
@@ -152,7 +155,12 @@ pub async fn apply_update(
 ) -> anyhow::Result<AfterUpdate> {
     let (task_id, reported, exit_code) = (update.task_id, update.state, update.exit_code);
     update.reason = update.reason.map(|r| r.chars().take(1000).collect());
-    match state.store.apply_task_update(runner, update).await? {
+    match state
+        .store
+        .apply_task_update(runner, update)
+        .await
+        .op("apply_task_update")?
+    {
         UpdateOutcome::Applied {
             task_final,
             run_final,
@@ -186,7 +194,12 @@ pub async fn apply_update(
 pub async fn sweep_lost(state: &AppState) -> anyhow::Result<()> {
     let now = OffsetDateTime::now_utc();
     let lost_after = state.config.lost_after;
-    for t in state.store.assigned_tasks(None).await? {
+    for t in state
+        .store
+        .assigned_tasks(None)
+        .await
+        .op("assigned_tasks")?
+    {
         let gone_since = match state.link.presence(t.runner_id, &t.instance_id) {
             Presence::Live => continue,
             Presence::GoneSince(at) => at,
@@ -203,14 +216,15 @@ pub async fn sweep_lost(state: &AppState) -> anyhow::Result<()> {
         if let Some(run) = state
             .store
             .end_task(t.task_id, RunState::Lost, &reason, now)
-            .await?
+            .await
+            .op("end_task")?
         {
             tracing::warn!(run.id = %run.id, task.id = %t.task_id, instance.id = %t.instance_id, "task lost: {reason}");
             let ev = audit::event("system", "run.lost")
                 .runner(run.runner_id, &run.runner_name)
                 .target(format!("run:{}", run.id))
                 .detail(json!({"task_id": t.task_id.to_string(), "instance_id": t.instance_id}));
-            state.store.append_audit(ev).await?;
+            state.store.append_audit(ev).await.op("append_audit")?;
             state.events.publish(Event::WorkQueued {
                 runner: t.runner_id,
             });
@@ -219,7 +233,12 @@ pub async fn sweep_lost(state: &AppState) -> anyhow::Result<()> {
     state.link.forget_departed(lost_after * 2);
     // A safety net for pokes lost to a crash mid-pass: a connected runner with work gets a pass.
     let connected: HashSet<RunnerId> = state.link.connected_runners().into_iter().collect();
-    for runner in state.store.runners_with_active_runs().await? {
+    for runner in state
+        .store
+        .runners_with_active_runs()
+        .await
+        .op("runners_with_active_runs")?
+    {
         if connected.contains(&runner) {
             state.events.publish(Event::WorkQueued { runner });
         }

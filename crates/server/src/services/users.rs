@@ -12,6 +12,7 @@ use time::OffsetDateTime;
 use super::audit::{self, AuditEventExt};
 use super::ServiceError;
 use crate::services::auth::Caller;
+use crate::services::StoreContext as _;
 use crate::state::AppState;
 
 /// argon2id with the crate's defaults (19 MiB, 2 passes), off the async runtime.
@@ -52,7 +53,7 @@ pub async fn create_user(
             code: "user_exists",
             detail: format!("a user named '{username}' already exists"),
         }),
-        Err(e) => Err(e.into()),
+        Err(e) => Err(e).op("create_user"),
     }
 }
 
@@ -76,7 +77,8 @@ pub async fn create_token(
     let user = state
         .store
         .user_by_name(&parsed)
-        .await?
+        .await
+        .op("user_by_name")?
         .ok_or_else(not_found)?;
     let token = ApiToken::generate();
     let created_at = OffsetDateTime::now_utc();
@@ -95,7 +97,8 @@ pub async fn create_token(
             },
             ev,
         )
-        .await?;
+        .await
+        .op("create_api_token")?;
     Ok((token, user, created_at))
 }
 
@@ -107,7 +110,7 @@ pub async fn authenticate(
     password: &str,
 ) -> Result<Option<UserRecord>, ServiceError> {
     let user = match Username::parse(username) {
-        Ok(name) => state.store.user_by_name(&name).await?,
+        Ok(name) => state.store.user_by_name(&name).await.op("user_by_name")?,
         Err(_) => None,
     };
     let hash = user.as_ref().map(|u| u.password_hash.clone());
@@ -142,7 +145,7 @@ fn dummy_hash() -> &'static str {
 
 pub async fn list(state: &AppState, caller: &Caller) -> Result<Vec<UserRecord>, ServiceError> {
     caller.require(Role::Admin)?;
-    Ok(state.store.list_users().await?)
+    state.store.list_users().await.op("list_users")
 }
 
 fn user_not_found(username: &str) -> ServiceError {
@@ -166,7 +169,12 @@ pub async fn set_role(
         .target(format!("user:{name}"))
         .source_ip(caller.source_ip.clone())
         .detail(json!({"role": role.as_str()}));
-    match state.store.set_user_role(&name, role, ev).await? {
+    match state
+        .store
+        .set_user_role(&name, role, ev)
+        .await
+        .op("set_user_role")?
+    {
         RoleChange::Changed => Ok(()),
         RoleChange::NoSuchUser => Err(user_not_found(username)),
         RoleChange::LastAdmin => Err(ServiceError::Conflict {
@@ -189,7 +197,12 @@ pub async fn reset_password(
     let ev = audit::event(caller.actor(), "user.password_reset")
         .target(format!("user:{name}"))
         .source_ip(caller.source_ip.clone());
-    if state.store.set_user_password(&name, &hash, ev).await? {
+    if state
+        .store
+        .set_user_password(&name, &hash, ev)
+        .await
+        .op("set_user_password")?
+    {
         Ok(())
     } else {
         Err(user_not_found(username))

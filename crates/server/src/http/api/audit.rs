@@ -28,7 +28,7 @@ async fn list_audit(
         before_id,
         limit: limit + 1,
     };
-    let mut records = state.store.list_audit(filter).await?;
+    let mut records = crate::services::audit::list(&state, &caller, filter).await?;
     let next_cursor = if records.len() > limit as usize {
         records.truncate(limit as usize);
         records.last().map(|r| cursor::encode(&r.id.to_string()))

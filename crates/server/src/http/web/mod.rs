@@ -142,12 +142,6 @@ impl From<ServiceError> for WebError {
     }
 }
 
-impl From<tether_store::StoreError> for WebError {
-    fn from(e: tether_store::StoreError) -> Self {
-        WebError::Internal(e.into())
-    }
-}
-
 #[derive(Template)]
 #[template(path = "error.html")]
 struct ErrorPage {

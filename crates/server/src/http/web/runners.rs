@@ -293,14 +293,12 @@ async fn show_activity(
     let l = load(&state, &name).await?;
     let id = l.record.id.to_string();
     let runs = crate::services::runs::list_for_runner(&state, &parse_ref(&id)?, None, 20).await?;
-    let events = state
-        .store
-        .list_audit(AuditFilter {
-            runner: Some(id),
-            before_id: None,
-            limit: 50,
-        })
-        .await?;
+    let filter = AuditFilter {
+        runner: Some(id),
+        before_id: None,
+        limit: 50,
+    };
+    let events = crate::services::audit::list(&state, &visitor.caller, filter).await?;
     let body = ActivityPage {
         chrome: Chrome::new(&visitor, "runners"),
         runner: RunnerHead::new(&l, "activity"),

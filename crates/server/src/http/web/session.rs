@@ -15,13 +15,13 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
 use subtle::ConstantTimeEq;
 use tether_domain::{random_bytes, Verifier};
-use tether_store::{NewWebSession, UserRecord};
+use tether_store::UserRecord;
 use time::{Duration, OffsetDateTime};
 
 use super::WebError;
 use crate::http::extract::ClientIp;
-use crate::services::audit::{self, AuditEventExt};
 use crate::services::auth::Caller;
+use crate::services::web_sessions;
 use crate::state::AppState;
 
 pub const SESSION_COOKIE: &str = "tether_session";
@@ -45,11 +45,10 @@ impl FromRequestParts<AppState> for Visitor {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let now = OffsetDateTime::now_utc();
         let found = match cookie(&parts.headers, SESSION_COOKIE).filter(|id| is_session_id(id)) {
             Some(id) => {
                 let verifier = state.pepper.verifier(id);
-                let record = state.store.web_session(&verifier, now).await?;
+                let record = web_sessions::find(state, &verifier).await?;
                 record.map(|r| (csrf_token(state, id), verifier, r))
             }
             None => None,
@@ -190,21 +189,14 @@ pub async fn start(
     source_ip: Option<String>,
 ) -> Result<String, WebError> {
     let id = random_token();
-    let now = OffsetDateTime::now_utc();
-    let ev = audit::event(format!("user:{}", user.username), "user.logged_in").source_ip(source_ip);
-    state
-        .store
-        .create_web_session(
-            NewWebSession {
-                verifier: state.pepper.verifier(&id),
-                user_id: user.id,
-                created_at: now,
-                expires_at: now + SESSION_TTL,
-            },
-            ev,
-        )
-        .await?;
-    tracing::info!(user = %user.username, "logged in to the web UI");
+    web_sessions::open(
+        state,
+        user,
+        state.pepper.verifier(&id),
+        SESSION_TTL,
+        source_ip,
+    )
+    .await?;
     Ok(set_cookie(
         state,
         SESSION_COOKIE,
@@ -216,11 +208,6 @@ pub async fn start(
 
 /// Ends the visitor's session; returns the `Set-Cookie` value that deletes the cookie.
 pub async fn end(state: &AppState, visitor: &Visitor) -> Result<String, WebError> {
-    let ev = audit::event(visitor.caller.actor(), "user.logged_out")
-        .source_ip(visitor.caller.source_ip.clone());
-    state
-        .store
-        .delete_web_session(&visitor.verifier, ev)
-        .await?;
+    web_sessions::close(state, &visitor.caller, &visitor.verifier).await?;
     Ok(set_cookie(state, SESSION_COOKIE, "", "/", 0))
 }
