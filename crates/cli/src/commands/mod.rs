@@ -1,7 +1,6 @@
 //! Admin commands: each resolves the control plane URL and token, calls the API, prints.
 
 pub mod apply;
-pub mod apply_local;
 pub mod audit;
 pub mod credentials;
 pub mod login;

@@ -13,7 +13,7 @@ use tether_client::Client;
 use tether_domain::ClientSecret;
 use tether_protocol::api::Runner;
 
-use super::apply::{new_secret, Steps};
+use super::{new_secret, Steps};
 use crate::cli::{ApplyArgs, Output};
 use crate::output;
 
