@@ -193,8 +193,7 @@ pub trait AuditStore: Send + Sync {
     async fn list_audit(&self, filter: AuditFilter) -> StoreResult<Vec<AuditRecord>>;
 }
 
-/// Pipelines and their runs. A run's tasks go `queued` → `running` (claimed by one instance) → a
-/// final state; a run ends when a task fails, is cancelled or lost, or the last one succeeds.
+/// Pipelines: named task lists that runs are made from.
 #[async_trait]
 pub trait PipelineStore: Send + Sync {
     /// Creates or replaces a pipeline (keeping its creation time).
@@ -209,14 +208,28 @@ pub trait PipelineStore: Send + Sync {
     /// False if it did not exist. Runs keep their own copy of the tasks.
     async fn delete_pipeline(&self, name: &PipelineName, audit: NewAuditEvent)
         -> StoreResult<bool>;
+}
 
+/// Runs: a pipeline's tasks queued on one runner. A run's tasks go `queued` → `running` (claimed
+/// by one instance, see [`TaskQueue`]) → a final state; a run ends when a task fails, is cancelled
+/// or lost, or the last one succeeds.
+#[async_trait]
+pub trait RunStore: Send + Sync {
     async fn create_run(&self, run: NewRun, audit: NewAuditEvent) -> StoreResult<RunRecord>;
     async fn run_by_id(&self, id: RunId) -> StoreResult<Option<RunRecord>>;
     /// Newest first.
     async fn list_runs(&self, filter: RunFilter) -> StoreResult<Vec<RunRecord>>;
     /// The run's log from byte `offset` on (empty past the end).
     async fn run_log(&self, id: RunId, offset: u64) -> StoreResult<String>;
+    /// Cancels a run: queued tasks at once; running ones are returned to be killed. Isolation: the
+    /// run row is locked first, so a cancel and the last task's final update serialise (the run
+    /// ends once).
+    async fn cancel_run(&self, id: RunId, audit: NewAuditEvent) -> StoreResult<CancelOutcome>;
+}
 
+/// The task queue: ready tasks of a runner, claims by instances, and the updates they report.
+#[async_trait]
+pub trait TaskQueue: Send + Sync {
     /// Runners with at least one queued or running run.
     async fn runners_with_active_runs(&self) -> StoreResult<Vec<RunnerId>>;
     /// Tasks ready to start on a runner, oldest run first.
@@ -256,10 +269,6 @@ pub trait PipelineStore: Send + Sync {
         reason: &str,
         at: OffsetDateTime,
     ) -> StoreResult<Option<RunRecord>>;
-    /// Cancels a run: queued tasks at once; running ones are returned to be killed. Isolation: the
-    /// run row is locked first, so a cancel and the last task's final update serialise (the run
-    /// ends once).
-    async fn cancel_run(&self, id: RunId, audit: NewAuditEvent) -> StoreResult<CancelOutcome>;
 }
 
 /// Credential rotation: refresh, reveal, ending an overlap. Each change is one transaction with its
@@ -321,6 +330,8 @@ pub trait Store:
     + WebSessionStore
     + AuditStore
     + PipelineStore
+    + RunStore
+    + TaskQueue
     + std::fmt::Debug
 {
     /// Cheap round trip for readiness checks.

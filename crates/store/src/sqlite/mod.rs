@@ -5,6 +5,8 @@ mod audit;
 mod credentials;
 mod pipelines;
 mod runners;
+mod runs;
+mod task_queue;
 mod users;
 mod web_sessions;
 

@@ -147,7 +147,7 @@ impl RunnerStore for SqliteStore {
         if deleted == 0 {
             return Ok(false);
         }
-        super::pipelines::end_active_runs(
+        super::runs::end_active_runs(
             &mut tx,
             id,
             &tether_domain::RunEnd::runner_deleted(),

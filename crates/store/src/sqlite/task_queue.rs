@@ -1,0 +1,314 @@
+//! The task queue in SQLite: which tasks are ready for a runner, claiming one for an instance,
+//! and the updates instances send back. A claim is one conditional update, so a task is never
+//! handed to two instances.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use sqlx::sqlite::SqliteRow;
+use sqlx::Row;
+use tether_domain::pipeline::{parse_tasks, RawTask};
+use tether_domain::{RunEnd, RunState, RunnerId, TaskEnd, TaskId};
+use time::OffsetDateTime;
+
+use super::runs::{finish_run, id, state};
+use super::{backend, corrupt, SqliteStore};
+use crate::{
+    from_ms, to_ms, AssignedTask, ReadyTask, RunRecord, StoreResult, TaskProgress, TaskQueue,
+    UpdateOutcome,
+};
+
+pub(super) fn assigned_from_row(row: &SqliteRow) -> StoreResult<AssignedTask> {
+    Ok(AssignedTask {
+        task_id: id(row, "id")?,
+        run_id: id(row, "run_id")?,
+        runner_id: id(row, "runner_id")?,
+        instance_id: row
+            .try_get::<Option<String>, _>("instance_id")
+            .map_err(backend)?
+            .unwrap_or_default(),
+        assigned_at: from_ms(
+            row.try_get::<Option<i64>, _>("assigned_at")
+                .map_err(backend)?
+                .unwrap_or(0),
+        ),
+        last_seq: row.try_get::<i64, _>("last_seq").map_err(backend)? as u64,
+    })
+}
+
+pub(super) const ASSIGNED_SELECT: &str =
+    "SELECT t.id, t.run_id, r.runner_id, t.instance_id, t.assigned_at, t.last_seq
+     FROM run_tasks t JOIN runs r ON r.id = t.run_id WHERE t.state = 'running'";
+
+fn ready_from_row(row: &SqliteRow) -> StoreResult<ReadyTask> {
+    let env: String = row.try_get("env").map_err(backend)?;
+    let env: BTreeMap<String, String> =
+        serde_json::from_str(&env).map_err(|e| corrupt("run_tasks.env", e))?;
+    let name: String = row.try_get("name").map_err(backend)?;
+    let run: String = row.try_get("command").map_err(backend)?;
+    let timeout: Option<i64> = row.try_get("timeout_seconds").map_err(backend)?;
+    let spec = parse_tasks(&[RawTask {
+        name: &name,
+        run: &run,
+        env: &env,
+        timeout_seconds: timeout.map(|s| s as u64),
+    }])
+    .map_err(|e| corrupt("run_tasks", format!("{}: {}", e.field, e.error)))?
+    .pop()
+    .ok_or_else(|| corrupt("run_tasks", "empty task"))?;
+    Ok(ReadyTask {
+        task_id: id(row, "id")?,
+        run_id: id(row, "run_id")?,
+        pipeline: row.try_get("pipeline").map_err(backend)?,
+        spec,
+    })
+}
+
+#[async_trait]
+impl TaskQueue for SqliteStore {
+    async fn runners_with_active_runs(&self) -> StoreResult<Vec<RunnerId>> {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT runner_id FROM runs WHERE state IN ('queued', 'running')",
+        )
+        .fetch_all(&self.reader)
+        .await
+        .map_err(backend)?;
+        ids.iter()
+            .map(|id| id.parse().map_err(|e| corrupt("runs.runner_id", e)))
+            .collect()
+    }
+
+    async fn ready_tasks(&self, runner: RunnerId, limit: u32) -> StoreResult<Vec<ReadyTask>> {
+        let rows = sqlx::query(
+            "SELECT t.id, t.run_id, r.pipeline, t.name, t.command, t.env, t.timeout_seconds
+             FROM runs r JOIN run_tasks t ON t.run_id = r.id
+             WHERE r.runner_id = ? AND r.state IN ('queued', 'running') AND r.cancel_requested_by IS NULL
+               AND t.state = 'queued'
+               AND t.idx = (SELECT MIN(q.idx) FROM run_tasks q WHERE q.run_id = r.id AND q.state = 'queued')
+               AND NOT EXISTS (SELECT 1 FROM run_tasks b WHERE b.run_id = r.id AND b.state = 'running')
+             ORDER BY r.id LIMIT ?",
+        )
+        .bind(runner.to_string())
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(ready_from_row).collect()
+    }
+
+    async fn task_assignment(&self, task: TaskId) -> StoreResult<Option<ReadyTask>> {
+        let row = sqlx::query(
+            "SELECT t.id, t.run_id, r.pipeline, t.name, t.command, t.env, t.timeout_seconds
+             FROM runs r JOIN run_tasks t ON t.run_id = r.id WHERE t.id = ?",
+        )
+        .bind(task.to_string())
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(backend)?;
+        row.as_ref().map(ready_from_row).transpose()
+    }
+
+    async fn assigned_tasks(&self, runner: Option<RunnerId>) -> StoreResult<Vec<AssignedTask>> {
+        let rows = sqlx::query(&format!(
+            "{ASSIGNED_SELECT} AND (?1 IS NULL OR r.runner_id = ?1) ORDER BY t.assigned_at"
+        ))
+        .bind(runner.map(|r| r.to_string()))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(assigned_from_row).collect()
+    }
+
+    async fn claim_task(
+        &self,
+        task: TaskId,
+        instance_id: &str,
+        at: OffsetDateTime,
+    ) -> StoreResult<bool> {
+        let at_ms = to_ms(at);
+        let mut tx = self.writer.begin().await.map_err(backend)?;
+        let claimed = sqlx::query(
+            "UPDATE run_tasks SET state = 'running', instance_id = ?, assigned_at = ?
+             WHERE id = ? AND state = 'queued'
+               AND run_id IN (SELECT id FROM runs WHERE state IN ('queued', 'running') AND cancel_requested_by IS NULL)",
+        )
+        .bind(instance_id)
+        .bind(at_ms)
+        .bind(task.to_string())
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?
+        .rows_affected()
+            == 1;
+        if claimed {
+            sqlx::query(
+                "UPDATE runs SET state = 'running', reason = NULL, started_at = COALESCE(started_at, ?)
+                 WHERE id = (SELECT run_id FROM run_tasks WHERE id = ?)",
+            )
+            .bind(at_ms)
+            .bind(task.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(claimed)
+    }
+
+    async fn requeue_task(&self, task: TaskId, instance_id: &str) -> StoreResult<bool> {
+        let n = sqlx::query(
+            "UPDATE run_tasks SET state = 'queued', instance_id = NULL, assigned_at = NULL
+             WHERE id = ? AND state = 'running' AND instance_id = ? AND last_seq = 0",
+        )
+        .bind(task.to_string())
+        .bind(instance_id)
+        .execute(&self.writer)
+        .await
+        .map_err(backend)?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn apply_task_update(
+        &self,
+        runner: RunnerId,
+        u: TaskProgress,
+    ) -> StoreResult<UpdateOutcome> {
+        let mut tx = self.writer.begin().await.map_err(backend)?;
+        let task_id = u.task_id.to_string();
+        let row = sqlx::query(
+            "SELECT t.run_id, t.name, t.state, t.last_seq, r.cancel_requested_by, r.log_bytes
+             FROM run_tasks t JOIN runs r ON r.id = t.run_id WHERE t.id = ? AND r.runner_id = ?",
+        )
+        .bind(&task_id)
+        .bind(runner.to_string())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(backend)?;
+        let Some(row) = row else {
+            return Ok(UpdateOutcome::UnknownTask);
+        };
+        let run_id: String = row.try_get("run_id").map_err(backend)?;
+        let name: String = row.try_get("name").map_err(backend)?;
+        let current = state(&row, "state")?;
+        let last_seq: i64 = row.try_get("last_seq").map_err(backend)?;
+        let cancel_by: Option<String> = row.try_get("cancel_requested_by").map_err(backend)?;
+        let log_bytes: i64 = row.try_get("log_bytes").map_err(backend)?;
+        if current.is_final() {
+            return Ok(UpdateOutcome::AlreadyFinished(current));
+        }
+        let seq = i64::try_from(u.seq).unwrap_or(i64::MAX);
+        if seq <= last_seq {
+            return Ok(UpdateOutcome::Duplicate);
+        }
+        let at = to_ms(u.at);
+        if let Some(chunk) = u.log_chunk.as_deref().filter(|c| !c.is_empty()) {
+            let bytes = chunk.len() as i64;
+            sqlx::query(
+                "INSERT INTO run_logs (run_id, start, bytes, task_id, seq, chunk) VALUES (?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&run_id)
+            .bind(log_bytes)
+            .bind(bytes)
+            .bind(&task_id)
+            .bind(seq)
+            .bind(chunk)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+            sqlx::query("UPDATE runs SET log_bytes = log_bytes + ? WHERE id = ?")
+                .bind(bytes)
+                .bind(&run_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+        }
+        let task_final = u.state.is_final();
+        sqlx::query(
+            "UPDATE run_tasks SET last_seq = ?, state = ?, started_at = COALESCE(started_at, ?),
+                 exit_code = COALESCE(?, exit_code), reason = COALESCE(?, reason),
+                 finished_at = CASE WHEN ? THEN ? ELSE finished_at END
+             WHERE id = ?",
+        )
+        .bind(seq)
+        .bind(
+            if task_final {
+                u.state
+            } else {
+                RunState::Running
+            }
+            .as_str(),
+        )
+        .bind(at)
+        .bind(u.exit_code)
+        .bind(&u.reason)
+        .bind(task_final)
+        .bind(at)
+        .bind(&task_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        let mut run_final = None;
+        if task_final {
+            let more: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM run_tasks WHERE run_id = ? AND state = 'queued')",
+            )
+            .bind(&run_id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(backend)?;
+            let task_end = TaskEnd {
+                task: &name,
+                state: u.state,
+                exit_code: u.exit_code,
+                reason: u.reason.as_deref(),
+            };
+            if let Some(end) = RunEnd::after_task(&task_end, cancel_by.as_deref(), more) {
+                finish_run(&mut tx, &run_id, &end, at).await?;
+                run_final = Some(end.state);
+            }
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(UpdateOutcome::Applied {
+            task_final,
+            run_final,
+        })
+    }
+
+    async fn end_task(
+        &self,
+        task: TaskId,
+        state: RunState,
+        reason: &str,
+        at: OffsetDateTime,
+    ) -> StoreResult<Option<RunRecord>> {
+        let at_ms = to_ms(at);
+        let mut tx = self.writer.begin().await.map_err(backend)?;
+        let row = sqlx::query(
+            "SELECT t.run_id, t.name, r.cancel_requested_by FROM run_tasks t JOIN runs r ON r.id = t.run_id
+             WHERE t.id = ? AND t.state IN ('queued', 'running')",
+        )
+        .bind(task.to_string())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(backend)?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let run_id: String = row.try_get("run_id").map_err(backend)?;
+        let name: String = row.try_get("name").map_err(backend)?;
+        sqlx::query("UPDATE run_tasks SET state = ?, reason = ?, finished_at = ? WHERE id = ?")
+            .bind(state.as_str())
+            .bind(reason)
+            .bind(at_ms)
+            .bind(task.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let end = RunEnd::task_ended_by_control_plane(&name, state, reason);
+        finish_run(&mut tx, &run_id, &end, at_ms).await?;
+        let run = Self::run_in_tx(&mut tx, &run_id).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(Some(run))
+    }
+}
