@@ -1,3 +1,5 @@
+//! `tether audit list`: the audit log, newest first, optionally for one runner.
+
 use tether_client::Client;
 
 use crate::cli::{AuditCommand, Output};

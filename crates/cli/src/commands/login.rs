@@ -1,3 +1,6 @@
+//! `tether login`: checks a control plane URL and API token and saves them to the CLI's config
+//! file (mode 0600), so later commands need neither flag.
+
 use anyhow::{bail, Context};
 use tether_client::Client;
 

@@ -1,3 +1,7 @@
+//! `tether runners …`: create, list, show, pause, resume, restart and delete runners, and the
+//! entry to the credential commands (`refresh-credentials`, `reveal`, `apply-credentials`,
+//! `rotate`), which live in their own modules.
+
 use anyhow::Context;
 use tether_client::Client;
 use tether_protocol::api::{AuthHealth, CreateRunnerRequest, Runner};

@@ -1,3 +1,6 @@
+//! `tether users create` and `tether tokens create`: users with a role, and API tokens for them
+//! (printed once).
+
 use anyhow::bail;
 use tether_client::Client;
 use tether_protocol::api::CreateUserRequest;

@@ -1,3 +1,5 @@
+//! The audit log in SQLite: appended only (triggers refuse UPDATE and DELETE), read newest first.
+
 use async_trait::async_trait;
 use sqlx::Row;
 

@@ -1,3 +1,6 @@
+//! Runners and their OAuth clients in SQLite: the runner rows (status, pause), the credential
+//! generations the token endpoint reads (`CredentialStore`), their use, and revoked access tokens.
+
 use async_trait::async_trait;
 use sqlx::sqlite::SqliteRow;
 use sqlx::Row;

@@ -1,3 +1,6 @@
+//! Users and API tokens in SQLite: the bootstrap admin, roles (never demoting the last admin),
+//! password resets that end the user's web sessions.
+
 use async_trait::async_trait;
 use sqlx::sqlite::SqliteRow;
 use sqlx::Row;

@@ -1,3 +1,5 @@
+//! Web UI sessions in SQLite, keyed by the verifier of the cookie's id (never the id itself).
+
 use async_trait::async_trait;
 use sqlx::Row;
 use tether_domain::Verifier;

@@ -1,3 +1,6 @@
+//! `GET /api/v1/audit`: the audit log, newest first, by runner if asked, paged with an opaque
+//! cursor.
+
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};

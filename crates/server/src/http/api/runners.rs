@@ -1,3 +1,7 @@
+//! `/api/v1/runners`: register, list, show and delete runners, and pause, resume or restart one.
+//! Each handler parses the path and body, then calls `services::runners`; the runner view merges
+//! the stored record with its live sessions (`services::runners::live`).
+
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};

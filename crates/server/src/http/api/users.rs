@@ -1,3 +1,6 @@
+//! `/api/v1/me`, `/api/v1/users` and their API tokens: who the caller is, creating users (admins
+//! only) and minting tokens; the rules are `services::users`'.
+
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
