@@ -25,7 +25,6 @@ use std::time::Duration;
 pub const TOMBSTONE_TTL: Duration = Duration::from_secs(600);
 
 use tether_domain::{derive_status, Disconnect, Generation, RunnerId, RunnerStatus, StatusFacts};
-use tether_protocol::api::Instance;
 
 use crate::events::{CredentialChange, Delivered, Event, Subscriber};
 use tether_protocol::session::ServerMessage;
@@ -164,6 +163,25 @@ fn close_older(live: &mut LiveRunner, active: u32) -> Vec<String> {
         closed.push(s.instance_id.clone());
     }
     closed
+}
+
+/// One connected instance as the registry sees it (the API and the pages show these).
+#[derive(Debug, Clone)]
+pub struct Instance {
+    pub instance_id: String,
+    pub hostname: String,
+    pub connected_at: OffsetDateTime,
+    pub last_heartbeat_at: OffsetDateTime,
+    pub credential_generation: Generation,
+    /// When the instance moved to its credential generation (connected or re-authenticated).
+    pub generation_since: OffsetDateTime,
+    pub running_tasks: u32,
+    /// Where it reads its client secret (`env`, `file`, `aws_secrets_manager`), if it said.
+    pub secret_source: Option<String>,
+    /// Whether it picks up a new secret by itself, if it said.
+    pub hot_reload: Option<bool>,
+    /// The file it reads its secret from (file source only).
+    pub secret_file: Option<String>,
 }
 
 /// A runner's live state as the API shows it.
@@ -689,7 +707,7 @@ impl RunnerLink {
                 hostname: s.hostname.clone(),
                 connected_at: s.connected_at,
                 last_heartbeat_at: s.last_heartbeat_at,
-                credential_generation: s.generation,
+                credential_generation: Generation(s.generation),
                 generation_since: s.generation_since,
                 running_tasks: s.running_tasks,
                 secret_source: s.secret_source.clone(),

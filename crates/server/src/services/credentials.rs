@@ -438,7 +438,7 @@ impl Overview {
         self.live
             .instances
             .iter()
-            .filter(|i| i.credential_generation == generation.0)
+            .filter(|i| i.credential_generation == generation)
             .count()
     }
 }

@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use serde_json::json;
 use tether_domain::{
-    ClientId, ClientSecret, Description, Generation, Platform, Role, Rollout, RolloutState,
-    RunnerId, RunnerName, RunnerRef,
+    ClientId, ClientSecret, Description, Platform, Role, Rollout, RolloutState, RunnerId,
+    RunnerName, RunnerRef,
 };
 use tether_store::{Conflict, NewRunner, PersistedStatus, RunnerRecord, StoreError};
 use time::OffsetDateTime;
@@ -257,7 +257,7 @@ pub async fn resume_due(state: &AppState) -> anyhow::Result<()> {
 pub struct LiveRunner {
     pub record: RunnerRecord,
     pub status: PersistedStatus,
-    pub instances: Vec<tether_protocol::api::Instance>,
+    pub instances: Vec<crate::runner_link::Instance>,
     pub rollout: Rollout,
     /// Since when every live instance has been on the newest generation (applied only).
     pub applied_since: Option<OffsetDateTime>,
@@ -282,9 +282,7 @@ pub fn live(state: &AppState, record: RunnerRecord) -> LiveRunner {
         record.generation,
         record.retiring_until,
         OffsetDateTime::now_utc(),
-        instances
-            .iter()
-            .map(|i| Generation(i.credential_generation)),
+        instances.iter().map(|i| i.credential_generation),
     );
     let applied_since = (rollout.state == RolloutState::Applied)
         .then(|| instances.iter().map(|i| i.generation_since).max())

@@ -8,7 +8,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use tether_domain::{Description, Platform, Role, RunnerId, RunnerName};
 use tether_protocol::api::{
-    ClientCredentials, CreateRunnerRequest, CreatedRunner, CredentialRollout, Runner, RunnerList,
+    ClientCredentials, CreateRunnerRequest, CreatedRunner, CredentialRollout, Instance, Runner,
+    RunnerList,
 };
 use tether_store::RunnerRecord;
 
@@ -151,6 +152,22 @@ async fn delete_runner(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// An instance as the API shows it.
+fn instance_view(i: crate::runner_link::Instance) -> Instance {
+    Instance {
+        instance_id: i.instance_id,
+        hostname: i.hostname,
+        connected_at: i.connected_at,
+        last_heartbeat_at: i.last_heartbeat_at,
+        credential_generation: i.credential_generation.0,
+        generation_since: i.generation_since,
+        running_tasks: i.running_tasks,
+        secret_source: i.secret_source,
+        hot_reload: i.hot_reload,
+        secret_file: i.secret_file,
+    }
+}
+
 /// The API's view of a runner: live state from this server's sessions where it has any, else the
 /// last status written to the store.
 pub(crate) fn view(state: &AppState, r: RunnerRecord) -> Runner {
@@ -173,7 +190,7 @@ pub(crate) fn view(state: &AppState, r: RunnerRecord) -> Runner {
         status_since: status.since,
         client_id: r.client_id.as_str().to_owned(),
         credential_generation: r.generation.0,
-        instances,
+        instances: instances.into_iter().map(instance_view).collect(),
         paused_until: r.paused_until,
         created_at: r.created_at,
         last_seen_at: status.last_seen_at,

@@ -202,7 +202,7 @@ async fn show_credentials(
             .iter()
             .map(|i| InstanceSecretRow {
                 instance_id: i.instance_id.clone(),
-                generation: i.credential_generation,
+                generation: i.credential_generation.0,
                 reload: reload_text(i),
             })
             .collect(),

@@ -1,6 +1,7 @@
 //! The Runners list and a runner's pages: the Details, Instances and Activity tabs. The operator
 //! actions of the `...` menu are in `actions`.
 
+use crate::runner_link::Instance;
 use askama::Template;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -8,7 +9,6 @@ use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
 use tether_domain::Role;
-use tether_protocol::api::Instance;
 use tether_store::AuditFilter;
 
 use super::session::Visitor;
@@ -175,8 +175,8 @@ pub fn instance_rows(l: &Loaded) -> Vec<InstanceRow> {
             hostname: i.hostname.clone(),
             connected: when(i.connected_at),
             last_heartbeat: ago(i.last_heartbeat_at),
-            generation: i.credential_generation,
-            older_generation: i.credential_generation < l.record.generation.0,
+            generation: i.credential_generation.0,
+            older_generation: i.credential_generation < l.record.generation,
             running_tasks: i.running_tasks,
             reload: reload_text(i),
             source: source_text(i),
