@@ -54,14 +54,7 @@ pub async fn run(client: &Client, out: Output, args: RotateArgs) -> anyhow::Resu
     let unchanged = "nothing was changed and the runner keeps its current secret: check \
         --secret-id (the ARN or name of the secret the runner reads) and your AWS credentials, then \
         run the rotation again";
-    let current = aws
-        .read(secret_id)
-        .await
-        .map_err(|e| anyhow!("{e:#}; {unchanged}"))?;
-    current
-        .value
-        .check_client_id(&runner.client_id, secret_id)
-        .map_err(|e| anyhow!("{e}; {unchanged}"))?;
+    let current = apply::read_runners_secret(&aws, secret_id, &runner, unchanged).await?;
     for line in plan_lines(&runner, &current.arn, grace, timeout) {
         eprintln!("{line}");
     }

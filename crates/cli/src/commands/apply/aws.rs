@@ -158,6 +158,25 @@ fn same_secret(a: &str, b: &str) -> bool {
     a == b || name(a) == name(b)
 }
 
+/// Reads the secret `secret_id` and checks it belongs to `runner` (its client id), before
+/// anything is revealed or written; an error says `unchanged` (what the caller did not do).
+pub async fn read_runners_secret(
+    aws: &Aws,
+    secret_id: &str,
+    runner: &Runner,
+    unchanged: &str,
+) -> anyhow::Result<Current> {
+    let current = aws
+        .read(secret_id)
+        .await
+        .map_err(|e| anyhow!("{e:#}; {unchanged}"))?;
+    current
+        .value
+        .check_client_id(&runner.client_id, secret_id)
+        .map_err(|e| anyhow!("{e}; {unchanged}"))?;
+    Ok(current)
+}
+
 pub(super) async fn run(
     client: &Client,
     out: Output,
@@ -176,14 +195,7 @@ pub(super) async fn run(
     // Look at the target before revealing anything: a wrong --secret-id changes nothing.
     let unchanged =
         "nothing was written: check --secret-id (the ARN or name of the runner's secret) and your AWS credentials";
-    let current = aws
-        .read(secret_id)
-        .await
-        .map_err(|e| anyhow!("{e:#}; {unchanged}"))?;
-    current
-        .value
-        .check_client_id(&runner.client_id, secret_id)
-        .map_err(|e| anyhow!("{e}; {unchanged}"))?;
+    let current = read_runners_secret(&aws, secret_id, runner, unchanged).await?;
     steps.done(format!(
         "Read AWS secret {}: it holds {}{} (version {}).",
         current.arn,

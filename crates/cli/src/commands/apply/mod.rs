@@ -12,14 +12,14 @@ mod aws;
 mod local;
 mod tools;
 
-pub use aws::{restart_ecs, write_and_verify, Restart};
+pub use aws::{read_runners_secret, restart_ecs, write_and_verify, Restart};
 
 use std::io::{Read, Write};
 
 use anyhow::{anyhow, bail, Context};
 use tether_client::{Client, REVEAL_WINDOW_CLOSED};
 use tether_domain::ClientSecret;
-use tether_protocol::api::Runner;
+use tether_protocol::api::{Credentials, Runner};
 
 use crate::cli::{ApplyArgs, Output, TargetPlatform};
 use crate::output;
@@ -169,6 +169,15 @@ pub async fn run(client: &Client, out: Output, args: ApplyArgs) -> anyhow::Resul
     }
 }
 
+/// The runner's active credential generation in `creds`.
+fn active_generation(creds: &Credentials, runner: &Runner) -> u32 {
+    creds
+        .generations
+        .iter()
+        .find(|g| g.state == "active")
+        .map_or(runner.credential_generation, |g| g.generation)
+}
+
 /// The new client secret: from standard input, or the reveal endpoint (the last refresh's).
 pub struct NewSecret {
     pub secret: ClientSecret,
@@ -189,11 +198,7 @@ pub async fn new_secret(
         let secret = ClientSecret::parse(text.trim())
             .map_err(|e| anyhow!("the client_secret on standard input {}", e.0))?;
         let creds = client.credentials(&runner.id).await?;
-        let generation = creds
-            .generations
-            .iter()
-            .find(|g| g.state == "active")
-            .map_or(runner.credential_generation, |g| g.generation);
+        let generation = active_generation(&creds, runner);
         return Ok(NewSecret {
             secret,
             generation,

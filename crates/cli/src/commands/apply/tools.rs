@@ -9,7 +9,7 @@ use tether_client::Client;
 use tether_domain::ClientSecret;
 use tether_protocol::api::Runner;
 
-use super::{check_back, new_secret, Steps};
+use super::{active_generation, check_back, new_secret, Steps};
 use crate::cli::{ApplyArgs, Output, TargetPlatform};
 use crate::next_steps::Vars;
 use crate::output;
@@ -70,11 +70,7 @@ pub(super) async fn run(
 ) -> anyhow::Result<()> {
     target.check().map_err(anyhow::Error::msg)?;
     let creds = client.credentials(&runner.id).await?;
-    let generation = creds
-        .generations
-        .iter()
-        .find(|g| g.state == "active")
-        .map_or(runner.credential_generation, |g| g.generation);
+    let generation = active_generation(&creds, runner);
     let vars = Vars {
         runner: &runner.name,
         client_id: &runner.client_id,
