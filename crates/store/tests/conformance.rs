@@ -1,5 +1,7 @@
-//! Behaviour every storage backend must have, written against `dyn Store` so the same checks run
-//! for each backend (SQLite today).
+//! Behaviour every storage backend must have, written against `dyn Store`: each check is a
+//! function of a fresh, empty store, and [`conformance!`] runs all of them against one backend
+//! (SQLite today; a second backend adds one line at the end of this file). Checks of one backend's
+//! own mechanics (SQLite's triggers, reopening a file) are plain tests, marked as such.
 
 use std::sync::Arc;
 
@@ -55,9 +57,7 @@ async fn sqlite() -> (Arc<dyn Store>, tempfile::TempDir) {
     (Arc::new(store), dir)
 }
 
-#[tokio::test]
-async fn runners_round_trip_page_and_delete() {
-    let (store, _dir) = sqlite().await;
+async fn runners_round_trip_page_and_delete(store: Arc<dyn Store>) {
     let a = new_runner("a");
     let a_id = a.id;
     let created = store
@@ -118,9 +118,7 @@ async fn runners_round_trip_page_and_delete() {
     );
 }
 
-#[tokio::test]
-async fn duplicate_names_are_conflicts_and_write_nothing() {
-    let (store, _dir) = sqlite().await;
+async fn duplicate_names_are_conflicts_and_write_nothing(store: Arc<dyn Store>) {
     store
         .create_runner(new_runner("dup"), ev("runner.created", None))
         .await
@@ -144,9 +142,7 @@ async fn duplicate_names_are_conflicts_and_write_nothing() {
     assert_eq!(store.list_runners(None, 10).await.expect("list").len(), 1);
 }
 
-#[tokio::test]
-async fn credentials_usage_and_first_token() {
-    let (store, _dir) = sqlite().await;
+async fn credentials_usage_and_first_token(store: Arc<dyn Store>) {
     let r = new_runner("cred");
     let (id, client_id) = (r.id, r.client_id.clone());
     store
@@ -211,9 +207,7 @@ async fn credentials_usage_and_first_token() {
     assert!(client.generations[0].first_token_at.is_some());
 }
 
-#[tokio::test]
-async fn revoked_tokens_expire() {
-    let (store, _dir) = sqlite().await;
+async fn revoked_tokens_expire(store: Arc<dyn Store>) {
     store
         .revoke_access_token("j1", ms(10_000), ev("oauth.token_revoked", None))
         .await
@@ -265,9 +259,7 @@ async fn revoked_tokens_expire() {
     );
 }
 
-#[tokio::test]
-async fn users_tokens_and_bootstrap_once() {
-    let (store, _dir) = sqlite().await;
+async fn users_tokens_and_bootstrap_once(store: Arc<dyn Store>) {
     let pepper = Pepper::from_bytes([2; 32]);
     let admin_id = UserId::new();
     let user = |id, name: &str, role| NewUser {
@@ -372,9 +364,7 @@ async fn audit_count(store: &Arc<dyn Store>) -> usize {
         .len()
 }
 
-#[tokio::test]
-async fn roles_change_passwords_reset_and_the_last_admin_stays() {
-    let (store, _dir) = sqlite().await;
+async fn roles_change_passwords_reset_and_the_last_admin_stays(store: Arc<dyn Store>) {
     let name = |n: &str| Username::parse(n).expect("name");
     store
         .create_user(person("root", Role::Admin), ev("user.created", None))
@@ -476,9 +466,7 @@ async fn roles_change_passwords_reset_and_the_last_admin_stays() {
     assert_eq!(audit_count(&store).await, before + 3);
 }
 
-#[tokio::test]
-async fn web_sessions_resolve_to_the_current_user_expire_and_end() {
-    let (store, _dir) = sqlite().await;
+async fn web_sessions_resolve_to_the_current_user_expire_and_end(store: Arc<dyn Store>) {
     let pepper = Pepper::from_bytes([3; 32]);
     let alice = store
         .create_user(person("alice", Role::Operator), ev("user.created", None))
@@ -602,6 +590,7 @@ async fn web_sessions_resolve_to_the_current_user_expire_and_end() {
         .is_none());
 }
 
+/// SQLite only: the triggers that make the audit log append-only.
 #[tokio::test]
 async fn audit_log_is_append_only() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -625,6 +614,7 @@ async fn audit_log_is_append_only() {
     assert_eq!(count, 1);
 }
 
+/// SQLite only: reopening the same file.
 #[tokio::test]
 async fn reopening_applies_no_migration_twice() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -685,9 +675,7 @@ fn progress(task: TaskId, seq: u64, state: RunState, log: Option<&str>) -> TaskP
     }
 }
 
-#[tokio::test]
-async fn pipelines_are_replaced_in_place_and_deleted() {
-    let (store, _dir) = sqlite().await;
+async fn pipelines_are_replaced_in_place_and_deleted(store: Arc<dyn Store>) {
     let name = PipelineName::parse("build").expect("name");
     let first = PipelineRecord {
         name: name.clone(),
@@ -728,9 +716,9 @@ async fn pipelines_are_replaced_in_place_and_deleted() {
     assert!(store.pipeline_by_name(&name).await.expect("get").is_none());
 }
 
-#[tokio::test]
-async fn tasks_are_claimed_once_updates_apply_once_and_logs_keep_their_order() {
-    let (store, _dir) = sqlite().await;
+async fn tasks_are_claimed_once_updates_apply_once_and_logs_keep_their_order(
+    store: Arc<dyn Store>,
+) {
     let runner = new_runner("r");
     store
         .create_runner(runner.clone(), ev("runner.created", None))
@@ -857,9 +845,7 @@ async fn tasks_are_claimed_once_updates_apply_once_and_logs_keep_their_order() {
     );
 }
 
-#[tokio::test]
-async fn cancel_lost_and_runner_deletion_end_runs() {
-    let (store, _dir) = sqlite().await;
+async fn cancel_lost_and_runner_deletion_end_runs(store: Arc<dyn Store>) {
     let runner = new_runner("r");
     store
         .create_runner(runner.clone(), ev("runner.created", None))
@@ -1012,10 +998,10 @@ fn states(c: &tether_store::ClientRecord) -> Vec<(u32, CredentialState)> {
         .collect()
 }
 
-#[tokio::test]
-async fn refresh_revokes_or_retires_bumps_the_version_and_records_who_revoked() {
+async fn refresh_revokes_or_retires_bumps_the_version_and_records_who_revoked(
+    store: Arc<dyn Store>,
+) {
     use tether_store::RotationMode;
-    let (store, _dir) = sqlite().await;
     let r = new_runner("rot");
     store
         .create_runner(r.clone(), ev("runner.created", None))
@@ -1118,10 +1104,8 @@ async fn refresh_revokes_or_retires_bumps_the_version_and_records_who_revoked() 
     assert_eq!(refreshed.detail["revoked"], 2);
 }
 
-#[tokio::test]
-async fn a_refresh_of_a_missing_runner_is_not_found_and_writes_nothing() {
+async fn a_refresh_of_a_missing_runner_is_not_found_and_writes_nothing(store: Arc<dyn Store>) {
     use tether_store::RotationMode;
-    let (store, _dir) = sqlite().await;
     let before = audit_count(&store).await;
     let err = store
         .refresh_credentials(
@@ -1144,9 +1128,9 @@ async fn a_refresh_of_a_missing_runner_is_not_found_and_writes_nothing() {
     assert!(matches!(err, StoreError::NotFound), "{err:?}");
 }
 
-#[tokio::test]
-async fn revoke_retiring_ends_an_overlap_once_and_keeps_the_version_when_there_is_none() {
-    let (store, _dir) = sqlite().await;
+async fn revoke_retiring_ends_an_overlap_once_and_keeps_the_version_when_there_is_none(
+    store: Arc<dyn Store>,
+) {
     let r = new_runner("overlap");
     store
         .create_runner(r.clone(), ev("runner.created", None))
@@ -1185,10 +1169,10 @@ async fn revoke_retiring_ends_an_overlap_once_and_keeps_the_version_when_there_i
     assert_eq!(again.version, done.version);
 }
 
-#[tokio::test]
-async fn grace_expiry_revokes_only_what_ended_as_system_and_bumps_each_runner() {
+async fn grace_expiry_revokes_only_what_ended_as_system_and_bumps_each_runner(
+    store: Arc<dyn Store>,
+) {
     use tether_store::RotationMode;
-    let (store, _dir) = sqlite().await;
     let now = OffsetDateTime::now_utc();
     let ended = new_runner("ended");
     let later = new_runner("later");
@@ -1232,10 +1216,10 @@ async fn grace_expiry_revokes_only_what_ended_as_system_and_bumps_each_runner() 
         .is_empty());
 }
 
-#[tokio::test]
-async fn sealed_secrets_are_kept_only_for_the_newest_generation_and_their_window() {
+async fn sealed_secrets_are_kept_only_for_the_newest_generation_and_their_window(
+    store: Arc<dyn Store>,
+) {
     use tether_store::RotationMode;
-    let (store, _dir) = sqlite().await;
     let r = new_runner("sealed");
     store
         .create_runner(r.clone(), ev("runner.created", None))
@@ -1280,3 +1264,37 @@ async fn sealed_secrets_are_kept_only_for_the_newest_generation_and_their_window
         "the ciphertext is gone"
     );
 }
+
+/// Runs every check above against one backend; `$open` makes a fresh, empty store and whatever
+/// must live as long as it (a temporary directory, a throwaway database).
+macro_rules! conformance {
+    ($backend:ident, $open:path; $($check:ident),* $(,)?) => {
+        mod $backend {
+            $(
+                #[tokio::test]
+                async fn $check() {
+                    let (store, _keep) = $open().await;
+                    super::$check(store).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(sqlite, crate::sqlite;
+    refresh_revokes_or_retires_bumps_the_version_and_records_who_revoked,
+    a_refresh_of_a_missing_runner_is_not_found_and_writes_nothing,
+    grace_expiry_revokes_only_what_ended_as_system_and_bumps_each_runner,
+    sealed_secrets_are_kept_only_for_the_newest_generation_and_their_window,
+    runners_round_trip_page_and_delete,
+    duplicate_names_are_conflicts_and_write_nothing,
+    credentials_usage_and_first_token,
+    revoked_tokens_expire,
+    users_tokens_and_bootstrap_once,
+    roles_change_passwords_reset_and_the_last_admin_stays,
+    web_sessions_resolve_to_the_current_user_expire_and_end,
+    pipelines_are_replaced_in_place_and_deleted,
+    tasks_are_claimed_once_updates_apply_once_and_logs_keep_their_order,
+    cancel_lost_and_runner_deletion_end_runs,
+    revoke_retiring_ends_an_overlap_once_and_keeps_the_version_when_there_is_none,
+);
