@@ -29,6 +29,21 @@ pub struct ServerArgs {
     #[arg(long, env = "TETHER_DATA_DIR", default_value = "./tether-data")]
     pub data_dir: PathBuf,
 
+    /// The Ed25519 key that signs access tokens (32 bytes, mode 0600). Every replica of one control
+    /// plane must use the same file; defaults to `<data-dir>/signing.key`, generated on first start.
+    #[arg(long, env = "TETHER_SIGNING_KEY_FILE")]
+    pub signing_key_file: Option<PathBuf>,
+
+    /// The HMAC pepper that turns client secrets into verifiers (32 bytes, mode 0600); the same on
+    /// every replica. Defaults to `<data-dir>/pepper.key`, generated on first start.
+    #[arg(long, env = "TETHER_PEPPER_FILE")]
+    pub pepper_file: Option<PathBuf>,
+
+    /// The key that encrypts new secrets while they may be revealed (32 bytes, mode 0600); the same
+    /// on every replica. Defaults to `<data-dir>/master.key`, generated on first start.
+    #[arg(long, env = "TETHER_MASTER_KEY_FILE")]
+    pub master_key_file: Option<PathBuf>,
+
     /// Database URL; defaults to SQLite in the data directory (`sqlite://<data-dir>/tether.db`).
     #[arg(long, env = "TETHER_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
@@ -92,6 +107,8 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub database_url: Option<String>,
+    /// Key files given explicitly; the ones not given live in the data directory.
+    pub key_files: crate::keys::KeyFiles,
     pub public_url: Option<Url>,
     pub bootstrap_token: Option<ApiToken>,
     pub admin_password: Option<Password>,
@@ -109,6 +126,7 @@ impl ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             data_dir,
             database_url: None,
+            key_files: Default::default(),
             public_url: None,
             bootstrap_token: None,
             admin_password: None,
@@ -147,6 +165,11 @@ impl ServerArgs {
             listen: self.listen,
             data_dir,
             database_url: self.database_url,
+            key_files: crate::keys::KeyFiles {
+                signing: self.signing_key_file,
+                pepper: self.pepper_file,
+                master: self.master_key_file,
+            },
             public_url: self.public_url,
             bootstrap_token,
             admin_password,

@@ -39,7 +39,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
     std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700))
         .with_context(|| format!("restricting permissions of {}", config.data_dir.display()))?;
-    let keys = keys::KeyMaterial::load_or_generate(&config.data_dir)?;
+    let keys = keys::KeyMaterial::load(&config.data_dir, &config.key_files)?;
     let store: Arc<dyn Store> = match &config.database_url {
         Some(url) => tether_store::open(url)
             .await
@@ -51,6 +51,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
                 .with_context(|| format!("opening the database {}", path.display()))?
         }
     };
+    check_keys(store.as_ref(), &keys).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
@@ -161,6 +162,34 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         flush_persister,
         dispatcher,
     })
+}
+
+/// Refuses to start with keys other than those the database was first started with: tokens
+/// signed by one replica must verify on every other, and secrets verified or sealed by one must
+/// work on all of them. The first start records the fingerprints.
+async fn check_keys(store: &dyn Store, keys: &keys::KeyMaterial) -> anyhow::Result<()> {
+    let given: Vec<(String, String)> = keys
+        .fingerprints
+        .iter()
+        .map(|f| (f.name.to_owned(), f.value.clone()))
+        .collect();
+    let recorded = store
+        .key_fingerprints(&given, time::OffsetDateTime::now_utc())
+        .await
+        .context("checking the server keys against the database")?;
+    for (f, (_, have)) in keys.fingerprints.iter().zip(&recorded) {
+        if *have != f.value {
+            anyhow::bail!(
+                "the {} key ({}) is not the one this database was first started with \
+                 (fingerprint {}, this process has {}); start every replica with the same key files",
+                f.name,
+                f.source,
+                have,
+                f.value
+            );
+        }
+    }
+    Ok(())
 }
 
 impl RunningServer {

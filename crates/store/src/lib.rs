@@ -336,4 +336,13 @@ pub trait Store:
 {
     /// Cheap round trip for readiness checks.
     async fn ping(&self) -> StoreResult<()>;
+    /// Records the fingerprint of each named key not recorded yet (`(name, fingerprint)`), and
+    /// returns what the database has for each of them: on the first start the given ones, later
+    /// those of the first start. Isolation: insert-if-absent, then read; of two processes starting
+    /// at once with different keys, one records its own and the other reads them back.
+    async fn key_fingerprints(
+        &self,
+        given: &[(String, String)],
+        at: OffsetDateTime,
+    ) -> StoreResult<Vec<(String, String)>>;
 }

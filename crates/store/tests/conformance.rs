@@ -1265,6 +1265,28 @@ async fn sealed_secrets_are_kept_only_for_the_newest_generation_and_their_window
     );
 }
 
+async fn key_fingerprints_are_recorded_on_first_start_and_kept(store: Arc<dyn Store>) {
+    let at = OffsetDateTime::now_utc();
+    let first = [("signing".to_owned(), "aa".to_owned())];
+    assert_eq!(
+        store.key_fingerprints(&first, at).await.expect("record"),
+        first
+    );
+    // Another process with another key reads the first one back.
+    let other = [
+        ("signing".to_owned(), "bb".to_owned()),
+        ("pepper".to_owned(), "cc".to_owned()),
+    ];
+    assert_eq!(
+        store.key_fingerprints(&other, at).await.expect("read"),
+        [
+            ("signing".to_owned(), "aa".to_owned()),
+            ("pepper".to_owned(), "cc".to_owned())
+        ],
+        "a known key keeps its first fingerprint, a new one is recorded"
+    );
+}
+
 /// Runs every check above against one backend; `$open` makes a fresh, empty store and whatever
 /// must live as long as it (a temporary directory, a throwaway database).
 macro_rules! conformance {
@@ -1282,6 +1304,7 @@ macro_rules! conformance {
 }
 
 conformance!(sqlite, crate::sqlite;
+    key_fingerprints_are_recorded_on_first_start_and_kept,
     refresh_revokes_or_retires_bumps_the_version_and_records_who_revoked,
     a_refresh_of_a_missing_runner_is_not_found_and_writes_nothing,
     grace_expiry_revokes_only_what_ended_as_system_and_bumps_each_runner,

@@ -90,3 +90,62 @@ async fn restart_keeps_keys_runners_and_admin() {
     assert_eq!(again.status(), 200);
     second.shutdown().await.expect("shutdown");
 }
+
+/// Replicas share one database and must share their keys: two processes with different keys on
+/// one database is refused at start, naming the key, before anything is served; given key files
+/// (as every replica would have them) are accepted, and a key file that does not exist is refused.
+#[tokio::test]
+async fn a_process_with_other_keys_than_the_database_refuses_to_start() {
+    let db_dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}", db_dir.path().join("shared.db").display());
+    let (a_dir, b_dir) = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
+    let config = |dir: &std::path::Path| {
+        let mut c = ServerConfig::new(dir.to_path_buf());
+        c.database_url = Some(url.clone());
+        c
+    };
+
+    let a = tether_server::start(config(a_dir.path()))
+        .await
+        .expect("first start records the keys");
+    a.shutdown().await.expect("stop");
+    // B generates keys of its own in its own data directory.
+    let err = tether_server::start(config(b_dir.path()))
+        .await
+        .expect_err("other keys are refused");
+    let shown = format!("{err:#}");
+    assert!(
+        shown.contains("the signing key") && shown.contains("same key files"),
+        "{shown}"
+    );
+
+    // B given A's key files, as a replica would be: it starts.
+    let mut c = config(b_dir.path());
+    c.key_files = tether_server::keys::KeyFiles {
+        signing: Some(a_dir.path().join("signing.key")),
+        pepper: Some(a_dir.path().join("pepper.key")),
+        master: Some(a_dir.path().join("master.key")),
+    };
+    let b = tether_server::start(c).await.expect("same keys start");
+    b.shutdown().await.expect("stop");
+
+    // Only the pepper differs: the message names it.
+    let mut c = config(b_dir.path());
+    c.key_files.signing = Some(a_dir.path().join("signing.key"));
+    c.key_files.master = Some(a_dir.path().join("master.key"));
+    let err = tether_server::start(c).await.expect_err("other pepper");
+    assert!(format!("{err:#}").contains("the pepper key"), "{err:#}");
+
+    // A named key file that does not exist is never created.
+    let mut c = config(b_dir.path());
+    let missing = b_dir.path().join("no-such.key");
+    c.key_files.signing = Some(missing.clone());
+    let err = tether_server::start(c).await.expect_err("missing file");
+    assert!(
+        format!("{err:#}").contains("TETHER_SIGNING_KEY_FILE") && !missing.exists(),
+        "{err:#}"
+    );
+}

@@ -147,6 +147,36 @@ impl Store for SqliteStore {
             .map_err(backend)?;
         Ok(())
     }
+
+    async fn key_fingerprints(
+        &self,
+        given: &[(String, String)],
+        at: time::OffsetDateTime,
+    ) -> StoreResult<Vec<(String, String)>> {
+        let mut tx = self.writer.begin().await.map_err(backend)?;
+        let mut recorded = Vec::with_capacity(given.len());
+        for (name, fingerprint) in given {
+            sqlx::query(
+                "INSERT INTO key_fingerprints (name, fingerprint, recorded_at) VALUES (?, ?, ?)
+                 ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(name)
+            .bind(fingerprint)
+            .bind(crate::to_ms(at))
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+            let have: String =
+                sqlx::query_scalar("SELECT fingerprint FROM key_fingerprints WHERE name = ?")
+                    .bind(name)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+            recorded.push((name.clone(), have));
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(recorded)
+    }
 }
 
 pub(crate) fn backend(e: sqlx::Error) -> StoreError {
