@@ -89,6 +89,15 @@ impl StoredSecret {
         }
     }
 
+    /// "JSON with this runner's client_id tcid_…", "a plain string": what the value holds, for
+    /// the steps a command prints (never the secret).
+    pub fn describe(&self) -> String {
+        match self.client_id() {
+            Some(id) => format!("{} with this runner's client_id {id}", self.shape()),
+            None => self.shape().to_owned(),
+        }
+    }
+
     /// The `client_id` a JSON value names.
     pub fn client_id(&self) -> Option<&str> {
         match self {

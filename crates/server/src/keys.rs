@@ -105,20 +105,28 @@ fn fingerprint(name: &str, key: &[u8; 32]) -> String {
     digest[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// A key file the operator named: it must exist (a typo must not silently make a new key).
+/// A key file the operator named: it must exist (a typo must not silently make a new key), so it
+/// is read without ever being created.
 fn given_key_file(path: &Path, flag: &str) -> anyhow::Result<[u8; 32]> {
-    if !path.exists() {
-        bail!(
-            "{flag} names {}, which does not exist; give every replica the same existing key file              (32 random bytes, mode 0600: `head -c 32 /dev/urandom > {}`)",
+    read_key_file(path, false)?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "{flag} names {}, which does not exist; give every replica the same existing key file \
+             (32 random bytes, mode 0600: `head -c 32 /dev/urandom > {}`)",
             path.display(),
             path.display()
-        );
-    }
-    key_file(path)
+        )
+    })
 }
 
-/// Reads a 32-byte key file, creating it with fresh random bytes (mode 0600) if it does not exist.
+/// Reads a 32-byte key file of the data directory, creating it with fresh random bytes (mode
+/// 0600) if it does not exist.
 fn key_file(path: &Path) -> anyhow::Result<[u8; 32]> {
+    read_key_file(path, true)?.ok_or_else(|| anyhow::anyhow!("{} was not created", path.display()))
+}
+
+/// Reads a 32-byte key file (refusing one others can read); a missing one is created when
+/// `create`, else `None`.
+fn read_key_file(path: &Path, create: bool) -> anyhow::Result<Option<[u8; 32]>> {
     match fs::read(path) {
         Ok(bytes) => {
             let mode = fs::metadata(path)
@@ -133,14 +141,17 @@ fn key_file(path: &Path) -> anyhow::Result<[u8; 32]> {
                     path.display()
                 );
             }
-            <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| {
-                anyhow::anyhow!(
-                    "{} must hold exactly 32 bytes, found {}",
-                    path.display(),
-                    bytes.len()
-                )
-            })
+            <[u8; 32]>::try_from(bytes.as_slice())
+                .map(Some)
+                .map_err(|_| {
+                    anyhow::anyhow!(
+                        "{} must hold exactly 32 bytes, found {}",
+                        path.display(),
+                        bytes.len()
+                    )
+                })
         }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !create => Ok(None),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = random_bytes::<32>();
             let mut file = fs::OpenOptions::new()
@@ -153,7 +164,7 @@ fn key_file(path: &Path) -> anyhow::Result<[u8; 32]> {
                 .and_then(|()| file.sync_all())
                 .with_context(|| format!("writing key file {}", path.display()))?;
             tracing::info!(path = %path.display(), "generated new key file");
-            Ok(key)
+            Ok(Some(key))
         }
         Err(e) => Err(e).with_context(|| format!("reading key file {}", path.display())),
     }

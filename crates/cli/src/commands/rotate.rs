@@ -69,14 +69,9 @@ pub async fn run(client: &Client, out: Output, args: RotateArgs) -> anyhow::Resu
         runner.name, current.arn
     ));
     steps.done(format!(
-        "Checked AWS secret {}: it holds {}{}.",
+        "Checked AWS secret {}: it holds {}.",
         current.arn,
-        current.value.shape(),
-        current
-            .value
-            .client_id()
-            .map(|id| format!(" with this runner's client_id {id}"))
-            .unwrap_or_default()
+        current.value.describe()
     ));
 
     // The rotation's steps share one id in the audit log.

@@ -197,14 +197,9 @@ pub(super) async fn run(
         "nothing was written: check --secret-id (the ARN or name of the runner's secret) and your AWS credentials";
     let current = read_runners_secret(&aws, secret_id, runner, unchanged).await?;
     steps.done(format!(
-        "Read AWS secret {}: it holds {}{} (version {}).",
+        "Read AWS secret {}: it holds {} (version {}).",
         current.arn,
-        current.value.shape(),
-        current
-            .value
-            .client_id()
-            .map(|id| format!(" with this runner's client_id {id}"))
-            .unwrap_or_default(),
+        current.value.describe(),
         current.version_id
     ));
     let new = new_secret(client, runner, args.secret_stdin).await?;
