@@ -76,6 +76,7 @@ fn print_banner(server: &RunningServer, data_dir: &std::path::Path, dev: bool) {
     say!(
         "  OAuth:     {url}/oauth/token   (metadata: {url}/.well-known/oauth-authorization-server)"
     );
+    say!("  database:  {}", server.database);
     if dev {
         say!(
             "  data dir:  {} (development mode: deleted on exit)",

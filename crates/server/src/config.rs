@@ -44,9 +44,19 @@ pub struct ServerArgs {
     #[arg(long, env = "TETHER_MASTER_KEY_FILE")]
     pub master_key_file: Option<PathBuf>,
 
-    /// Database URL; defaults to SQLite in the data directory (`sqlite://<data-dir>/tether.db`).
+    /// Database URL: `postgres://user:password@host:5432/db` for several replicas on one
+    /// PostgreSQL (15+), or `sqlite://path`; defaults to SQLite in the data directory
+    /// (`<data-dir>/tether.db`). The password is never printed or logged.
     #[arg(long, env = "TETHER_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+
+    /// PostgreSQL: connections this process may hold open.
+    #[arg(long, env = "TETHER_DATABASE_MAX_CONNECTIONS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub database_max_connections: u32,
+
+    /// PostgreSQL: longest one statement may run before the database cancels it.
+    #[arg(long, env = "TETHER_DATABASE_STATEMENT_TIMEOUT_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub database_statement_timeout_seconds: u64,
 
     /// The URL runners and clients use to reach this server; the OAuth issuer. Defaults to http://<listen>.
     #[arg(long, env = "TETHER_PUBLIC_URL")]
@@ -106,7 +116,9 @@ pub struct ServerArgs {
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
-    pub database_url: Option<String>,
+    /// `None`: SQLite in the data directory.
+    pub database_url: Option<tether_store::DatabaseUrl>,
+    pub database_pool: tether_store::PoolSettings,
     /// Key files given explicitly; the ones not given live in the data directory.
     pub key_files: crate::keys::KeyFiles,
     pub public_url: Option<Url>,
@@ -126,6 +138,7 @@ impl ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             data_dir,
             database_url: None,
+            database_pool: Default::default(),
             key_files: Default::default(),
             public_url: None,
             bootstrap_token: None,
@@ -156,15 +169,21 @@ impl ServerArgs {
                 bail!("TETHER_PUBLIC_URL must be an http(s) URL with a host, got {url}");
             }
         }
-        if let Some(db) = &self.database_url {
-            if let Err(why) = tether_store::check_url(db) {
-                bail!("TETHER_DATABASE_URL: {why}");
-            }
-        }
+        let database_url = self
+            .database_url
+            .as_deref()
+            .map(tether_store::DatabaseUrl::parse)
+            .transpose()
+            .map_err(|why| anyhow::anyhow!("TETHER_DATABASE_URL: {why}"))?;
         Ok(ServerConfig {
             listen: self.listen,
             data_dir,
-            database_url: self.database_url,
+            database_url,
+            database_pool: tether_store::PoolSettings {
+                max_connections: self.database_max_connections,
+                statement_timeout: Duration::from_secs(self.database_statement_timeout_seconds),
+                ..Default::default()
+            },
             key_files: crate::keys::KeyFiles {
                 signing: self.signing_key_file,
                 pepper: self.pepper_file,

@@ -33,3 +33,4 @@ pub use config::{LogFormat, ServerArgs, ServerConfig};
 pub use dev::{DevRunner, DevRunnerLauncher};
 pub use services::bootstrap::Bootstrapped;
 pub use startup::{start, RunningServer};
+pub use tether_store::{DatabaseUrl, PoolSettings};

@@ -23,6 +23,9 @@ pub struct RunningServer {
     pub public_url: String,
     /// Set on the first start of a fresh database: what was created, for printing once.
     pub bootstrapped: Option<Bootstrapped>,
+    /// Which database this process runs on, for the banner: the backend and where (a URL without
+    /// its password, or the SQLite file).
+    pub database: String,
     state: AppState,
     shutdown: watch::Sender<bool>,
     serve: JoinHandle<std::io::Result<()>>,
@@ -40,15 +43,19 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700))
         .with_context(|| format!("restricting permissions of {}", config.data_dir.display()))?;
     let keys = keys::KeyMaterial::load(&config.data_dir, &config.key_files)?;
-    let store: Arc<dyn Store> = match &config.database_url {
-        Some(url) => tether_store::open(url)
-            .await
-            .context("opening the database")?,
+    let (store, database): (Arc<dyn Store>, String) = match &config.database_url {
+        Some(url) => (
+            tether_store::open(url, &config.database_pool)
+                .await
+                .with_context(|| format!("opening the database {}", url.redacted()))?,
+            format!("{} ({})", url.backend_name(), url.redacted()),
+        ),
         None => {
             let path = config.data_dir.join("tether.db");
-            tether_store::open_file(&path)
+            let store = tether_store::open_file(&path)
                 .await
-                .with_context(|| format!("opening the database {}", path.display()))?
+                .with_context(|| format!("opening the database {}", path.display()))?;
+            (store, format!("sqlite ({})", path.display()))
         }
     };
     check_keys(store.as_ref(), &keys).await?;
@@ -153,6 +160,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         local_addr,
         public_url,
         bootstrapped,
+        database,
         state,
         shutdown,
         serve,

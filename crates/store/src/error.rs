@@ -34,6 +34,10 @@ pub enum StoreError {
     /// The database URL names no backend this build has.
     #[error("{0}")]
     InvalidUrl(String),
+    /// The database cannot be reached right now (connection lost, no free connection in time):
+    /// worth retrying, unlike [`StoreError::Backend`].
+    #[error("the database is unavailable")]
+    Unavailable(#[source] Box<dyn StdError + Send + Sync>),
     #[error("database error")]
     Backend(#[source] Box<dyn StdError + Send + Sync>),
 }

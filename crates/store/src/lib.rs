@@ -1,4 +1,5 @@
-//! Storage for tether: capability traits the server depends on, and their SQLite implementation.
+//! Storage for tether: capability traits the server depends on, and their two implementations:
+//! SQLite (embedded, the default) and PostgreSQL (for several control-plane replicas).
 //! Every method that changes state takes the audit event describing the change and writes both in
 //! one transaction, so the audit trail can never disagree with the data.
 //!
@@ -12,8 +13,11 @@
 //! a note are single statements or inserts whose constraints decide.
 
 mod error;
+pub mod postgres;
 mod records;
+mod rows;
 pub mod sqlite;
+mod url;
 
 use async_trait::async_trait;
 use tether_domain::{
@@ -24,6 +28,7 @@ use time::OffsetDateTime;
 
 pub use error::{Conflict, StoreError};
 pub use records::*;
+pub use url::{DatabaseUrl, PoolSettings};
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
@@ -31,32 +36,40 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// transaction, so the event records what the transaction did (the caller decides what it says).
 pub type AuditOf<'a, T> = &'a (dyn for<'e> Fn(&'e T) -> NewAuditEvent + Send + Sync);
 
-/// Whether `url` names a backend this build has, without opening anything (for checking the
-/// configuration at start-up). The error is one line for the operator.
-pub fn check_url(url: &str) -> Result<(), String> {
-    if url.starts_with("sqlite:") {
-        Ok(())
-    } else {
-        let scheme = url.split(':').next().unwrap_or_default();
-        Err(format!(
-            "'{scheme}:' URLs are not supported by this build; use a sqlite: URL (or none, for \
-             SQLite in the data directory)"
-        ))
-    }
-}
-
 /// Opens the store a database URL names, applying pending migrations. The only place that knows
 /// which backend a URL means.
-pub async fn open(url: &str) -> StoreResult<std::sync::Arc<dyn Store>> {
-    check_url(url).map_err(StoreError::InvalidUrl)?;
-    Ok(std::sync::Arc::new(
-        sqlite::SqliteStore::open_url(url).await?,
-    ))
+pub async fn open(
+    url: &DatabaseUrl,
+    settings: &PoolSettings,
+) -> StoreResult<std::sync::Arc<dyn Store>> {
+    Ok(match url.backend() {
+        url::Backend::Sqlite => {
+            std::sync::Arc::new(sqlite::SqliteStore::open_url(url.expose()).await?)
+        }
+        url::Backend::Postgres => {
+            std::sync::Arc::new(postgres::PostgresStore::open(url, settings).await?)
+        }
+    })
 }
 
 /// The embedded default: SQLite in the file `path` (created if missing).
 pub async fn open_file(path: &std::path::Path) -> StoreResult<std::sync::Arc<dyn Store>> {
     Ok(std::sync::Arc::new(sqlite::SqliteStore::open(path).await?))
+}
+
+/// A migration error as one line for the operator (both backends run sqlx's migrator).
+fn migrate_error(e: sqlx::migrate::MigrateError) -> StoreError {
+    match e {
+        sqlx::migrate::MigrateError::VersionMismatch(v) => StoreError::Corrupt(format!(
+            "database migration {v} was applied from a different file than this build has (it was \
+             edited after it landed); restore the original migration file"
+        )),
+        sqlx::migrate::MigrateError::VersionMissing(v) => StoreError::Corrupt(format!(
+            "the database has migration {v}, which this build does not know: it was written by a \
+             newer tether; run that version (or newer) instead"
+        )),
+        other => StoreError::Backend(Box::new(other)),
+    }
 }
 
 #[async_trait]
@@ -77,8 +90,8 @@ pub trait RunnerStore: Send + Sync {
     async fn runner_by_name(&self, name: &RunnerName) -> StoreResult<Option<RunnerRecord>>;
     /// Deletes the runner and, with it, every credential generation; its queued and running runs
     /// end as [`tether_domain::RunEnd::runner_deleted`]. False if it did not exist.
-    /// Isolation: the delete locks the runner row first, so a concurrent `create_run` for it
-    /// either commits before (and its run is ended here) or fails on the foreign key.
+    /// Isolation: the delete locks the runner row first, and `create_run` locks it for share, so a
+    /// concurrent run for it either commits before (and is ended here) or fails with `NotFound`.
     async fn delete_runner(&self, id: RunnerId, audit: NewAuditEvent) -> StoreResult<bool>;
     /// Records a runner's newly derived status (not audited: it changes with every connection).
     async fn save_runner_status(&self, id: RunnerId, status: &PersistedStatus) -> StoreResult<()>;
@@ -215,6 +228,7 @@ pub trait PipelineStore: Send + Sync {
 /// or lost, or the last one succeeds.
 #[async_trait]
 pub trait RunStore: Send + Sync {
+    /// `NotFound` if the runner does not exist (any more).
     async fn create_run(&self, run: NewRun, audit: NewAuditEvent) -> StoreResult<RunRecord>;
     async fn run_by_id(&self, id: RunId) -> StoreResult<Option<RunRecord>>;
     /// Newest first.

@@ -1,53 +1,26 @@
 //! Behaviour every storage backend must have, written against `dyn Store`: each check is a
-//! function of a fresh, empty store, and [`conformance!`] runs all of them against one backend
-//! (SQLite today; a second backend adds one line at the end of this file). Checks of one backend's
-//! own mechanics (SQLite's triggers, reopening a file) are plain tests, marked as such.
+//! function of a fresh, empty store, and [`conformance!`] runs each of them against SQLite (a new
+//! file) and against PostgreSQL (a new database on the cluster `scripts/test` starts). Checks of
+//! one backend's own mechanics (SQLite's triggers, reopening a file) are plain tests, marked as
+//! such.
 
 use std::sync::Arc;
 
 use serde_json::json;
 use tether_domain::{
-    ApiToken, ClientId, CredentialState, Description, Generation, Pepper, PipelineName, Platform,
-    Role, RunId, RunState, RunnerId, RunnerName, TaskId, UserId, Username,
+    ApiToken, CredentialState, Generation, Pepper, PipelineName, Platform, Role, RunId, RunState,
+    RunnerId, RunnerName, TaskId, UserId, Username,
 };
 use tether_store::sqlite::SqliteStore;
 use tether_store::{
     to_ms, AuditFilter, AuditStore, CancelOutcome, Conflict, CredentialUse, NewApiToken,
     NewAuditEvent, NewRun, NewRunner, NewUser, NewWebSession, PipelineRecord, RoleChange,
-    RunFilter, RunRecord, RunnerStore, Store, StoreError, TaskProgress, UpdateOutcome,
+    RunFilter, RunnerStore, Store, StoreError, UpdateOutcome,
 };
 use time::OffsetDateTime;
 
-fn ev(action: &str, runner: Option<(RunnerId, &str)>) -> NewAuditEvent {
-    NewAuditEvent {
-        at: OffsetDateTime::now_utc(),
-        actor: "user:test".into(),
-        action: action.into(),
-        runner_id: runner.map(|r| r.0),
-        runner_name: runner.map(|r| r.1.to_owned()),
-        target: None,
-        source_ip: Some("127.0.0.1".into()),
-        detail: json!({"k": 1}),
-    }
-}
-
-/// `ms` milliseconds after the epoch.
-fn ms(ms: i64) -> OffsetDateTime {
-    tether_store::from_ms(ms)
-}
-
-fn new_runner(name: &str) -> NewRunner {
-    NewRunner {
-        id: RunnerId::new(),
-        name: RunnerName::parse(name).expect("name"),
-        description: Description::parse("d").expect("description"),
-        platform: Platform::Gke,
-        client_id: ClientId::generate(),
-        verifier: Pepper::from_bytes([1; 32]).verifier(name),
-        created_at: OffsetDateTime::now_utc(),
-        created_by: "user:test".into(),
-    }
-}
+mod common;
+use common::*;
 
 async fn sqlite() -> (Arc<dyn Store>, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -55,6 +28,15 @@ async fn sqlite() -> (Arc<dyn Store>, tempfile::TempDir) {
         .await
         .expect("open");
     (Arc::new(store), dir)
+}
+
+async fn postgres() -> (Arc<dyn Store>, tether_pgtest::TestDatabase) {
+    let db = tether_pgtest::TestDatabase::create().await;
+    let url = tether_store::DatabaseUrl::parse(db.url()).expect("url");
+    let store = tether_store::postgres::PostgresStore::open(&url, &Default::default())
+        .await
+        .expect("open");
+    (Arc::new(store), db)
 }
 
 async fn runners_round_trip_page_and_delete(store: Arc<dyn Store>) {
@@ -343,16 +325,6 @@ async fn users_tokens_and_bootstrap_once(store: Arc<dyn Store>) {
     );
 }
 
-fn person(name: &str, role: Role) -> NewUser {
-    NewUser {
-        id: UserId::new(),
-        username: Username::parse(name).expect("name"),
-        password_hash: format!("$argon2id$fake-{name}"),
-        role,
-        created_at: OffsetDateTime::now_utc(),
-    }
-}
-
 async fn audit_count(store: &Arc<dyn Store>) -> usize {
     store
         .list_audit(AuditFilter {
@@ -630,51 +602,6 @@ async fn reopening_applies_no_migration_twice() {
     store.ping().await.expect("ping");
 }
 
-fn tasks(names: &[&str]) -> Vec<tether_domain::TaskSpec> {
-    let env = std::collections::BTreeMap::new();
-    let raw: Vec<tether_domain::pipeline::RawTask<'_>> = names
-        .iter()
-        .map(|n| tether_domain::pipeline::RawTask {
-            name: n,
-            run: "true",
-            env: &env,
-            timeout_seconds: None,
-        })
-        .collect();
-    tether_domain::pipeline::parse_tasks(&raw).expect("tasks")
-}
-
-async fn queued_run(store: &Arc<dyn Store>, runner: &NewRunner, names: &[&str]) -> RunRecord {
-    let run = NewRun {
-        id: RunId::new(),
-        pipeline: PipelineName::parse("p").expect("name"),
-        runner_id: runner.id,
-        runner_name: runner.name.clone(),
-        tasks: tasks(names)
-            .into_iter()
-            .map(|t| (TaskId::new(), t))
-            .collect(),
-        created_at: OffsetDateTime::now_utc(),
-        created_by: "user:test".into(),
-    };
-    store
-        .create_run(run, ev("run.created", None))
-        .await
-        .expect("run")
-}
-
-fn progress(task: TaskId, seq: u64, state: RunState, log: Option<&str>) -> TaskProgress {
-    TaskProgress {
-        task_id: task,
-        seq,
-        state,
-        log_chunk: log.map(str::to_owned),
-        exit_code: state.is_final().then_some(0),
-        reason: None,
-        at: OffsetDateTime::now_utc(),
-    }
-}
-
 async fn pipelines_are_replaced_in_place_and_deleted(store: Arc<dyn Store>) {
     let name = PipelineName::parse("build").expect("name");
     let first = PipelineRecord {
@@ -938,28 +865,30 @@ async fn cancel_lost_and_runner_deletion_end_runs(store: Arc<dyn Store>) {
         .expect("list");
     assert_eq!(all.len(), 4);
     assert_eq!(all[0].id, active.id, "newest first");
+    // A run for the deleted runner is refused and leaves nothing behind.
+    let late = NewRun {
+        id: RunId::new(),
+        pipeline: PipelineName::parse("p").expect("name"),
+        runner_id: runner.id,
+        runner_name: runner.name.clone(),
+        tasks: tasks(&["a"])
+            .into_iter()
+            .map(|t| (TaskId::new(), t))
+            .collect(),
+        created_at: OffsetDateTime::now_utc(),
+        created_by: "user:test".into(),
+    };
+    let late_id = late.id;
+    assert!(matches!(
+        store.create_run(late, ev("run.created", None)).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(store.run_by_id(late_id).await.expect("get").is_none());
 }
 
 // ---------------------------------------------------------------------------------------------
 // RotationStore: the headline feature's storage
 // ---------------------------------------------------------------------------------------------
-
-fn generation_of(
-    pepper_input: &str,
-    runner: RunnerId,
-    mode: tether_store::RotationMode,
-) -> tether_store::NewGeneration {
-    let now = OffsetDateTime::now_utc();
-    tether_store::NewGeneration {
-        runner_id: runner,
-        verifier: Pepper::from_bytes([1; 32]).verifier(pepper_input),
-        sealed_secret: pepper_input.as_bytes().to_vec(),
-        reveal_until: now + time::Duration::minutes(15),
-        mode,
-        at: now,
-        created_by: "user:alice".into(),
-    }
-}
 
 fn grace_ended(e: &tether_store::ExpiredGeneration) -> NewAuditEvent {
     ev(
@@ -1289,8 +1218,13 @@ async fn key_fingerprints_are_recorded_on_first_start_and_kept(store: Arc<dyn St
 
 /// Runs every check above against one backend; `$open` makes a fresh, empty store and whatever
 /// must live as long as it (a temporary directory, a throwaway database).
+/// Runs every check against each backend: `sqlite::<check>` and `postgres::<check>`.
 macro_rules! conformance {
-    ($backend:ident, $open:path; $($check:ident),* $(,)?) => {
+    ($($check:ident),* $(,)?) => {
+        conformance!(@backend sqlite, crate::sqlite; $($check),*);
+        conformance!(@backend postgres, crate::postgres; $($check),*);
+    };
+    (@backend $backend:ident, $open:path; $($check:ident),*) => {
         mod $backend {
             $(
                 #[tokio::test]
@@ -1303,7 +1237,7 @@ macro_rules! conformance {
     };
 }
 
-conformance!(sqlite, crate::sqlite;
+conformance!(
     key_fingerprints_are_recorded_on_first_start_and_kept,
     refresh_revokes_or_retires_bumps_the_version_and_records_who_revoked,
     a_refresh_of_a_missing_runner_is_not_found_and_writes_nothing,

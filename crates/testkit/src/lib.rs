@@ -1,5 +1,10 @@
-//! Test helpers: a real tether control plane on a loopback port with its own SQLite database in a
-//! temporary directory, and a [`TestApp`] with one helper per endpoint.
+//! Test helpers: a real tether control plane on a loopback port with its own database, and a
+//! [`TestApp`] with one helper per endpoint.
+//!
+//! The database is SQLite in the app's temporary directory, or, when `TETHER_TEST_BACKEND` is
+//! `postgres`, a fresh PostgreSQL database on the cluster `scripts/test` starts (see
+//! `tether_pgtest`): `scripts/test` runs the credential, session and pipeline suites a second time
+//! that way. Any other value of the variable fails the test.
 
 use std::time::Duration;
 
@@ -19,6 +24,23 @@ pub struct TestApp {
     pub data_dir: tempfile::TempDir,
     config: ServerConfig,
     server: Option<RunningServer>,
+    /// The PostgreSQL database of this app, dropped after the server (field order).
+    _database: Option<tether_pgtest::TestDatabase>,
+}
+
+/// A database for a test's server: `None` (SQLite in its data directory) or a fresh PostgreSQL
+/// database, as `TETHER_TEST_BACKEND` says. Keep the returned value alive as long as the server.
+pub async fn test_database() -> Option<tether_pgtest::TestDatabase> {
+    if tether_pgtest::TestDatabase::wanted() {
+        Some(tether_pgtest::TestDatabase::create().await)
+    } else {
+        None
+    }
+}
+
+/// The `--database-url` of a test database.
+pub fn database_url(db: &tether_pgtest::TestDatabase) -> tether_server::DatabaseUrl {
+    tether_server::DatabaseUrl::parse(db.url()).expect("test database URL")
 }
 
 /// A response with its body read.
@@ -76,6 +98,8 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut ServerConfig)) -> TestApp {
     config.bootstrap_token =
         Some(ApiToken::parse_supplied(&admin_token).expect("valid bootstrap token"));
     config.flush_interval = Duration::from_millis(200);
+    let database = test_database().await;
+    config.database_url = database.as_ref().map(database_url);
     adjust(&mut config);
     let server = tether_server::start(config.clone())
         .await
@@ -90,6 +114,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut ServerConfig)) -> TestApp {
         data_dir,
         config,
         server: Some(server),
+        _database: database,
     }
 }
 

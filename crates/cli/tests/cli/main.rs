@@ -4,6 +4,7 @@
 mod admin;
 mod apply;
 mod credentials;
+mod database;
 mod local_apply;
 mod pipelines;
 mod procs;

@@ -60,6 +60,8 @@ pub struct ServerProc {
     pub addr: String,
     pub data_dir: PathBuf,
     _dir: Option<tempfile::TempDir>,
+    /// With `TETHER_TEST_BACKEND=postgres`, this server's database (kept across restarts).
+    database: Option<std::sync::Arc<tether_pgtest::TestDatabase>>,
 }
 
 impl ServerProc {
@@ -85,6 +87,17 @@ impl ServerProc {
     }
 
     fn spawn(data_dir: &Path, listen: &str, extra: &[(&str, &str)]) -> Self {
+        let database = tether_pgtest::TestDatabase::wanted()
+            .then(|| std::sync::Arc::new(tether_pgtest::TestDatabase::create_blocking()));
+        Self::spawn_on(data_dir, listen, extra, database)
+    }
+
+    fn spawn_on(
+        data_dir: &Path,
+        listen: &str,
+        extra: &[(&str, &str)],
+        database: Option<std::sync::Arc<tether_pgtest::TestDatabase>>,
+    ) -> Self {
         let log = std::fs::File::create(data_dir.with_extension("server.log")).expect("log");
         let mut child = Command::new(BIN)
             .args(["server", "--listen", listen, "--data-dir"])
@@ -93,6 +106,11 @@ impl ServerProc {
             .env("TETHER_HEARTBEAT_SECONDS", "1")
             .env("TETHER_FLUSH_SECONDS", "1")
             .env("TETHER_LOST_AFTER_SECONDS", "8")
+            .envs(
+                database
+                    .as_ref()
+                    .map(|db| ("TETHER_DATABASE_URL", db.url())),
+            )
             .envs(extra.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -116,6 +134,7 @@ impl ServerProc {
             addr,
             data_dir: data_dir.to_path_buf(),
             _dir: None,
+            database,
         }
     }
 
@@ -134,7 +153,7 @@ impl ServerProc {
 
     /// Starts a new server on the same address and data directory (the old one has exited).
     pub fn start_again(&mut self) {
-        let mut next = Self::start_at(&self.data_dir, &self.addr);
+        let mut next = Self::spawn_on(&self.data_dir, &self.addr, &[], self.database.clone());
         next._dir = self._dir.take();
         *self = next;
     }
@@ -225,7 +244,7 @@ impl Drop for RunnerProc {
     }
 }
 
-fn wait_child(child: &mut Child, within: Duration) -> Option<i32> {
+pub fn wait_child(child: &mut Child, within: Duration) -> Option<i32> {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
         if let Some(status) = child.try_wait().expect("wait") {

@@ -49,6 +49,8 @@ pub enum ApiError {
     PayloadTooLarge,
     MethodNotAllowed,
     RouteNotFound,
+    /// The database cannot be reached right now (503, with `Retry-After`).
+    Unavailable(anyhow::Error),
     Internal(anyhow::Error),
 }
 
@@ -73,6 +75,7 @@ impl From<ServiceError> for ApiError {
                 code: "runs_in_progress",
                 detail,
             },
+            ServiceError::Unavailable(e) => ApiError::Unavailable(e),
             ServiceError::Internal(e) => ApiError::Internal(e),
         }
     }
@@ -153,6 +156,16 @@ impl IntoResponse for ApiError {
                 "no such endpoint; see /api/v1/openapi.json".to_owned(),
                 None,
             ),
+            ApiError::Unavailable(e) => {
+                tracing::warn!(error = format!("{e:#}"), "request failed: database unavailable");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily_unavailable",
+                    "Temporarily unavailable",
+                    "the server cannot reach its database right now; nothing was changed, try again shortly".to_owned(),
+                    None,
+                )
+            }
             ApiError::Internal(e) => {
                 tracing::error!(error = format!("{e:#}"), "request failed");
                 (
@@ -179,6 +192,9 @@ impl IntoResponse for ApiError {
         let mut response = (status, axum::Json(body)).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         if status == StatusCode::UNAUTHORIZED {
             headers.insert(
                 header::WWW_AUTHENTICATE,

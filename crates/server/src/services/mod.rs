@@ -3,11 +3,12 @@
 //! (`crate::events`), and return domain types, store records or their own read models.
 //!
 //! Errors, layer by layer:
-//! - the store returns [`StoreError`] (`NotFound`, `Conflict(Conflict)`, `Corrupt`, `Backend`);
-//!   a backend never leaks a driver type;
+//! - the store returns [`StoreError`] (`NotFound`, `Conflict(Conflict)`, `Corrupt`, `Unavailable`,
+//!   `Backend`); a backend never leaks a driver type;
 //! - services turn the expected ones into a [`ServiceError`] with a stable code (`Conflict::RunnerName`
 //!   → `runner_name_taken`, a runner deleted meanwhile → `runner_not_found`) and every other one
-//!   into `ServiceError::Internal` through [`StoreContext::op`], which names the store operation;
+//!   into `ServiceError::Internal` (or `Unavailable`, when the database cannot be reached: worth
+//!   a retry) through [`StoreContext::op`], which names the store operation;
 //!   there is no blanket conversion, so no store call goes without it;
 //! - the HTTP edge maps each `ServiceError` to one problem+json type (`http::error::ApiError`) or
 //!   one page (`http::web::WebError`); an internal error is logged once, inside the request span
@@ -49,6 +50,9 @@ pub enum ServiceError {
         detail: String,
         runs: Vec<tether_store::RunRecord>,
     },
+    /// The database cannot be reached right now; the caller may retry.
+    #[error("temporarily unavailable")]
+    Unavailable(anyhow::Error),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -63,7 +67,13 @@ pub(crate) trait StoreContext<T> {
 impl<T> StoreContext<T> for Result<T, StoreError> {
     fn op(self, operation: &'static str) -> Result<T, ServiceError> {
         self.map_err(|e| {
-            ServiceError::Internal(anyhow::Error::new(e).context(format!("store.{operation}")))
+            let unavailable = matches!(e, StoreError::Unavailable(_));
+            let e = anyhow::Error::new(e).context(format!("store.{operation}"));
+            if unavailable {
+                ServiceError::Unavailable(e)
+            } else {
+                ServiceError::Internal(e)
+            }
         })
     }
 }

@@ -104,7 +104,7 @@ async fn a_process_with_other_keys_than_the_database_refuses_to_start() {
     );
     let config = |dir: &std::path::Path| {
         let mut c = ServerConfig::new(dir.to_path_buf());
-        c.database_url = Some(url.clone());
+        c.database_url = Some(tether_server::DatabaseUrl::parse(&url).expect("url"));
         c
     };
 

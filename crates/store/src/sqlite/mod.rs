@@ -18,6 +18,7 @@ use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlitePool;
 
+pub(crate) use crate::rows::corrupt;
 use crate::{Conflict, NewAuditEvent, Store, StoreError, StoreResult};
 
 /// Embedded migrations (`migrations/sqlite/NNNN_name.sql`), applied in order, each once, with a
@@ -76,17 +77,7 @@ impl SqliteStore {
 
 async fn migrate(pool: &SqlitePool) -> StoreResult<()> {
     bridge_hand_rolled_migrations(pool).await?;
-    MIGRATOR.run(pool).await.map_err(|e| match e {
-        sqlx::migrate::MigrateError::VersionMismatch(v) => StoreError::Corrupt(format!(
-            "database migration {v} was applied from a different file than this build has (it was \
-             edited after it landed); restore the original migration file"
-        )),
-        sqlx::migrate::MigrateError::VersionMissing(v) => StoreError::Corrupt(format!(
-            "the database has migration {v}, which this build does not know: it was written by a \
-             newer tether; run that version (or newer) instead"
-        )),
-        other => StoreError::Backend(Box::new(other)),
-    })
+    MIGRATOR.run(pool).await.map_err(crate::migrate_error)
 }
 
 /// Databases made before migrations had checksums record them in `schema_migrations` (version,
@@ -199,10 +190,6 @@ pub(crate) fn backend(e: sqlx::Error) -> StoreError {
         }
     }
     StoreError::Backend(Box::new(e))
-}
-
-pub(crate) fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt(format!("{what}: {e}"))
 }
 
 pub(crate) async fn insert_audit<'c, E>(exec: E, ev: &NewAuditEvent) -> StoreResult<()>

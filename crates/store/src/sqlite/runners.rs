@@ -2,73 +2,25 @@
 //! generations the token endpoint reads (`CredentialStore`), their use, and revoked access tokens.
 
 use async_trait::async_trait;
-use sqlx::sqlite::SqliteRow;
-use sqlx::Row;
-use tether_domain::{
-    ClientId, CredentialState, CredentialsVersion, Description, Generation, Platform, RunnerId,
-    RunnerName, RunnerStatus, Verifier,
-};
+use tether_domain::{ClientId, Generation, RunnerId, RunnerName};
 use time::OffsetDateTime;
 
-use super::{backend, corrupt, insert_audit, SqliteStore};
+use super::{backend, insert_audit, SqliteStore};
+use crate::rows::{self, ClientRow, RunnerRow, CLIENT_SELECT, RUNNER_COLUMNS};
 use crate::{
-    from_ms, to_ms, ClientRecord, CredentialRecord, CredentialStore, CredentialUse, NewAuditEvent,
-    NewRunner, PersistedStatus, RunnerRecord, RunnerStore, StoreResult,
+    from_ms, to_ms, ClientRecord, CredentialStore, CredentialUse, NewAuditEvent, NewRunner,
+    PersistedStatus, RunnerRecord, RunnerStore, StoreResult,
 };
-
-const RUNNER_COLUMNS: &str = "r.id, r.name, r.description, r.platform, r.client_id, r.created_at, r.created_by,
-     r.status, r.status_reason, r.status_since, r.last_seen_at, r.runner_version, r.paused_by, r.paused_until,
-     (SELECT c.generation FROM credentials c WHERE c.runner_id = r.id AND c.state = 'active') AS generation,
-     (SELECT MAX(c.expires_at) FROM credentials c WHERE c.runner_id = r.id AND c.state = 'retiring') AS retiring_until";
-
-fn runner_from_row(row: &SqliteRow) -> StoreResult<RunnerRecord> {
-    let get = |col: &str| row.try_get::<String, _>(col).map_err(backend);
-    Ok(RunnerRecord {
-        id: get("id")?.parse().map_err(|e| corrupt("runners.id", e))?,
-        name: RunnerName::parse(&get("name")?).map_err(|e| corrupt("runners.name", e))?,
-        description: Description::parse(&get("description")?)
-            .map_err(|e| corrupt("runners.description", e))?,
-        platform: Platform::parse(&get("platform")?).map_err(|e| corrupt("runners.platform", e))?,
-        client_id: ClientId::parse(&get("client_id")?)
-            .map_err(|e| corrupt("runners.client_id", e))?,
-        generation: Generation(
-            row.try_get::<Option<u32>, _>("generation")
-                .map_err(backend)?
-                .unwrap_or(0),
-        ),
-        created_at: from_ms(row.try_get("created_at").map_err(backend)?),
-        created_by: get("created_by")?,
-        status: PersistedStatus {
-            status: RunnerStatus::parse(&get("status")?)
-                .ok_or_else(|| corrupt("runners.status", "unknown status"))?,
-            reason: get("status_reason")?,
-            since: from_ms(row.try_get::<i64, _>("status_since").map_err(backend)?)
-                .max(from_ms(row.try_get("created_at").map_err(backend)?)),
-            last_seen_at: opt_time(row, "last_seen_at")?,
-            runner_version: row.try_get("runner_version").map_err(backend)?,
-        },
-        paused_by: row.try_get("paused_by").map_err(backend)?,
-        paused_until: opt_time(row, "paused_until")?,
-        retiring_until: opt_time(row, "retiring_until")?,
-    })
-}
-
-fn opt_time(row: &SqliteRow, col: &str) -> StoreResult<Option<time::OffsetDateTime>> {
-    Ok(row
-        .try_get::<Option<i64>, _>(col)
-        .map_err(backend)?
-        .map(from_ms))
-}
 
 impl SqliteStore {
     async fn fetch_runner(&self, clause: &str, key: &str) -> StoreResult<Option<RunnerRecord>> {
         let sql = format!("SELECT {RUNNER_COLUMNS} FROM runners r WHERE {clause}");
-        let row = sqlx::query(&sql)
+        let row: Option<RunnerRow> = sqlx::query_as(&sql)
             .bind(key)
             .fetch_optional(&self.reader)
             .await
             .map_err(backend)?;
-        row.as_ref().map(runner_from_row).transpose()
+        row.map(RunnerRecord::try_from).transpose()
     }
 }
 
@@ -122,13 +74,13 @@ impl RunnerStore for SqliteStore {
         // UUIDv7 text sorts in creation order.
         let sql =
             format!("SELECT {RUNNER_COLUMNS} FROM runners r WHERE r.id > ? ORDER BY r.id LIMIT ?");
-        let rows = sqlx::query(&sql)
+        let rows: Vec<RunnerRow> = sqlx::query_as(&sql)
             .bind(after.map(|a| a.to_string()).unwrap_or_default())
             .bind(limit)
             .fetch_all(&self.reader)
             .await
             .map_err(backend)?;
-        rows.iter().map(runner_from_row).collect()
+        rows.into_iter().map(RunnerRecord::try_from).collect()
     }
 
     async fn runner_by_id(&self, id: RunnerId) -> StoreResult<Option<RunnerRecord>> {
@@ -232,82 +184,19 @@ impl RunnerStore for SqliteStore {
         .fetch_all(&self.reader)
         .await
         .map_err(backend)?;
-        rows.into_iter()
-            .map(|(id, name)| {
-                Ok((
-                    id.parse().map_err(|e| corrupt("runners.id", e))?,
-                    RunnerName::parse(&name).map_err(|e| corrupt("runners.name", e))?,
-                ))
-            })
-            .collect()
+        rows::runner_refs(rows)
     }
 }
 
 #[async_trait]
 impl CredentialStore for SqliteStore {
     async fn client_by_id(&self, client_id: &ClientId) -> StoreResult<Option<ClientRecord>> {
-        let rows = sqlx::query(
-            "SELECT r.id, r.name, r.credentials_version, c.generation, c.state, c.verifier, c.created_at,
-                    c.expires_at, c.first_token_at, c.created_by, c.last_used_at, c.revoked_at, c.revoked_by
-             FROM runners r JOIN credentials c ON c.runner_id = r.id
-             WHERE r.client_id = ? ORDER BY c.generation DESC",
-        )
-        .bind(client_id.as_str())
-        .fetch_all(&self.reader)
-        .await
-        .map_err(backend)?;
-        let Some(first) = rows.first() else {
-            return Ok(None);
-        };
-        let runner_id: RunnerId = first
-            .try_get::<String, _>("id")
-            .map_err(backend)?
-            .parse()
-            .map_err(|e| corrupt("runners.id", e))?;
-        let runner_name = RunnerName::parse(&first.try_get::<String, _>("name").map_err(backend)?)
-            .map_err(|e| corrupt("runners.name", e))?;
-        let generations = rows
-            .iter()
-            .map(|row| {
-                let verifier: Vec<u8> = row.try_get("verifier").map_err(backend)?;
-                Ok(CredentialRecord {
-                    generation: Generation(row.try_get("generation").map_err(backend)?),
-                    state: CredentialState::parse(
-                        &row.try_get::<String, _>("state").map_err(backend)?,
-                    )
-                    .map_err(|e| corrupt("credentials.state", e))?,
-                    verifier: Verifier::from_slice(&verifier)
-                        .ok_or_else(|| corrupt("credentials.verifier", "wrong length"))?,
-                    created_at: from_ms(row.try_get("created_at").map_err(backend)?),
-                    expires_at: row
-                        .try_get::<Option<i64>, _>("expires_at")
-                        .map_err(backend)?
-                        .map(from_ms),
-                    first_token_at: row
-                        .try_get::<Option<i64>, _>("first_token_at")
-                        .map_err(backend)?
-                        .map(from_ms),
-                    created_by: row.try_get("created_by").map_err(backend)?,
-                    last_used_at: row
-                        .try_get::<Option<i64>, _>("last_used_at")
-                        .map_err(backend)?
-                        .map(from_ms),
-                    revoked_at: row
-                        .try_get::<Option<i64>, _>("revoked_at")
-                        .map_err(backend)?
-                        .map(from_ms),
-                    revoked_by: row.try_get("revoked_by").map_err(backend)?,
-                })
-            })
-            .collect::<StoreResult<Vec<_>>>()?;
-        let version = CredentialsVersion(first.try_get("credentials_version").map_err(backend)?);
-        Ok(Some(ClientRecord {
-            runner_id,
-            runner_name,
-            client_id: client_id.clone(),
-            version,
-            generations,
-        }))
+        let rows: Vec<ClientRow> = sqlx::query_as(CLIENT_SELECT)
+            .bind(client_id.as_str())
+            .fetch_all(&self.reader)
+            .await
+            .map_err(backend)?;
+        rows::client_from_rows(client_id, rows)
     }
 
     async fn record_credential_use(&self, uses: &[CredentialUse]) -> StoreResult<()> {

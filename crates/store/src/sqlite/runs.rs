@@ -3,80 +3,23 @@
 //! seen half-done; how a run ends is the domain's rule ([`RunEnd`]).
 
 use async_trait::async_trait;
-use serde_json::json;
-use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{Sqlite, Transaction};
 use tether_domain::{RunEnd, RunId, RunState, RunnerId};
 
-use super::task_queue::{assigned_from_row, ASSIGNED_SELECT};
-use super::{backend, corrupt, insert_audit, SqliteStore};
+use super::{backend, insert_audit, SqliteStore};
+use crate::rows::{self, AssignedRow, RunRow, TaskRow, ASSIGNED_SELECT, RUN_COLUMNS, TASKS_SELECT};
 use crate::{
-    from_ms, to_ms, CancelOutcome, NewAuditEvent, NewRun, RunFilter, RunRecord, RunStore,
+    to_ms, AssignedTask, CancelOutcome, NewAuditEvent, NewRun, RunFilter, RunRecord, RunStore,
     RunTaskRecord, StoreResult,
 };
 
-pub(super) fn state(row: &SqliteRow, col: &str) -> StoreResult<RunState> {
-    let s: String = row.try_get(col).map_err(backend)?;
-    RunState::parse(&s).map_err(|e| corrupt(col, e))
-}
-
-fn opt_time(row: &SqliteRow, col: &str) -> StoreResult<Option<time::OffsetDateTime>> {
-    Ok(row
-        .try_get::<Option<i64>, _>(col)
-        .map_err(backend)?
-        .map(from_ms))
-}
-
-pub(super) fn id<T: std::str::FromStr>(row: &SqliteRow, col: &str) -> StoreResult<T>
-where
-    T::Err: std::fmt::Display,
-{
-    let s: String = row.try_get(col).map_err(backend)?;
-    s.parse().map_err(|e| corrupt(col, e))
-}
-
-const RUN_COLUMNS: &str =
-    "id, pipeline, runner_id, runner_name, state, reason, created_at, created_by,
-     started_at, finished_at, cancel_requested_by";
-
-fn run_from_row(row: &SqliteRow, tasks: Vec<RunTaskRecord>) -> StoreResult<RunRecord> {
-    Ok(RunRecord {
-        id: id(row, "id")?,
-        pipeline: row.try_get("pipeline").map_err(backend)?,
-        runner_id: id(row, "runner_id")?,
-        runner_name: row.try_get("runner_name").map_err(backend)?,
-        state: state(row, "state")?,
-        reason: row.try_get("reason").map_err(backend)?,
-        created_at: from_ms(row.try_get("created_at").map_err(backend)?),
-        created_by: row.try_get("created_by").map_err(backend)?,
-        started_at: opt_time(row, "started_at")?,
-        finished_at: opt_time(row, "finished_at")?,
-        cancel_requested_by: row.try_get("cancel_requested_by").map_err(backend)?,
-        tasks,
-    })
-}
-
-fn task_from_row(row: &SqliteRow) -> StoreResult<RunTaskRecord> {
-    Ok(RunTaskRecord {
-        id: id(row, "id")?,
-        name: row.try_get("name").map_err(backend)?,
-        state: state(row, "state")?,
-        exit_code: row.try_get("exit_code").map_err(backend)?,
-        reason: row.try_get("reason").map_err(backend)?,
-        instance_id: row.try_get("instance_id").map_err(backend)?,
-        started_at: opt_time(row, "started_at")?,
-        finished_at: opt_time(row, "finished_at")?,
-    })
-}
-
 impl SqliteStore {
     /// Loads runs' tasks and assembles the records, keeping the order of `rows`.
-    async fn runs_with_tasks(&self, rows: Vec<SqliteRow>) -> StoreResult<Vec<RunRecord>> {
+    async fn runs_with_tasks(&self, rows: Vec<RunRow>) -> StoreResult<Vec<RunRecord>> {
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
-            let run_id: String = row.try_get("id").map_err(backend)?;
-            let tasks = load_tasks(&self.reader, &run_id).await?;
-            out.push(run_from_row(&row, tasks)?);
+            let tasks = load_tasks(&self.reader, &row.id).await?;
+            out.push(row.into_record(tasks)?);
         }
         Ok(out)
     }
@@ -85,13 +28,13 @@ impl SqliteStore {
         tx: &mut Transaction<'_, Sqlite>,
         id: &str,
     ) -> StoreResult<RunRecord> {
-        let row = sqlx::query(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?"))
+        let row: RunRow = sqlx::query_as(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?"))
             .bind(id)
             .fetch_one(&mut **tx)
             .await
             .map_err(backend)?;
         let tasks = load_tasks(&mut **tx, id).await?;
-        run_from_row(&row, tasks)
+        row.into_record(tasks)
     }
 }
 
@@ -100,17 +43,12 @@ async fn load_tasks<'c, E>(exec: E, run_id: &str) -> StoreResult<Vec<RunTaskReco
 where
     E: sqlx::Executor<'c, Database = Sqlite>,
 {
-    sqlx::query(
-        "SELECT id, name, state, exit_code, reason, instance_id, started_at, finished_at
-         FROM run_tasks WHERE run_id = ? ORDER BY idx",
-    )
-    .bind(run_id)
-    .fetch_all(exec)
-    .await
-    .map_err(backend)?
-    .iter()
-    .map(task_from_row)
-    .collect()
+    let rows: Vec<TaskRow> = sqlx::query_as(TASKS_SELECT)
+        .bind(run_id)
+        .fetch_all(exec)
+        .await
+        .map_err(backend)?;
+    rows.into_iter().map(RunTaskRecord::try_from).collect()
 }
 
 /// Ends a run as `end` says and cancels its tasks that never started.
@@ -180,6 +118,14 @@ pub(crate) async fn end_active_runs(
 impl RunStore for SqliteStore {
     async fn create_run(&self, run: NewRun, audit: NewAuditEvent) -> StoreResult<RunRecord> {
         let mut tx = self.writer.begin().await.map_err(backend)?;
+        let runner: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM runners WHERE id = ?)")
+            .bind(run.runner_id.to_string())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(backend)?;
+        if !runner {
+            return Err(crate::StoreError::NotFound);
+        }
         let run_id = run.id.to_string();
         sqlx::query(
             "INSERT INTO runs (id, pipeline, runner_id, runner_name, state, created_at, created_by)
@@ -204,7 +150,7 @@ impl RunStore for SqliteStore {
             .bind(idx as i64)
             .bind(t.name.as_str())
             .bind(&t.run)
-            .bind(json!(t.env).to_string())
+            .bind(rows::env_to_json(&t.env))
             .bind(t.timeout_seconds.map(|s| s as i64))
             .execute(&mut *tx)
             .await
@@ -217,16 +163,17 @@ impl RunStore for SqliteStore {
     }
 
     async fn run_by_id(&self, run: RunId) -> StoreResult<Option<RunRecord>> {
-        let row = sqlx::query(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?"))
-            .bind(run.to_string())
-            .fetch_optional(&self.reader)
-            .await
-            .map_err(backend)?;
+        let row: Option<RunRow> =
+            sqlx::query_as(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?"))
+                .bind(run.to_string())
+                .fetch_optional(&self.reader)
+                .await
+                .map_err(backend)?;
         Ok(self.runs_with_tasks(row.into_iter().collect()).await?.pop())
     }
 
     async fn list_runs(&self, filter: RunFilter) -> StoreResult<Vec<RunRecord>> {
-        let rows = sqlx::query(&format!(
+        let rows: Vec<RunRow> = sqlx::query_as(&format!(
             "SELECT {RUN_COLUMNS} FROM runs
              WHERE (?1 IS NULL OR runner_id = ?1) AND (?2 IS NULL OR state = ?2) AND (?3 IS NULL OR id < ?3)
              ORDER BY id DESC LIMIT ?4"
@@ -243,7 +190,7 @@ impl RunStore for SqliteStore {
 
     async fn run_log(&self, run: RunId, offset: u64) -> StoreResult<String> {
         let offset = i64::try_from(offset).unwrap_or(i64::MAX);
-        let rows = sqlx::query(
+        let chunks: Vec<(i64, String)> = sqlx::query_as(
             "SELECT start, chunk FROM run_logs WHERE run_id = ? AND start + bytes > ? ORDER BY start",
         )
         .bind(run.to_string())
@@ -251,18 +198,7 @@ impl RunStore for SqliteStore {
         .fetch_all(&self.reader)
         .await
         .map_err(backend)?;
-        let mut out = String::new();
-        for row in rows {
-            let start: i64 = row.try_get("start").map_err(backend)?;
-            let chunk: String = row.try_get("chunk").map_err(backend)?;
-            let skip = usize::try_from(offset.saturating_sub(start)).unwrap_or(0);
-            // An offset inside a character (a client that counted wrongly) resumes at the next one.
-            let from = (skip..=chunk.len())
-                .find(|&i| chunk.is_char_boundary(i))
-                .unwrap_or(chunk.len());
-            out.push_str(&chunk[from..]);
-        }
-        Ok(out)
+        Ok(rows::assemble_log(offset, chunks))
     }
 
     async fn cancel_run(&self, run: RunId, audit: NewAuditEvent) -> StoreResult<CancelOutcome> {
@@ -282,13 +218,15 @@ impl RunStore for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(backend)?;
-        let running = sqlx::query(&format!("{ASSIGNED_SELECT} AND t.run_id = ?"))
-            .bind(&run_id)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(backend)?
-            .iter()
-            .map(assigned_from_row)
+        let running: Vec<AssignedRow> =
+            sqlx::query_as(&format!("{ASSIGNED_SELECT} AND t.run_id = ?"))
+                .bind(&run_id)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(backend)?;
+        let running = running
+            .into_iter()
+            .map(AssignedTask::try_from)
             .collect::<StoreResult<Vec<_>>>()?;
         if running.is_empty() {
             finish_run(&mut tx, &run_id, &RunEnd::cancelled_by(&by), at).await?;

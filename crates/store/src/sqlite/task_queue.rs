@@ -2,67 +2,18 @@
 //! and the updates instances send back. A claim is one conditional update, so a task is never
 //! handed to two instances.
 
-use std::collections::BTreeMap;
-
 use async_trait::async_trait;
-use sqlx::sqlite::SqliteRow;
-use sqlx::Row;
-use tether_domain::pipeline::{parse_tasks, RawTask};
 use tether_domain::{RunEnd, RunState, RunnerId, TaskEnd, TaskId};
 use time::OffsetDateTime;
 
-use super::runs::{finish_run, id, state};
-use super::{backend, corrupt, SqliteStore};
-use crate::{
-    from_ms, to_ms, AssignedTask, ReadyTask, RunRecord, StoreResult, TaskProgress, TaskQueue,
-    UpdateOutcome,
+use super::runs::finish_run;
+use super::{backend, SqliteStore};
+use crate::rows::{
+    self, AssignedRow, ReadyRow, UpdateTargetRow, ASSIGNED_SELECT, READY_SELECT, READY_WHERE,
 };
-
-pub(super) fn assigned_from_row(row: &SqliteRow) -> StoreResult<AssignedTask> {
-    Ok(AssignedTask {
-        task_id: id(row, "id")?,
-        run_id: id(row, "run_id")?,
-        runner_id: id(row, "runner_id")?,
-        instance_id: row
-            .try_get::<Option<String>, _>("instance_id")
-            .map_err(backend)?
-            .unwrap_or_default(),
-        assigned_at: from_ms(
-            row.try_get::<Option<i64>, _>("assigned_at")
-                .map_err(backend)?
-                .unwrap_or(0),
-        ),
-        last_seq: row.try_get::<i64, _>("last_seq").map_err(backend)? as u64,
-    })
-}
-
-pub(super) const ASSIGNED_SELECT: &str =
-    "SELECT t.id, t.run_id, r.runner_id, t.instance_id, t.assigned_at, t.last_seq
-     FROM run_tasks t JOIN runs r ON r.id = t.run_id WHERE t.state = 'running'";
-
-fn ready_from_row(row: &SqliteRow) -> StoreResult<ReadyTask> {
-    let env: String = row.try_get("env").map_err(backend)?;
-    let env: BTreeMap<String, String> =
-        serde_json::from_str(&env).map_err(|e| corrupt("run_tasks.env", e))?;
-    let name: String = row.try_get("name").map_err(backend)?;
-    let run: String = row.try_get("command").map_err(backend)?;
-    let timeout: Option<i64> = row.try_get("timeout_seconds").map_err(backend)?;
-    let spec = parse_tasks(&[RawTask {
-        name: &name,
-        run: &run,
-        env: &env,
-        timeout_seconds: timeout.map(|s| s as u64),
-    }])
-    .map_err(|e| corrupt("run_tasks", format!("{}: {}", e.field, e.error)))?
-    .pop()
-    .ok_or_else(|| corrupt("run_tasks", "empty task"))?;
-    Ok(ReadyTask {
-        task_id: id(row, "id")?,
-        run_id: id(row, "run_id")?,
-        pipeline: row.try_get("pipeline").map_err(backend)?,
-        spec,
-    })
-}
+use crate::{
+    to_ms, AssignedTask, ReadyTask, RunRecord, StoreResult, TaskProgress, TaskQueue, UpdateOutcome,
+};
 
 #[async_trait]
 impl TaskQueue for SqliteStore {
@@ -74,49 +25,38 @@ impl TaskQueue for SqliteStore {
         .await
         .map_err(backend)?;
         ids.iter()
-            .map(|id| id.parse().map_err(|e| corrupt("runs.runner_id", e)))
+            .map(|id| rows::parse("runs.runner_id", id))
             .collect()
     }
 
     async fn ready_tasks(&self, runner: RunnerId, limit: u32) -> StoreResult<Vec<ReadyTask>> {
-        let rows = sqlx::query(
-            "SELECT t.id, t.run_id, r.pipeline, t.name, t.command, t.env, t.timeout_seconds
-             FROM runs r JOIN run_tasks t ON t.run_id = r.id
-             WHERE r.runner_id = ? AND r.state IN ('queued', 'running') AND r.cancel_requested_by IS NULL
-               AND t.state = 'queued'
-               AND t.idx = (SELECT MIN(q.idx) FROM run_tasks q WHERE q.run_id = r.id AND q.state = 'queued')
-               AND NOT EXISTS (SELECT 1 FROM run_tasks b WHERE b.run_id = r.id AND b.state = 'running')
-             ORDER BY r.id LIMIT ?",
-        )
-        .bind(runner.to_string())
-        .bind(i64::from(limit))
-        .fetch_all(&self.reader)
-        .await
-        .map_err(backend)?;
-        rows.iter().map(ready_from_row).collect()
+        let rows: Vec<ReadyRow> = sqlx::query_as(&format!("{READY_SELECT} {READY_WHERE}"))
+            .bind(runner.to_string())
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
+            .await
+            .map_err(backend)?;
+        rows.into_iter().map(ReadyTask::try_from).collect()
     }
 
     async fn task_assignment(&self, task: TaskId) -> StoreResult<Option<ReadyTask>> {
-        let row = sqlx::query(
-            "SELECT t.id, t.run_id, r.pipeline, t.name, t.command, t.env, t.timeout_seconds
-             FROM runs r JOIN run_tasks t ON t.run_id = r.id WHERE t.id = ?",
-        )
-        .bind(task.to_string())
-        .fetch_optional(&self.reader)
-        .await
-        .map_err(backend)?;
-        row.as_ref().map(ready_from_row).transpose()
+        let row: Option<ReadyRow> = sqlx::query_as(&format!("{READY_SELECT} WHERE t.id = $1"))
+            .bind(task.to_string())
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(backend)?;
+        row.map(ReadyTask::try_from).transpose()
     }
 
     async fn assigned_tasks(&self, runner: Option<RunnerId>) -> StoreResult<Vec<AssignedTask>> {
-        let rows = sqlx::query(&format!(
-            "{ASSIGNED_SELECT} AND (?1 IS NULL OR r.runner_id = ?1) ORDER BY t.assigned_at"
+        let rows: Vec<AssignedRow> = sqlx::query_as(&format!(
+            "{ASSIGNED_SELECT} AND ($1 IS NULL OR r.runner_id = $1) ORDER BY t.assigned_at"
         ))
         .bind(runner.map(|r| r.to_string()))
         .fetch_all(&self.reader)
         .await
         .map_err(backend)?;
-        rows.iter().map(assigned_from_row).collect()
+        rows.into_iter().map(AssignedTask::try_from).collect()
     }
 
     async fn claim_task(
@@ -176,7 +116,7 @@ impl TaskQueue for SqliteStore {
     ) -> StoreResult<UpdateOutcome> {
         let mut tx = self.writer.begin().await.map_err(backend)?;
         let task_id = u.task_id.to_string();
-        let row = sqlx::query(
+        let row: Option<UpdateTargetRow> = sqlx::query_as(
             "SELECT t.run_id, t.name, t.state, t.last_seq, r.cancel_requested_by, r.log_bytes
              FROM run_tasks t JOIN runs r ON r.id = t.run_id WHERE t.id = ? AND r.runner_id = ?",
         )
@@ -188,12 +128,15 @@ impl TaskQueue for SqliteStore {
         let Some(row) = row else {
             return Ok(UpdateOutcome::UnknownTask);
         };
-        let run_id: String = row.try_get("run_id").map_err(backend)?;
-        let name: String = row.try_get("name").map_err(backend)?;
-        let current = state(&row, "state")?;
-        let last_seq: i64 = row.try_get("last_seq").map_err(backend)?;
-        let cancel_by: Option<String> = row.try_get("cancel_requested_by").map_err(backend)?;
-        let log_bytes: i64 = row.try_get("log_bytes").map_err(backend)?;
+        let current = row.state()?;
+        let UpdateTargetRow {
+            run_id,
+            name,
+            last_seq,
+            cancel_requested_by: cancel_by,
+            log_bytes,
+            ..
+        } = row;
         if current.is_final() {
             return Ok(UpdateOutcome::AlreadyFinished(current));
         }
@@ -284,19 +227,16 @@ impl TaskQueue for SqliteStore {
     ) -> StoreResult<Option<RunRecord>> {
         let at_ms = to_ms(at);
         let mut tx = self.writer.begin().await.map_err(backend)?;
-        let row = sqlx::query(
-            "SELECT t.run_id, t.name, r.cancel_requested_by FROM run_tasks t JOIN runs r ON r.id = t.run_id
-             WHERE t.id = ? AND t.state IN ('queued', 'running')",
+        let row: Option<(String, String)> = sqlx::query_as(
+            "SELECT t.run_id, t.name FROM run_tasks t WHERE t.id = ? AND t.state IN ('queued', 'running')",
         )
         .bind(task.to_string())
         .fetch_optional(&mut *tx)
         .await
         .map_err(backend)?;
-        let Some(row) = row else {
+        let Some((run_id, name)) = row else {
             return Ok(None);
         };
-        let run_id: String = row.try_get("run_id").map_err(backend)?;
-        let name: String = row.try_get("name").map_err(backend)?;
         sqlx::query("UPDATE run_tasks SET state = ?, reason = ?, finished_at = ? WHERE id = ?")
             .bind(state.as_str())
             .bind(reason)

@@ -2,26 +2,13 @@
 //! password resets that end the user's web sessions.
 
 use async_trait::async_trait;
-use sqlx::sqlite::SqliteRow;
-use sqlx::Row;
 use tether_domain::{Role, UserId, Username, Verifier};
 
-use super::{backend, corrupt, insert_audit, SqliteStore};
+use super::{backend, insert_audit, SqliteStore};
+use crate::rows::{UserRow, USER_COLUMNS};
 use crate::{
-    from_ms, to_ms, NewApiToken, NewAuditEvent, NewUser, RoleChange, StoreResult, UserRecord,
-    UserStore,
+    to_ms, NewApiToken, NewAuditEvent, NewUser, RoleChange, StoreResult, UserRecord, UserStore,
 };
-
-pub(super) fn user_from_row(row: &SqliteRow) -> StoreResult<UserRecord> {
-    let get = |col: &str| row.try_get::<String, _>(col).map_err(backend);
-    Ok(UserRecord {
-        id: get("id")?.parse().map_err(|e| corrupt("users.id", e))?,
-        username: Username::parse(&get("username")?).map_err(|e| corrupt("users.username", e))?,
-        password_hash: get("password_hash")?,
-        role: Role::parse(&get("role")?).map_err(|e| corrupt("users.role", e))?,
-        created_at: from_ms(row.try_get("created_at").map_err(backend)?),
-    })
-}
 
 async fn insert_user<'c, E>(exec: E, new: &NewUser) -> StoreResult<()>
 where
@@ -97,14 +84,14 @@ impl UserStore for SqliteStore {
     }
 
     async fn user_by_name(&self, username: &Username) -> StoreResult<Option<UserRecord>> {
-        let row = sqlx::query(
-            "SELECT id, username, password_hash, role, created_at FROM users WHERE username = ?",
-        )
+        let row: Option<UserRow> = sqlx::query_as(&format!(
+            "SELECT {USER_COLUMNS} FROM users u WHERE u.username = ?"
+        ))
         .bind(username.as_str())
         .fetch_optional(&self.reader)
         .await
         .map_err(backend)?;
-        row.as_ref().map(user_from_row).transpose()
+        row.map(UserRecord::try_from).transpose()
     }
 
     async fn create_api_token(&self, new: NewApiToken, audit: NewAuditEvent) -> StoreResult<()> {
@@ -116,25 +103,24 @@ impl UserStore for SqliteStore {
     }
 
     async fn user_by_token(&self, verifier: &Verifier) -> StoreResult<Option<UserRecord>> {
-        let row = sqlx::query(
-            "SELECT u.id, u.username, u.password_hash, u.role, u.created_at
-             FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.verifier = ?",
-        )
+        let row: Option<UserRow> = sqlx::query_as(&format!(
+            "SELECT {USER_COLUMNS} FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.verifier = ?"
+        ))
         .bind(verifier.as_bytes().as_slice())
         .fetch_optional(&self.reader)
         .await
         .map_err(backend)?;
-        row.as_ref().map(user_from_row).transpose()
+        row.map(UserRecord::try_from).transpose()
     }
 
     async fn list_users(&self) -> StoreResult<Vec<UserRecord>> {
-        let rows = sqlx::query(
-            "SELECT id, username, password_hash, role, created_at FROM users ORDER BY username",
-        )
+        let rows: Vec<UserRow> = sqlx::query_as(&format!(
+            "SELECT {USER_COLUMNS} FROM users u ORDER BY u.username"
+        ))
         .fetch_all(&self.reader)
         .await
         .map_err(backend)?;
-        rows.iter().map(user_from_row).collect()
+        rows.into_iter().map(UserRecord::try_from).collect()
     }
 
     async fn set_user_role(

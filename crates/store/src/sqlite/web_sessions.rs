@@ -1,15 +1,12 @@
 //! Web UI sessions in SQLite, keyed by the verifier of the cookie's id (never the id itself).
 
 use async_trait::async_trait;
-use sqlx::Row;
 use tether_domain::Verifier;
 use time::OffsetDateTime;
 
-use super::users::user_from_row;
 use super::{backend, insert_audit, SqliteStore};
-use crate::{
-    from_ms, to_ms, NewAuditEvent, NewWebSession, StoreResult, WebSessionRecord, WebSessionStore,
-};
+use crate::rows::{WebSessionRow, WEB_SESSION_SELECT};
+use crate::{to_ms, NewAuditEvent, NewWebSession, StoreResult, WebSessionRecord, WebSessionStore};
 
 #[async_trait]
 impl WebSessionStore for SqliteStore {
@@ -40,23 +37,13 @@ impl WebSessionStore for SqliteStore {
         now: OffsetDateTime,
     ) -> StoreResult<Option<WebSessionRecord>> {
         let now_ms = crate::to_ms(now);
-        let row = sqlx::query(
-            "SELECT u.id, u.username, u.password_hash, u.role, u.created_at,
-                    s.created_at AS session_created_at, s.expires_at
-             FROM web_sessions s JOIN users u ON u.id = s.user_id
-             WHERE s.id_hash = ? AND s.expires_at > ?",
-        )
-        .bind(verifier.as_bytes().as_slice())
-        .bind(now_ms)
-        .fetch_optional(&self.reader)
-        .await
-        .map_err(backend)?;
-        let Some(row) = row else { return Ok(None) };
-        Ok(Some(WebSessionRecord {
-            user: user_from_row(&row)?,
-            created_at: from_ms(row.try_get("session_created_at").map_err(backend)?),
-            expires_at: from_ms(row.try_get("expires_at").map_err(backend)?),
-        }))
+        let row: Option<WebSessionRow> = sqlx::query_as(WEB_SESSION_SELECT)
+            .bind(verifier.as_bytes().as_slice())
+            .bind(now_ms)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(backend)?;
+        row.map(WebSessionRecord::try_from).transpose()
     }
 
     async fn delete_web_session(

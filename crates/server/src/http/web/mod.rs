@@ -137,7 +137,7 @@ impl From<ServiceError> for WebError {
             }
             ServiceError::Forbidden { detail } => WebError::Forbidden(detail),
             ServiceError::Gone { detail, .. } => WebError::Gone(detail),
-            ServiceError::Internal(e) => WebError::Internal(e),
+            ServiceError::Unavailable(e) | ServiceError::Internal(e) => WebError::Internal(e),
         }
     }
 }

@@ -1,0 +1,266 @@
+//! Users, API tokens and web UI sessions in PostgreSQL. The first admin is created under a table
+//! lock (two replicas starting on an empty database create one admin); a role change locks every
+//! admin row first (two demotions cannot each count the other as the remaining admin).
+
+use async_trait::async_trait;
+use tether_domain::{Role, UserId, Username, Verifier};
+use time::OffsetDateTime;
+
+use super::{backend, insert_audit, PostgresStore};
+use crate::rows::{UserRow, WebSessionRow, USER_COLUMNS, WEB_SESSION_SELECT};
+use crate::{
+    to_ms, NewApiToken, NewAuditEvent, NewUser, NewWebSession, RoleChange, StoreResult, UserRecord,
+    UserStore, WebSessionRecord, WebSessionStore,
+};
+
+async fn insert_user<'c, E>(exec: E, new: &NewUser) -> StoreResult<()>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Postgres>,
+{
+    sqlx::query(
+        "INSERT INTO users (id, username, password_hash, role, created_at) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(new.id.to_string())
+    .bind(new.username.as_str())
+    .bind(&new.password_hash)
+    .bind(new.role.as_str())
+    .bind(to_ms(new.created_at))
+    .execute(exec)
+    .await
+    .map_err(backend)?;
+    Ok(())
+}
+
+async fn insert_token<'c, E>(exec: E, new: &NewApiToken) -> StoreResult<()>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Postgres>,
+{
+    sqlx::query(
+        "INSERT INTO api_tokens (id, user_id, name, verifier, created_at) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(UserId::new().to_string())
+    .bind(new.user_id.to_string())
+    .bind(&new.name)
+    .bind(new.verifier.as_bytes().as_slice())
+    .bind(to_ms(new.created_at))
+    .execute(exec)
+    .await
+    .map_err(backend)?;
+    Ok(())
+}
+
+#[async_trait]
+impl UserStore for PostgresStore {
+    async fn bootstrap_admin(
+        &self,
+        admin: NewUser,
+        token: NewApiToken,
+        audit: NewAuditEvent,
+    ) -> StoreResult<bool> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        // Conflicts with itself: a second bootstrap waits, then counts the first one's admin.
+        sqlx::query("LOCK TABLE users IN SHARE ROW EXCLUSIVE MODE")
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users)")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(backend)?;
+        if exists {
+            return Ok(false);
+        }
+        insert_user(&mut *tx, &admin).await?;
+        insert_token(&mut *tx, &token).await?;
+        insert_audit(&mut *tx, &audit).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(true)
+    }
+
+    async fn create_user(&self, new: NewUser, audit: NewAuditEvent) -> StoreResult<UserRecord> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        insert_user(&mut *tx, &new).await?;
+        insert_audit(&mut *tx, &audit).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(UserRecord {
+            id: new.id,
+            username: new.username,
+            password_hash: new.password_hash,
+            role: new.role,
+            created_at: new.created_at,
+        })
+    }
+
+    async fn user_by_name(&self, username: &Username) -> StoreResult<Option<UserRecord>> {
+        let row: Option<UserRow> = sqlx::query_as(&format!(
+            "SELECT {USER_COLUMNS} FROM users u WHERE u.username = $1"
+        ))
+        .bind(username.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        row.map(UserRecord::try_from).transpose()
+    }
+
+    async fn create_api_token(&self, new: NewApiToken, audit: NewAuditEvent) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        insert_token(&mut *tx, &new).await?;
+        insert_audit(&mut *tx, &audit).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(())
+    }
+
+    async fn user_by_token(&self, verifier: &Verifier) -> StoreResult<Option<UserRecord>> {
+        let row: Option<UserRow> = sqlx::query_as(&format!(
+            "SELECT {USER_COLUMNS} FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.verifier = $1"
+        ))
+        .bind(verifier.as_bytes().as_slice())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        row.map(UserRecord::try_from).transpose()
+    }
+
+    async fn list_users(&self) -> StoreResult<Vec<UserRecord>> {
+        let rows: Vec<UserRow> = sqlx::query_as(&format!(
+            "SELECT {USER_COLUMNS} FROM users u ORDER BY u.username"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.into_iter().map(UserRecord::try_from).collect()
+    }
+
+    async fn set_user_role(
+        &self,
+        username: &Username,
+        role: Role,
+        audit: NewAuditEvent,
+    ) -> StoreResult<RoleChange> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let admins: Vec<String> = sqlx::query_scalar(
+            "SELECT username FROM users WHERE role = 'admin' ORDER BY id FOR UPDATE",
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(backend)?;
+        let current: Option<String> =
+            sqlx::query_scalar("SELECT role FROM users WHERE username = $1 FOR UPDATE")
+                .bind(username.as_str())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(backend)?;
+        let Some(current) = current else {
+            return Ok(RoleChange::NoSuchUser);
+        };
+        if current == Role::Admin.as_str() && role != Role::Admin && admins.len() <= 1 {
+            return Ok(RoleChange::LastAdmin);
+        }
+        sqlx::query("UPDATE users SET role = $1 WHERE username = $2")
+            .bind(role.as_str())
+            .bind(username.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        insert_audit(&mut *tx, &audit).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(RoleChange::Changed)
+    }
+
+    async fn set_user_password(
+        &self,
+        username: &Username,
+        password_hash: &str,
+        audit: NewAuditEvent,
+    ) -> StoreResult<bool> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let user: Option<String> = sqlx::query_scalar(
+            "UPDATE users SET password_hash = $1 WHERE username = $2 RETURNING id",
+        )
+        .bind(password_hash)
+        .bind(username.as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(backend)?;
+        let Some(user) = user else {
+            return Ok(false);
+        };
+        sqlx::query("DELETE FROM web_sessions WHERE user_id = $1")
+            .bind(user)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        insert_audit(&mut *tx, &audit).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(true)
+    }
+}
+
+#[async_trait]
+impl WebSessionStore for PostgresStore {
+    async fn create_web_session(
+        &self,
+        new: NewWebSession,
+        audit: NewAuditEvent,
+    ) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        sqlx::query(
+            "INSERT INTO web_sessions (id_hash, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(new.verifier.as_bytes().as_slice())
+        .bind(new.user_id.to_string())
+        .bind(to_ms(new.created_at))
+        .bind(to_ms(new.expires_at))
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        insert_audit(&mut *tx, &audit).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(())
+    }
+
+    async fn web_session(
+        &self,
+        verifier: &Verifier,
+        now: OffsetDateTime,
+    ) -> StoreResult<Option<WebSessionRecord>> {
+        let row: Option<WebSessionRow> = sqlx::query_as(WEB_SESSION_SELECT)
+            .bind(verifier.as_bytes().as_slice())
+            .bind(to_ms(now))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        row.map(WebSessionRecord::try_from).transpose()
+    }
+
+    async fn delete_web_session(
+        &self,
+        verifier: &Verifier,
+        audit: NewAuditEvent,
+    ) -> StoreResult<bool> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let deleted = sqlx::query("DELETE FROM web_sessions WHERE id_hash = $1")
+            .bind(verifier.as_bytes().as_slice())
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?
+            .rows_affected();
+        if deleted == 0 {
+            return Ok(false);
+        }
+        insert_audit(&mut *tx, &audit).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(true)
+    }
+
+    async fn purge_web_sessions(&self, now: OffsetDateTime) -> StoreResult<u64> {
+        Ok(
+            sqlx::query("DELETE FROM web_sessions WHERE expires_at <= $1")
+                .bind(to_ms(now))
+                .execute(&self.pool)
+                .await
+                .map_err(backend)?
+                .rows_affected(),
+        )
+    }
+}

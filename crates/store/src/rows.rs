@@ -1,0 +1,559 @@
+//! Rows as both backends read them, and their conversion to records. The two schemas have the same
+//! tables and columns (text ids, epoch-millisecond `BIGINT`/`INTEGER` times, JSON as text), so one
+//! `FromRow` struct per query shape decodes a SQLite and a PostgreSQL row alike; what a backend
+//! keeps to itself is its SQL, its locking and its error mapping.
+//!
+//! Every conversion checks what it parses: a stored value that no longer parses is
+//! [`StoreError::Corrupt`] (a bug or tampering), never a panic.
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Value};
+use tether_domain::pipeline::{parse_tasks, RawTask};
+use tether_domain::{
+    ClientId, CredentialState, CredentialsVersion, Description, Generation, PipelineName, Platform,
+    Role, RunState, RunnerName, RunnerStatus, TaskSpec, Username, Verifier,
+};
+
+use crate::{
+    from_ms, AssignedTask, AuditRecord, ClientRecord, CredentialRecord, PersistedStatus,
+    PipelineRecord, ReadyTask, RunRecord, RunTaskRecord, RunnerRecord, StoreError, StoreResult,
+    UserRecord, WebSessionRecord,
+};
+
+pub(crate) fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {e}"))
+}
+
+/// Parses a stored id (or any `FromStr` value), naming the column if it does not parse.
+pub(crate) fn parse<T: std::str::FromStr>(column: &str, text: &str) -> StoreResult<T>
+where
+    T::Err: std::fmt::Display,
+{
+    text.parse().map_err(|e| corrupt(column, e))
+}
+
+fn generation(column: &str, n: i64) -> StoreResult<Generation> {
+    u32::try_from(n)
+        .map(Generation)
+        .map_err(|_| corrupt(column, format!("generation {n} out of range")))
+}
+
+fn state(column: &str, text: &str) -> StoreResult<RunState> {
+    RunState::parse(text).map_err(|e| corrupt(column, e))
+}
+
+fn opt_time(ms: Option<i64>) -> Option<time::OffsetDateTime> {
+    ms.map(from_ms)
+}
+
+/// The runner columns every runner query selects (`r` is the runners table).
+pub(crate) const RUNNER_COLUMNS: &str = "r.id, r.name, r.description, r.platform, r.client_id, r.created_at, r.created_by,
+     r.status, r.status_reason, r.status_since, r.last_seen_at, r.runner_version, r.paused_by, r.paused_until,
+     (SELECT c.generation FROM credentials c WHERE c.runner_id = r.id AND c.state = 'active') AS generation,
+     (SELECT MAX(c.expires_at) FROM credentials c WHERE c.runner_id = r.id AND c.state = 'retiring') AS retiring_until";
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct RunnerRow {
+    id: String,
+    name: String,
+    description: String,
+    platform: String,
+    client_id: String,
+    created_at: i64,
+    created_by: String,
+    status: String,
+    status_reason: String,
+    status_since: i64,
+    last_seen_at: Option<i64>,
+    runner_version: Option<String>,
+    paused_by: Option<String>,
+    paused_until: Option<i64>,
+    generation: Option<i64>,
+    retiring_until: Option<i64>,
+}
+
+impl TryFrom<RunnerRow> for RunnerRecord {
+    type Error = StoreError;
+    fn try_from(r: RunnerRow) -> StoreResult<Self> {
+        Ok(RunnerRecord {
+            id: parse("runners.id", &r.id)?,
+            name: RunnerName::parse(&r.name).map_err(|e| corrupt("runners.name", e))?,
+            description: Description::parse(&r.description)
+                .map_err(|e| corrupt("runners.description", e))?,
+            platform: Platform::parse(&r.platform).map_err(|e| corrupt("runners.platform", e))?,
+            client_id: ClientId::parse(&r.client_id)
+                .map_err(|e| corrupt("runners.client_id", e))?,
+            generation: generation("credentials.generation", r.generation.unwrap_or(0))?,
+            created_at: from_ms(r.created_at),
+            created_by: r.created_by,
+            status: PersistedStatus {
+                status: RunnerStatus::parse(&r.status)
+                    .ok_or_else(|| corrupt("runners.status", "unknown status"))?,
+                reason: r.status_reason,
+                since: from_ms(r.status_since).max(from_ms(r.created_at)),
+                last_seen_at: opt_time(r.last_seen_at),
+                runner_version: r.runner_version,
+            },
+            paused_by: r.paused_by,
+            paused_until: opt_time(r.paused_until),
+            retiring_until: opt_time(r.retiring_until),
+        })
+    }
+}
+
+/// `(id, name)` of a runner.
+pub(crate) fn runner_ref(
+    id: &str,
+    name: &str,
+) -> StoreResult<(tether_domain::RunnerId, RunnerName)> {
+    Ok((
+        parse("runners.id", id)?,
+        RunnerName::parse(name).map_err(|e| corrupt("runners.name", e))?,
+    ))
+}
+
+/// The query of [`ClientRow`]: a client's runner and all its generations, newest first. `$1` is
+/// the client id.
+pub(crate) const CLIENT_SELECT: &str =
+    "SELECT r.id, r.name, r.credentials_version, c.generation, c.state, c.verifier, c.created_at,
+            c.expires_at, c.first_token_at, c.created_by, c.last_used_at, c.revoked_at, c.revoked_by
+     FROM runners r JOIN credentials c ON c.runner_id = r.id
+     WHERE r.client_id = $1 ORDER BY c.generation DESC";
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct ClientRow {
+    id: String,
+    name: String,
+    credentials_version: i64,
+    generation: i64,
+    state: String,
+    verifier: Vec<u8>,
+    created_at: i64,
+    expires_at: Option<i64>,
+    first_token_at: Option<i64>,
+    created_by: String,
+    last_used_at: Option<i64>,
+    revoked_at: Option<i64>,
+    revoked_by: Option<String>,
+}
+
+/// Assembles a client from its rows (one per generation); `None` if there are none.
+pub(crate) fn client_from_rows(
+    client_id: &ClientId,
+    rows: Vec<ClientRow>,
+) -> StoreResult<Option<ClientRecord>> {
+    let Some(first) = rows.first() else {
+        return Ok(None);
+    };
+    let (runner_id, runner_name) = runner_ref(&first.id, &first.name)?;
+    let version = CredentialsVersion(first.credentials_version);
+    let generations = rows
+        .into_iter()
+        .map(|row| {
+            Ok(CredentialRecord {
+                generation: generation("credentials.generation", row.generation)?,
+                state: CredentialState::parse(&row.state)
+                    .map_err(|e| corrupt("credentials.state", e))?,
+                verifier: Verifier::from_slice(&row.verifier)
+                    .ok_or_else(|| corrupt("credentials.verifier", "wrong length"))?,
+                created_at: from_ms(row.created_at),
+                expires_at: opt_time(row.expires_at),
+                first_token_at: opt_time(row.first_token_at),
+                created_by: row.created_by,
+                last_used_at: opt_time(row.last_used_at),
+                revoked_at: opt_time(row.revoked_at),
+                revoked_by: row.revoked_by,
+            })
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
+    Ok(Some(ClientRecord {
+        runner_id,
+        runner_name,
+        client_id: client_id.clone(),
+        version,
+        generations,
+    }))
+}
+
+/// A generation number as stored (`BIGINT`) back to the domain's.
+pub(crate) fn generations(column: &str, stored: Vec<i64>) -> StoreResult<Vec<Generation>> {
+    let mut out = stored
+        .into_iter()
+        .map(|n| generation(column, n))
+        .collect::<StoreResult<Vec<_>>>()?;
+    out.sort_unstable();
+    Ok(out)
+}
+
+pub(crate) fn one_generation(column: &str, stored: i64) -> StoreResult<Generation> {
+    generation(column, stored)
+}
+
+pub(crate) const USER_COLUMNS: &str = "u.id, u.username, u.password_hash, u.role, u.created_at";
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct UserRow {
+    id: String,
+    username: String,
+    password_hash: String,
+    role: String,
+    created_at: i64,
+}
+
+impl TryFrom<UserRow> for UserRecord {
+    type Error = StoreError;
+    fn try_from(u: UserRow) -> StoreResult<Self> {
+        Ok(UserRecord {
+            id: parse("users.id", &u.id)?,
+            username: Username::parse(&u.username).map_err(|e| corrupt("users.username", e))?,
+            password_hash: u.password_hash,
+            role: Role::parse(&u.role).map_err(|e| corrupt("users.role", e))?,
+            created_at: from_ms(u.created_at),
+        })
+    }
+}
+
+/// The query of [`WebSessionRow`]: `$1` the session id's verifier, `$2` now (ms).
+pub(crate) const WEB_SESSION_SELECT: &str =
+    "SELECT u.id, u.username, u.password_hash, u.role, u.created_at,
+            s.created_at AS session_created_at, s.expires_at
+     FROM web_sessions s JOIN users u ON u.id = s.user_id
+     WHERE s.id_hash = $1 AND s.expires_at > $2";
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct WebSessionRow {
+    #[sqlx(flatten)]
+    user: UserRow,
+    session_created_at: i64,
+    expires_at: i64,
+}
+
+impl TryFrom<WebSessionRow> for WebSessionRecord {
+    type Error = StoreError;
+    fn try_from(s: WebSessionRow) -> StoreResult<Self> {
+        Ok(WebSessionRecord {
+            user: s.user.try_into()?,
+            created_at: from_ms(s.session_created_at),
+            expires_at: from_ms(s.expires_at),
+        })
+    }
+}
+
+/// The audit query: `$1` a runner id or name (or NULL), `$2` before this id (or NULL), `$3` limit.
+pub(crate) const AUDIT_SELECT: &str =
+    "SELECT id, at, actor, action, runner_id, runner_name, target, source_ip, detail
+     FROM audit_events
+     WHERE ($1 IS NULL OR runner_id = $1 OR runner_name = $1)
+       AND ($2 IS NULL OR id < $2)
+     ORDER BY id DESC LIMIT $3";
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct AuditRow {
+    id: i64,
+    at: i64,
+    actor: String,
+    action: String,
+    runner_id: Option<String>,
+    runner_name: Option<String>,
+    target: Option<String>,
+    source_ip: Option<String>,
+    detail: String,
+}
+
+impl From<AuditRow> for AuditRecord {
+    fn from(a: AuditRow) -> Self {
+        AuditRecord {
+            id: a.id,
+            at: from_ms(a.at),
+            actor: a.actor,
+            action: a.action,
+            runner_id: a.runner_id,
+            runner_name: a.runner_name,
+            target: a.target,
+            source_ip: a.source_ip,
+            detail: serde_json::from_str(&a.detail).unwrap_or(Value::Null),
+        }
+    }
+}
+
+/// A pipeline's tasks as stored (a JSON array).
+pub(crate) fn tasks_to_json(tasks: &[TaskSpec]) -> String {
+    Value::Array(
+        tasks
+            .iter()
+            .map(|t| {
+                json!({"name": t.name.as_str(), "run": t.run, "env": t.env, "timeout_seconds": t.timeout_seconds})
+            })
+            .collect(),
+    )
+    .to_string()
+}
+
+fn tasks_from_json(text: &str) -> StoreResult<Vec<TaskSpec>> {
+    #[derive(serde::Deserialize)]
+    struct Stored {
+        name: String,
+        run: String,
+        #[serde(default)]
+        env: BTreeMap<String, String>,
+        timeout_seconds: Option<u64>,
+    }
+    let stored: Vec<Stored> =
+        serde_json::from_str(text).map_err(|e| corrupt("pipelines.tasks", e))?;
+    let raw: Vec<RawTask<'_>> = stored
+        .iter()
+        .map(|t| RawTask {
+            name: &t.name,
+            run: &t.run,
+            env: &t.env,
+            timeout_seconds: t.timeout_seconds,
+        })
+        .collect();
+    parse_tasks(&raw).map_err(|e| corrupt("pipelines.tasks", format!("{}: {}", e.field, e.error)))
+}
+
+pub(crate) const PIPELINE_COLUMNS: &str = "name, tasks, created_at, updated_at, updated_by";
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct PipelineRow {
+    name: String,
+    tasks: String,
+    created_at: i64,
+    updated_at: i64,
+    updated_by: String,
+}
+
+impl TryFrom<PipelineRow> for PipelineRecord {
+    type Error = StoreError;
+    fn try_from(p: PipelineRow) -> StoreResult<Self> {
+        Ok(PipelineRecord {
+            name: PipelineName::parse(&p.name).map_err(|e| corrupt("pipelines.name", e))?,
+            tasks: tasks_from_json(&p.tasks)?,
+            created_at: from_ms(p.created_at),
+            updated_at: from_ms(p.updated_at),
+            updated_by: p.updated_by,
+        })
+    }
+}
+
+pub(crate) const RUN_COLUMNS: &str =
+    "id, pipeline, runner_id, runner_name, state, reason, created_at, created_by,
+     started_at, finished_at, cancel_requested_by";
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct RunRow {
+    pub(crate) id: String,
+    pipeline: String,
+    runner_id: String,
+    runner_name: String,
+    state: String,
+    reason: Option<String>,
+    created_at: i64,
+    created_by: String,
+    started_at: Option<i64>,
+    finished_at: Option<i64>,
+    cancel_requested_by: Option<String>,
+}
+
+impl RunRow {
+    pub(crate) fn into_record(self, tasks: Vec<RunTaskRecord>) -> StoreResult<RunRecord> {
+        Ok(RunRecord {
+            id: parse("runs.id", &self.id)?,
+            pipeline: self.pipeline,
+            runner_id: parse("runs.runner_id", &self.runner_id)?,
+            runner_name: self.runner_name,
+            state: state("runs.state", &self.state)?,
+            reason: self.reason,
+            created_at: from_ms(self.created_at),
+            created_by: self.created_by,
+            started_at: opt_time(self.started_at),
+            finished_at: opt_time(self.finished_at),
+            cancel_requested_by: self.cancel_requested_by,
+            tasks,
+        })
+    }
+
+    /// The run's state, for a caller that decides before it assembles the record.
+    pub(crate) fn state(&self) -> StoreResult<RunState> {
+        state("runs.state", &self.state)
+    }
+}
+
+/// A run's tasks in execution order: `$1` the run id.
+pub(crate) const TASKS_SELECT: &str =
+    "SELECT id, name, state, exit_code, reason, instance_id, started_at, finished_at
+     FROM run_tasks WHERE run_id = $1 ORDER BY idx";
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct TaskRow {
+    id: String,
+    name: String,
+    state: String,
+    exit_code: Option<i32>,
+    reason: Option<String>,
+    instance_id: Option<String>,
+    started_at: Option<i64>,
+    finished_at: Option<i64>,
+}
+
+impl TryFrom<TaskRow> for RunTaskRecord {
+    type Error = StoreError;
+    fn try_from(t: TaskRow) -> StoreResult<Self> {
+        Ok(RunTaskRecord {
+            id: parse("run_tasks.id", &t.id)?,
+            name: t.name,
+            state: state("run_tasks.state", &t.state)?,
+            exit_code: t.exit_code,
+            reason: t.reason,
+            instance_id: t.instance_id,
+            started_at: opt_time(t.started_at),
+            finished_at: opt_time(t.finished_at),
+        })
+    }
+}
+
+/// Tasks assigned to an instance and not finished; callers append `AND …` conditions.
+pub(crate) const ASSIGNED_SELECT: &str =
+    "SELECT t.id, t.run_id, r.runner_id, t.instance_id, t.assigned_at, t.last_seq
+     FROM run_tasks t JOIN runs r ON r.id = t.run_id WHERE t.state = 'running'";
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct AssignedRow {
+    id: String,
+    run_id: String,
+    runner_id: String,
+    instance_id: Option<String>,
+    assigned_at: Option<i64>,
+    last_seq: i64,
+}
+
+impl TryFrom<AssignedRow> for AssignedTask {
+    type Error = StoreError;
+    fn try_from(a: AssignedRow) -> StoreResult<Self> {
+        Ok(AssignedTask {
+            task_id: parse("run_tasks.id", &a.id)?,
+            run_id: parse("run_tasks.run_id", &a.run_id)?,
+            runner_id: parse("runs.runner_id", &a.runner_id)?,
+            instance_id: a.instance_id.unwrap_or_default(),
+            assigned_at: from_ms(a.assigned_at.unwrap_or(0)),
+            last_seq: u64::try_from(a.last_seq).unwrap_or(0),
+        })
+    }
+}
+
+/// What an instance needs to run a task; callers append the `WHERE` clause.
+pub(crate) const READY_SELECT: &str =
+    "SELECT t.id, t.run_id, r.pipeline, t.name, t.command, t.env, t.timeout_seconds
+     FROM runs r JOIN run_tasks t ON t.run_id = r.id";
+
+/// The conditions of a ready task of runner `$1` (its run's first queued task, none running), oldest
+/// run first, at most `$2`.
+pub(crate) const READY_WHERE: &str =
+    "WHERE r.runner_id = $1 AND r.state IN ('queued', 'running') AND r.cancel_requested_by IS NULL
+       AND t.state = 'queued'
+       AND t.idx = (SELECT MIN(q.idx) FROM run_tasks q WHERE q.run_id = r.id AND q.state = 'queued')
+       AND NOT EXISTS (SELECT 1 FROM run_tasks b WHERE b.run_id = r.id AND b.state = 'running')
+     ORDER BY r.id LIMIT $2";
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct ReadyRow {
+    id: String,
+    run_id: String,
+    pipeline: String,
+    name: String,
+    command: String,
+    env: String,
+    timeout_seconds: Option<i64>,
+}
+
+impl TryFrom<ReadyRow> for ReadyTask {
+    type Error = StoreError;
+    fn try_from(r: ReadyRow) -> StoreResult<Self> {
+        let env: BTreeMap<String, String> =
+            serde_json::from_str(&r.env).map_err(|e| corrupt("run_tasks.env", e))?;
+        let spec = parse_tasks(&[RawTask {
+            name: &r.name,
+            run: &r.command,
+            env: &env,
+            timeout_seconds: r.timeout_seconds.and_then(|s| u64::try_from(s).ok()),
+        }])
+        .map_err(|e| corrupt("run_tasks", format!("{}: {}", e.field, e.error)))?
+        .pop()
+        .ok_or_else(|| corrupt("run_tasks", "empty task"))?;
+        Ok(ReadyTask {
+            task_id: parse("run_tasks.id", &r.id)?,
+            run_id: parse("run_tasks.run_id", &r.run_id)?,
+            pipeline: r.pipeline,
+            spec,
+        })
+    }
+}
+
+/// A task's env as stored (a JSON object).
+pub(crate) fn env_to_json(env: &BTreeMap<String, String>) -> String {
+    json!(env).to_string()
+}
+
+/// What an update needs to know about its task and run before it applies.
+#[derive(sqlx::FromRow)]
+pub(crate) struct UpdateTargetRow {
+    pub(crate) run_id: String,
+    pub(crate) name: String,
+    state: String,
+    pub(crate) last_seq: i64,
+    pub(crate) cancel_requested_by: Option<String>,
+    pub(crate) log_bytes: i64,
+}
+
+impl UpdateTargetRow {
+    pub(crate) fn state(&self) -> StoreResult<RunState> {
+        state("run_tasks.state", &self.state)
+    }
+}
+
+/// Joins a run's log chunks (`(start, chunk)`, in order) from byte `offset` on. An offset inside
+/// a character (a client that counted wrongly) resumes at the next one.
+pub(crate) fn assemble_log(offset: i64, chunks: Vec<(i64, String)>) -> String {
+    let mut out = String::new();
+    for (start, chunk) in chunks {
+        let skip = usize::try_from(offset.saturating_sub(start)).unwrap_or(0);
+        let from = (skip..=chunk.len())
+            .find(|&i| chunk.is_char_boundary(i))
+            .unwrap_or(chunk.len());
+        out.push_str(&chunk[from..]);
+    }
+    out
+}
+
+/// The pending-pause query result: runners whose timed pause is due.
+pub(crate) fn runner_refs(
+    rows: Vec<(String, String)>,
+) -> StoreResult<Vec<(tether_domain::RunnerId, RunnerName)>> {
+    rows.iter().map(|(id, name)| runner_ref(id, name)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_offset_inside_a_character_resumes_at_the_next_one() {
+        let chunks = vec![(0, "ab".to_owned()), (2, "é!".to_owned())];
+        assert_eq!(assemble_log(0, chunks.clone()), "abé!");
+        assert_eq!(assemble_log(3, chunks.clone()), "!");
+        assert_eq!(assemble_log(2, chunks), "é!");
+    }
+
+    #[test]
+    fn a_generation_out_of_range_is_corrupt_not_a_panic() {
+        assert!(matches!(
+            one_generation("credentials.generation", -1),
+            Err(StoreError::Corrupt(_))
+        ));
+        assert_eq!(
+            one_generation("credentials.generation", 7).expect("valid"),
+            Generation(7)
+        );
+    }
+}
