@@ -77,6 +77,7 @@ fn print_banner(server: &RunningServer, data_dir: &std::path::Path, dev: bool) {
         "  OAuth:     {url}/oauth/token   (metadata: {url}/.well-known/oauth-authorization-server)"
     );
     say!("  database:  {}", server.database);
+    say!("  replica:   {}", server.replica_id);
     if dev {
         say!(
             "  data dir:  {} (development mode: deleted on exit)",

@@ -106,6 +106,13 @@ pub struct ServerArgs {
     #[arg(long, env = "TETHER_LOST_AFTER_SECONDS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=604800))]
     pub lost_after_seconds: u64,
 
+    /// With several replicas (PostgreSQL): how long this replica may go without hearing from its
+    /// events listener before it stops trusting its caches (token requests, introspection and
+    /// connects then read the database). A revoked secret is refused by every replica at most this
+    /// long after the revoking call returned. Fractions allowed (`0.5`).
+    #[arg(long, env = "TETHER_EVENTS_MAX_LAG_SECONDS", default_value_t = 2.0, value_parser = parse_lag)]
+    pub events_max_lag_seconds: f64,
+
     /// Log format on stderr.
     #[arg(long, env = "TETHER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -129,6 +136,19 @@ pub struct ServerConfig {
     pub reveal_window: Duration,
     pub flush_interval: Duration,
     pub lost_after: Duration,
+    pub events_max_lag: Duration,
+}
+
+/// 0.1 to 60 seconds.
+fn parse_lag(text: &str) -> Result<f64, String> {
+    let v: f64 = text
+        .parse()
+        .map_err(|_| format!("'{text}' is not a number of seconds"))?;
+    if (0.1..=60.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{v} is out of range: use 0.1 to 60 seconds"))
+    }
 }
 
 impl ServerConfig {
@@ -148,6 +168,7 @@ impl ServerConfig {
             reveal_window: Duration::from_secs(900),
             flush_interval: Duration::from_secs(10),
             lost_after: Duration::from_secs(600),
+            events_max_lag: Duration::from_secs(2),
         }
     }
 }
@@ -197,6 +218,7 @@ impl ServerArgs {
             reveal_window: Duration::from_secs(self.reveal_window_seconds),
             flush_interval: Duration::from_secs(self.flush_seconds),
             lost_after: Duration::from_secs(self.lost_after_seconds),
+            events_max_lag: Duration::from_secs_f64(self.events_max_lag_seconds),
         })
     }
 }

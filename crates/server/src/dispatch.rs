@@ -172,7 +172,7 @@ pub async fn instance_connected(
                 .send_to_instance(runner, instance_id, assignment(task));
         }
     }
-    state.events.publish(Event::WorkQueued { runner });
+    state.events.publish(Event::WorkQueued { runner }).await;
     Ok(())
 }
 
@@ -191,6 +191,6 @@ pub async fn rejected(
     {
         tracing::info!(runner.id = %runner, task.id = %task, instance.id = %instance_id, "instance refused a task; queued again");
     }
-    state.events.publish(Event::WorkQueued { runner });
+    state.events.publish(Event::WorkQueued { runner }).await;
     Ok(())
 }

@@ -6,6 +6,7 @@ use std::sync::Mutex;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -27,6 +28,12 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReplicaLabels {
+    pub replica: String,
+    pub backend: String,
+}
+
 fn latency_histogram() -> Histogram {
     // 100 µs to ~1.6 s
     Histogram::new(exponential_buckets(0.0001, 2.0, 15))
@@ -39,6 +46,15 @@ pub struct Metrics {
     pub tokens_issued: Counter,
     pub tokens_refused: Family<ReasonLabels, Counter>,
     pub tasks_assigned: Counter,
+    /// Live runner sessions held by this process (set when rendered).
+    pub sessions: Gauge,
+    /// With replicas: time since the events listener last heard anything, in ms (set when
+    /// rendered; 0 on a single process).
+    pub events_lag_ms: Gauge,
+    /// With replicas: how often the events listener had to reconnect (and resync).
+    pub events_reconnects: Gauge,
+    /// Which replica this is (value 1).
+    pub replica: Family<ReplicaLabels, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -57,6 +73,30 @@ impl Default for Metrics {
         let tokens_issued = Counter::default();
         let tokens_refused = Family::<ReasonLabels, Counter>::default();
         let tasks_assigned = Counter::default();
+        let sessions = Gauge::default();
+        let events_lag_ms = Gauge::default();
+        let events_reconnects = Gauge::default();
+        let replica = Family::<ReplicaLabels, Gauge>::default();
+        registry.register(
+            "sessions",
+            "Live runner sessions held by this replica",
+            sessions.clone(),
+        );
+        registry.register(
+            "events_lag_milliseconds",
+            "Time since this replica's events listener last heard from the database",
+            events_lag_ms.clone(),
+        );
+        registry.register(
+            "events_listener_reconnects",
+            "Times this replica's events listener reconnected and resynced",
+            events_reconnects.clone(),
+        );
+        registry.register(
+            "replica",
+            "This process among the replicas of its database (value 1)",
+            replica.clone(),
+        );
         registry.register(
             "http_requests",
             "HTTP requests by method, route and status",
@@ -89,6 +129,10 @@ impl Default for Metrics {
             tokens_issued,
             tokens_refused,
             tasks_assigned,
+            sessions,
+            events_lag_ms,
+            events_reconnects,
+            replica,
         }
     }
 }

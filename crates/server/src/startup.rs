@@ -26,7 +26,13 @@ pub struct RunningServer {
     /// Which database this process runs on, for the banner: the backend and where (a URL without
     /// its password, or the SQLite file).
     pub database: String,
+    /// This process among the replicas of its database (new on every start).
+    pub replica_id: String,
     state: AppState,
+    /// Receives the other replicas' events (PostgreSQL only).
+    events_listener: Option<JoinHandle<()>>,
+    /// Keeps this replica's liveness and expires replicas that stopped.
+    liveness: JoinHandle<()>,
     shutdown: watch::Sender<bool>,
     serve: JoinHandle<std::io::Result<()>>,
     background: JoinHandle<()>,
@@ -43,9 +49,14 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700))
         .with_context(|| format!("restricting permissions of {}", config.data_dir.display()))?;
     let keys = keys::KeyMaterial::load(&config.data_dir, &config.key_files)?;
+    let replica_id = replica_id(&config.data_dir)?;
+    let pool = tether_store::PoolSettings {
+        application_name: format!("tether {replica_id}"),
+        ..config.database_pool.clone()
+    };
     let (store, database): (Arc<dyn Store>, String) = match &config.database_url {
         Some(url) => (
-            tether_store::open(url, &config.database_pool)
+            tether_store::open(url, &pool)
                 .await
                 .with_context(|| format!("opening the database {}", url.redacted()))?,
             format!("{} ({})", url.backend_name(), url.redacted()),
@@ -69,17 +80,21 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     );
     let signer = jwt::TokenSigner::new(keys.signing, public_url.clone(), public_url.clone());
     let now = time::OffsetDateTime::now_utc();
-    let reset = store
-        .reset_live_statuses(
-            "the control plane restarted; waiting for the runner to reconnect",
-            now,
-        )
-        .await?;
-    if reset > 0 {
-        tracing::info!(
-            runners = reset,
-            "marked runners unknown until they reconnect"
-        );
+    // The only process on its database: no session survived the restart. With replicas the
+    // others still hold theirs, so nothing is reset here.
+    if !store.shared() {
+        let reset = store
+            .reset_live_statuses(
+                "the control plane restarted; waiting for the runner to reconnect",
+                now,
+            )
+            .await?;
+        if reset > 0 {
+            tracing::info!(
+                runners = reset,
+                "marked runners unknown until they reconnect"
+            );
+        }
     }
     let (persist_tx, persist_rx) = tokio::sync::mpsc::unbounded_channel();
     let (dispatch, dispatch_rx) = dispatch::Dispatcher::new();
@@ -89,13 +104,28 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     let health = Arc::new(memory::health::AuthHealthTracker::default());
     let link = Arc::new(runner_link::RunnerLink::new(persist_tx));
     // The client cache first: a revoked secret stops working before its sessions are cut.
-    let events = Arc::new(events::InProcess::new(vec![
+    let local = Arc::new(events::InProcess::new(vec![
         clients.clone(),
         revoked.clone(),
         health.clone(),
         link.clone(),
         Arc::new(dispatch),
     ]));
+    let channel = store.event_channel();
+    let listener_health = channel.as_ref().map(|_| {
+        Arc::new(events::replicated::ListenerHealth::new(
+            config.events_max_lag,
+        ))
+    });
+    let events: Arc<dyn events::EventBus> = match (&channel, &listener_health) {
+        (Some(channel), Some(h)) => Arc::new(events::replicated::Replicated::new(
+            local.clone(),
+            channel.clone(),
+            replica_id.clone(),
+            h.clone(),
+        )),
+        _ => local.clone(),
+    };
     let state = AppState::new(Inner {
         config,
         store,
@@ -112,12 +142,53 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         health,
         started_at: now,
         stopping: shutdown.subscribe(),
+        replica_id: replica_id.clone(),
+        listener: listener_health.clone(),
     });
+    let events_listener = match (channel, listener_health) {
+        (Some(channel), Some(h)) => Some(tokio::spawn(events::replicated::listen(
+            state.clone(),
+            local,
+            channel,
+            replica_id.clone(),
+            h,
+            shutdown.subscribe(),
+        ))),
+        _ => None,
+    };
     let (flush_persister, flush_rx) = tokio::sync::mpsc::unbounded_channel();
+    let registrar = background::Registrar {
+        replica: replica_id.clone(),
+        lapse: state.config.heartbeat * 3,
+    };
+    // This replica's previous life (same data directory) holds no session any more; then it is
+    // seen alive before it serves, so the others never expire the sessions it opens.
+    state
+        .store
+        .replica_gone(
+            &replica_id,
+            now,
+            now - registrar.lapse,
+            now,
+            "the control plane restarted; waiting for the runner to reconnect",
+        )
+        .await
+        .context("ending this replica's previous sessions")?;
+    state
+        .store
+        .replica_alive(&replica_id, now, now)
+        .await
+        .context("recording this replica")?;
     let persister = tokio::spawn(background::persist_statuses(
         state.store.clone(),
+        registrar.clone(),
         persist_rx,
         flush_rx,
+    ));
+    let liveness = tokio::spawn(background::replica_liveness(
+        state.clone(),
+        registrar,
+        shutdown.subscribe(),
     ));
     let dispatcher = tokio::spawn(dispatch::run(state.clone(), dispatch_rx));
     let revoked = state.store.revoked_access_tokens(now).await?;
@@ -155,21 +226,49 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         state.clone(),
         shutdown.subscribe(),
     ));
-    tracing::info!(listen = %local_addr, public_url = %public_url, "tether control plane started");
+    tracing::info!(listen = %local_addr, public_url = %public_url, replica = %replica_id, "tether control plane started");
     Ok(RunningServer {
         local_addr,
         public_url,
         bootstrapped,
         database,
+        replica_id,
         state,
         shutdown,
         serve,
+        events_listener,
+        liveness,
         background,
         sweeper,
         persister,
         flush_persister,
         dispatcher,
     })
+}
+
+/// This process's replica id: kept in `<data-dir>/replica-id`, made on first start from the host
+/// name and a random suffix. A process restarted on the same data directory is the same replica,
+/// so it ends its previous life's sessions at once; a replica on a fresh directory (a new pod) is
+/// a new one, and the others expire the old one's sessions when its liveness lapses. Every replica
+/// needs a data directory of its own.
+fn replica_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
+    let path = data_dir.join("replica-id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "tether".to_owned());
+    let suffix = uuid::Uuid::now_v7().simple().to_string();
+    let id = format!("{host}-{}", &suffix[suffix.len() - 8..]);
+    std::fs::write(&path, format!("{id}\n"))
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(id)
 }
 
 /// Refuses to start with keys other than those the database was first started with: tokens
@@ -225,8 +324,29 @@ impl RunningServer {
             .context("serving HTTP")?;
         let _ = self.background.await;
         let _ = self.sweeper.await;
+        let _ = self.liveness.await;
         self.persister.abort();
         self.dispatcher.abort();
+        // Its sessions are gone: runners that have not reconnected to another replica yet show
+        // it at once instead of after the liveness lapse.
+        let now = time::OffsetDateTime::now_utc();
+        if let Err(e) = self
+            .state
+            .store
+            .replica_gone(
+                &self.replica_id,
+                now,
+                now - self.state.config.heartbeat * 3,
+                now,
+                "the control plane stopped; waiting for the runner to reconnect",
+            )
+            .await
+        {
+            tracing::warn!(error = %e, "could not record this replica's end");
+        }
+        if let Some(l) = &self.events_listener {
+            l.abort();
+        }
         services::usage::flush(
             &self.state.usage,
             self.state.store.as_ref(),

@@ -39,6 +39,10 @@ pub struct Inner {
     /// Turns true when the server shuts down: long-lived responses (the UI's event stream) end
     /// then, so graceful shutdown does not wait for them forever.
     pub stopping: tokio::sync::watch::Receiver<bool>,
+    /// This process among the replicas of its database.
+    pub replica_id: String,
+    /// The events listener's health, when there are replicas (PostgreSQL); `None` on SQLite.
+    pub listener: Option<Arc<crate::events::replicated::ListenerHealth>>,
 }
 
 impl AppState {

@@ -94,7 +94,17 @@ pub trait RunnerStore: Send + Sync {
     /// concurrent run for it either commits before (and is ended here) or fails with `NotFound`.
     async fn delete_runner(&self, id: RunnerId, audit: NewAuditEvent) -> StoreResult<bool>;
     /// Records a runner's newly derived status (not audited: it changes with every connection).
-    async fn save_runner_status(&self, id: RunnerId, status: &PersistedStatus) -> StoreResult<()>;
+    /// With `unless_live_elsewhere` (a replica whose own view has no session of the runner), the
+    /// status is not written while another live replica holds an open session of it: that replica's
+    /// view wins. Isolation: the runner row is locked before the sessions are looked at, and a
+    /// replica records a session before the status it causes, so of a disconnect on one replica
+    /// and a connect on another the connect's status is the one that stays.
+    async fn save_runner_status(
+        &self,
+        id: RunnerId,
+        status: &PersistedStatus,
+        unless_live_elsewhere: Option<&LiveElsewhere>,
+    ) -> StoreResult<()>;
     /// After a control-plane restart no session is live: every runner that looked connected becomes
     /// `unknown` with `reason`. Returns how many changed. Only for a control plane that is the
     /// only process serving its database: with several replicas, the others still hold sessions.
@@ -133,6 +143,8 @@ pub trait CredentialStore: Send + Sync {
         expires_at: OffsetDateTime,
         audit: NewAuditEvent,
     ) -> StoreResult<()>;
+    /// Whether the access token `jti` was revoked (and would not have expired yet at `now`).
+    async fn access_token_revoked(&self, jti: &str, now: OffsetDateTime) -> StoreResult<bool>;
     /// Revoked access tokens (`jti`, expiry) not yet expired at `now`.
     async fn revoked_access_tokens(
         &self,
@@ -178,6 +190,66 @@ pub trait UserStore: Send + Sync {
     ) -> StoreResult<bool>;
 }
 
+/// Replicas (control-plane processes) and the runner sessions each holds, so that replicas on one
+/// database agree on which runners are connected. Liveness is per replica, refreshed in one write
+/// per heartbeat interval; per-session heartbeats are flushed in one statement per replica, never
+/// one write per heartbeat per session.
+#[async_trait]
+pub trait ReplicaStore: Send + Sync {
+    /// Records that `replica` (started at `started_at`) and every session it holds open are alive
+    /// at `now`: one replica row and one statement over its sessions, whatever their number.
+    async fn replica_alive(
+        &self,
+        replica: &str,
+        started_at: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> StoreResult<()>;
+    /// A session opened on `replica`.
+    async fn session_opened(&self, replica: &str, session: &NewSession) -> StoreResult<()>;
+    /// A session of `replica` ended at `at`.
+    async fn session_closed(
+        &self,
+        replica: &str,
+        session_id: u64,
+        at: OffsetDateTime,
+    ) -> StoreResult<()>;
+    /// `replica` is gone (it stopped, or it is this process's previous life, restarted with the
+    /// same id): its open sessions end at `ended_at` and its row goes. Each runner left without an
+    /// open session on a replica seen at or after `live_after` becomes `unknown` with `reason`;
+    /// those runners are returned. Isolation: as in `expire_replicas`.
+    async fn replica_gone(
+        &self,
+        replica: &str,
+        ended_at: OffsetDateTime,
+        live_after: OffsetDateTime,
+        now: OffsetDateTime,
+        reason: &str,
+    ) -> StoreResult<Vec<RunnerId>>;
+    /// Closes the open sessions of every replica not seen since `dead_before` (at the time it was
+    /// last seen) and forgets those replicas. Each runner left without an open session on a live
+    /// replica becomes `unknown` with `reason`; those runners are returned. Isolation: one
+    /// conditional delete per replica decides which process expires it; each runner row is locked
+    /// before its remaining sessions are counted, as in `save_runner_status`.
+    async fn expire_replicas(
+        &self,
+        dead_before: OffsetDateTime,
+        now: OffsetDateTime,
+        reason: &str,
+    ) -> StoreResult<Vec<RunnerId>>;
+    /// Where `instance_id` of `runner` is, as far as replicas other than `except` recorded it:
+    /// live (an open session on a replica seen at or after `live_after`), gone since its last
+    /// session closed, or never seen.
+    async fn instance_presence(
+        &self,
+        runner: RunnerId,
+        instance_id: &str,
+        except: &str,
+        live_after: OffsetDateTime,
+    ) -> StoreResult<SharedPresence>;
+    /// Forgets closed sessions that ended before `before`. Returns how many.
+    async fn purge_closed_sessions(&self, before: OffsetDateTime) -> StoreResult<u64>;
+}
+
 /// Browser sessions of the web UI, looked up by the verifier of the id the cookie carries.
 #[async_trait]
 pub trait WebSessionStore: Send + Sync {
@@ -197,6 +269,28 @@ pub trait WebSessionStore: Send + Sync {
     ) -> StoreResult<bool>;
     /// Deletes sessions that expired at or before `now`. Returns how many.
     async fn purge_web_sessions(&self, now: OffsetDateTime) -> StoreResult<u64>;
+    /// Refused logins of `username` from `source_ip` (`""`: unknown) in the window that began at or
+    /// after `window_start`: how many, and when the window began.
+    async fn login_failures(
+        &self,
+        username: &str,
+        source_ip: &str,
+        window_start: OffsetDateTime,
+    ) -> StoreResult<Option<(u32, OffsetDateTime)>>;
+    /// Counts one more refused login at `at`; a count whose window began before `window_start`
+    /// starts again at 1. Returns the new count. Isolation: one upsert, so concurrent failures on
+    /// several replicas are all counted.
+    async fn record_login_failure(
+        &self,
+        username: &str,
+        source_ip: &str,
+        at: OffsetDateTime,
+        window_start: OffsetDateTime,
+    ) -> StoreResult<u32>;
+    /// A successful login forgets the pair's failures.
+    async fn clear_login_failures(&self, username: &str, source_ip: &str) -> StoreResult<()>;
+    /// Forgets counts whose window began before `before`. Returns how many.
+    async fn purge_login_failures(&self, before: OffsetDateTime) -> StoreResult<u64>;
 }
 
 #[async_trait]
@@ -334,6 +428,25 @@ pub trait RotationStore: Send + Sync {
     ) -> StoreResult<Vec<ExpiredGeneration>>;
 }
 
+/// How replicas on one database tell each other what changed: a broadcast of short text payloads
+/// to every listener (PostgreSQL `NOTIFY`). Delivery is at most once and only while a listener is
+/// connected; a listener learns that it may have missed some (and must resync) from
+/// [`EventListener::recv`].
+#[async_trait]
+pub trait EventChannel: Send + Sync + std::fmt::Debug {
+    /// Sends `payload` to every listener, this process's included.
+    async fn send(&self, payload: &str) -> StoreResult<()>;
+    /// Opens a listening connection.
+    async fn listen(&self) -> StoreResult<Box<dyn EventListener>>;
+}
+
+#[async_trait]
+pub trait EventListener: Send {
+    /// The next payload; `Ok(None)` when the connection was lost (payloads sent meanwhile are
+    /// missed: open a new listener and resync). Cancel-safe.
+    async fn recv(&mut self) -> StoreResult<Option<String>>;
+}
+
 /// Everything the control plane needs from its database.
 #[async_trait]
 pub trait Store:
@@ -346,8 +459,18 @@ pub trait Store:
     + PipelineStore
     + RunStore
     + TaskQueue
+    + ReplicaStore
     + std::fmt::Debug
 {
+    /// Whether several processes may serve this database at once (PostgreSQL), or this process is
+    /// its only user (embedded SQLite).
+    fn shared(&self) -> bool {
+        false
+    }
+    /// The channel replicas exchange events on; `None` for a database only one process uses.
+    fn event_channel(&self) -> Option<std::sync::Arc<dyn EventChannel>> {
+        None
+    }
     /// Cheap round trip for readiness checks.
     async fn ping(&self) -> StoreResult<()>;
     /// Records the fingerprint of each named key not recorded yet (`(name, fingerprint)`), and

@@ -379,3 +379,33 @@ pub struct ExpiredGeneration {
     /// The runner's credentials version after the change.
     pub version: CredentialsVersion,
 }
+
+/// "Not if another live replica holds a session": the replica asking, and the oldest liveness
+/// that still counts.
+#[derive(Debug, Clone)]
+pub struct LiveElsewhere {
+    pub replica: String,
+    pub live_after: OffsetDateTime,
+}
+
+/// A runner session as the registry records it.
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    pub session_id: u64,
+    pub runner_id: RunnerId,
+    pub instance_id: String,
+    pub generation: Generation,
+    pub connected_at: OffsetDateTime,
+}
+
+/// Where an instance is connected, across replicas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SharedPresence {
+    /// An open session on a live replica.
+    Live,
+    /// Its most recent session (on any replica) ended then; a dead replica's session counts as
+    /// ended when that replica was last seen.
+    GoneSince(OffsetDateTime),
+    /// No replica recorded a session of it.
+    Unknown,
+}

@@ -533,6 +533,60 @@ pub(crate) fn runner_refs(
     rows.iter().map(|(id, name)| runner_ref(id, name)).collect()
 }
 
+/// Counts a refused login: `$1` username, `$2` source address, `$3` now, `$4` the oldest window
+/// start that still counts (an older window starts again at 1).
+pub(crate) const LOGIN_FAILURE_UPSERT: &str =
+    "INSERT INTO login_failures (username, source_ip, failures, first_at) VALUES ($1, $2, 1, $3)
+     ON CONFLICT (username, source_ip) DO UPDATE SET
+         failures = CASE WHEN login_failures.first_at < $4 THEN 1 ELSE login_failures.failures + 1 END,
+         first_at = CASE WHEN login_failures.first_at < $4 THEN $3 ELSE login_failures.first_at END
+     RETURNING failures";
+
+/// `(failures, first_at)` of a pair whose window is still open: `$1` username, `$2` address, `$3`
+/// the oldest window start that still counts.
+pub(crate) const LOGIN_FAILURES_SELECT: &str =
+    "SELECT failures, first_at FROM login_failures WHERE username = $1 AND source_ip = $2 AND first_at >= $3";
+
+pub(crate) fn login_failures(row: Option<(i64, i64)>) -> Option<(u32, time::OffsetDateTime)> {
+    row.map(|(n, at)| (u32::try_from(n).unwrap_or(u32::MAX), from_ms(at)))
+}
+
+/// The sessions of one instance recorded by replicas other than this one: `$1` runner, `$2`
+/// instance, `$3` this replica.
+pub(crate) const PRESENCE_SELECT: &str =
+    "SELECT s.closed_at, s.last_heartbeat_at, p.last_seen_at AS replica_seen_at
+     FROM runner_sessions s LEFT JOIN replicas p ON p.id = s.replica_id
+     WHERE s.runner_id = $1 AND s.instance_id = $2 AND s.replica_id <> $3";
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct PresenceRow {
+    closed_at: Option<i64>,
+    last_heartbeat_at: i64,
+    replica_seen_at: Option<i64>,
+}
+
+/// Live if a session is open on a replica seen at or after `live_after`; otherwise gone since the
+/// latest end (a session of a dead replica ended when it was last seen).
+pub(crate) fn presence(
+    rows: Vec<PresenceRow>,
+    live_after: time::OffsetDateTime,
+) -> crate::SharedPresence {
+    let live_after = crate::to_ms(live_after);
+    let mut gone: Option<i64> = None;
+    for r in rows {
+        let ended = match (r.closed_at, r.replica_seen_at) {
+            (Some(closed), _) => closed,
+            (None, Some(seen)) if seen >= live_after => return crate::SharedPresence::Live,
+            (None, Some(seen)) => seen,
+            (None, None) => r.last_heartbeat_at,
+        };
+        gone = Some(gone.map_or(ended, |g| g.max(ended)));
+    }
+    gone.map_or(crate::SharedPresence::Unknown, |ms| {
+        crate::SharedPresence::GoneSince(from_ms(ms))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -117,6 +117,8 @@ pub struct PoolSettings {
     pub statement_timeout: Duration,
     /// Longest a call waits for a free connection before it fails as unavailable.
     pub acquire_timeout: Duration,
+    /// How this process's connections are named in `pg_stat_activity` (the replica id).
+    pub application_name: String,
 }
 
 impl Default for PoolSettings {
@@ -125,6 +127,7 @@ impl Default for PoolSettings {
             max_connections: 16,
             statement_timeout: Duration::from_secs(10),
             acquire_timeout: Duration::from_secs(5),
+            application_name: "tether".to_owned(),
         }
     }
 }

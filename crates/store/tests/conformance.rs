@@ -1216,9 +1216,252 @@ async fn key_fingerprints_are_recorded_on_first_start_and_kept(store: Arc<dyn St
     );
 }
 
-/// Runs every check above against one backend; `$open` makes a fresh, empty store and whatever
-/// must live as long as it (a temporary directory, a throwaway database).
-/// Runs every check against each backend: `sqlite::<check>` and `postgres::<check>`.
+// ---------------------------------------------------------------------------------------------
+// ReplicaStore: the session registry
+// ---------------------------------------------------------------------------------------------
+
+fn status(
+    s: tether_domain::RunnerStatus,
+    reason: &str,
+    at: OffsetDateTime,
+) -> tether_store::PersistedStatus {
+    tether_store::PersistedStatus {
+        status: s,
+        reason: reason.into(),
+        since: at,
+        last_seen_at: Some(at),
+        runner_version: None,
+    }
+}
+
+async fn the_session_registry_keeps_the_holding_replicas_status_and_expires_dead_replicas(
+    store: Arc<dyn Store>,
+) {
+    use tether_domain::RunnerStatus;
+    use tether_store::{LiveElsewhere, NewSession, SharedPresence};
+    let runner = new_runner("r");
+    store
+        .create_runner(runner.clone(), ev("runner.created", None))
+        .await
+        .expect("runner");
+    let t0 = ms(1_000_000);
+    for replica in ["a", "b"] {
+        store.replica_alive(replica, t0, t0).await.expect("alive");
+    }
+    store
+        .session_opened(
+            "a",
+            &NewSession {
+                session_id: 1,
+                runner_id: runner.id,
+                instance_id: "i-1".into(),
+                generation: Generation(1),
+                connected_at: t0,
+            },
+        )
+        .await
+        .expect("opened");
+    store
+        .save_runner_status(
+            runner.id,
+            &status(RunnerStatus::Running, "connected", t0),
+            None,
+        )
+        .await
+        .expect("status");
+    let live_after = ms(999_000);
+    assert_eq!(
+        store
+            .instance_presence(runner.id, "i-1", "b", live_after)
+            .await
+            .expect("presence"),
+        SharedPresence::Live
+    );
+    assert_eq!(
+        store
+            .instance_presence(runner.id, "i-1", "a", live_after)
+            .await
+            .expect("presence"),
+        SharedPresence::Unknown,
+        "a replica's own sessions are its own business"
+    );
+    // B, which lost its own session of the runner, does not overwrite A's view.
+    let b = LiveElsewhere {
+        replica: "b".into(),
+        live_after,
+    };
+    store
+        .save_runner_status(
+            runner.id,
+            &status(RunnerStatus::Unknown, "gone from b", ms(1_000_500)),
+            Some(&b),
+        )
+        .await
+        .expect("status");
+    let r = store
+        .runner_by_id(runner.id)
+        .await
+        .expect("get")
+        .expect("runner");
+    assert_eq!(r.status.status, RunnerStatus::Running);
+
+    // A stops; B stays alive; once A's liveness lapsed, B expires it.
+    let t1 = ms(1_100_000);
+    store.replica_alive("b", t0, t1).await.expect("alive");
+    let expired = store
+        .expire_replicas(ms(1_050_000), t1, "replica a stopped")
+        .await
+        .expect("expire");
+    assert_eq!(expired, vec![runner.id]);
+    let r = store
+        .runner_by_id(runner.id)
+        .await
+        .expect("get")
+        .expect("runner");
+    assert_eq!(
+        (r.status.status, r.status.reason.as_str()),
+        (RunnerStatus::Unknown, "replica a stopped")
+    );
+    assert_eq!(
+        store
+            .instance_presence(runner.id, "i-1", "b", ms(1_050_000))
+            .await
+            .expect("presence"),
+        SharedPresence::GoneSince(t0),
+        "a dead replica's session ended when it was last seen"
+    );
+    assert!(store
+        .expire_replicas(ms(1_050_000), t1, "again")
+        .await
+        .expect("expire")
+        .is_empty());
+    // Nothing holds it now: B's view is written.
+    store
+        .save_runner_status(
+            runner.id,
+            &status(RunnerStatus::Unknown, "waiting", t1),
+            Some(&LiveElsewhere {
+                replica: "b".into(),
+                live_after: ms(1_050_000),
+            }),
+        )
+        .await
+        .expect("status");
+    let r = store
+        .runner_by_id(runner.id)
+        .await
+        .expect("get")
+        .expect("runner");
+    assert_eq!(r.status.reason, "waiting");
+    // Closed sessions are forgotten after a while; a session of a deleted runner is not recorded.
+    assert_eq!(store.purge_closed_sessions(t1).await.expect("purge"), 1);
+    store
+        .delete_runner(runner.id, ev("runner.deleted", None))
+        .await
+        .expect("delete");
+    store
+        .session_opened(
+            "b",
+            &NewSession {
+                session_id: 2,
+                runner_id: runner.id,
+                instance_id: "i-1".into(),
+                generation: Generation(1),
+                connected_at: t1,
+            },
+        )
+        .await
+        .expect("a late session of a deleted runner is ignored");
+    assert_eq!(
+        store
+            .instance_presence(runner.id, "i-1", "a", ms(1_050_000))
+            .await
+            .expect("presence"),
+        SharedPresence::Unknown
+    );
+}
+
+async fn login_failures_count_per_pair_restart_after_their_window_and_clear(store: Arc<dyn Store>) {
+    let t0 = ms(10_000_000);
+    let window = time::Duration::minutes(15);
+    for i in 0..5 {
+        let n = store
+            .record_login_failure(
+                "alice",
+                "10.0.0.1",
+                t0 + time::Duration::seconds(i),
+                t0 - window,
+            )
+            .await
+            .expect("record");
+        assert_eq!(n, u32::try_from(i + 1).expect("small"));
+    }
+    assert_eq!(
+        store
+            .login_failures("alice", "10.0.0.1", t0 - window)
+            .await
+            .expect("read"),
+        Some((5, t0))
+    );
+    assert_eq!(
+        store
+            .login_failures("alice", "10.0.0.2", t0 - window)
+            .await
+            .expect("read"),
+        None,
+        "another address"
+    );
+    assert_eq!(
+        store
+            .login_failures("bob", "10.0.0.1", t0 - window)
+            .await
+            .expect("read"),
+        None,
+        "another user"
+    );
+    // After the window, the old count no longer shows, and the next failure starts again at 1.
+    let later = t0 + window + time::Duration::seconds(1);
+    assert_eq!(
+        store
+            .login_failures("alice", "10.0.0.1", later - window)
+            .await
+            .expect("read"),
+        None
+    );
+    assert_eq!(
+        store
+            .record_login_failure("alice", "10.0.0.1", later, later - window)
+            .await
+            .expect("record"),
+        1
+    );
+    store
+        .clear_login_failures("alice", "10.0.0.1")
+        .await
+        .expect("clear");
+    assert_eq!(
+        store
+            .login_failures("alice", "10.0.0.1", later - window)
+            .await
+            .expect("read"),
+        None
+    );
+    store
+        .record_login_failure("carol", "", t0, t0 - window)
+        .await
+        .expect("record");
+    assert_eq!(
+        store
+            .purge_login_failures(t0 + time::Duration::seconds(1))
+            .await
+            .expect("purge"),
+        1
+    );
+}
+
+/// Runs every check against each backend: `sqlite::<check>` and `postgres::<check>`; `$open`
+/// makes a fresh, empty store and whatever must live as long as it (a temporary directory, a
+/// throwaway database).
 macro_rules! conformance {
     ($($check:ident),* $(,)?) => {
         conformance!(@backend sqlite, crate::sqlite; $($check),*);
@@ -1254,4 +1497,6 @@ conformance!(
     tasks_are_claimed_once_updates_apply_once_and_logs_keep_their_order,
     cancel_lost_and_runner_deletion_end_runs,
     revoke_retiring_ends_an_overlap_once_and_keeps_the_version_when_there_is_none,
+    the_session_registry_keeps_the_holding_replicas_status_and_expires_dead_replicas,
+    login_failures_count_per_pair_restart_after_their_window_and_clear,
 );

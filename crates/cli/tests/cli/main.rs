@@ -8,6 +8,7 @@ mod database;
 mod local_apply;
 mod pipelines;
 mod procs;
+mod replicas;
 mod rotation;
 mod runner;
 mod runs;

@@ -92,6 +92,16 @@ impl ServerProc {
         Self::spawn_on(data_dir, listen, extra, database)
     }
 
+    /// A replica: `listen` fixed, `database` shared with the other replicas, `extra` settings.
+    pub fn start_replica(
+        data_dir: &Path,
+        listen: &str,
+        extra: &[(&str, &str)],
+        database: std::sync::Arc<tether_pgtest::TestDatabase>,
+    ) -> Self {
+        Self::spawn_on(data_dir, listen, extra, Some(database))
+    }
+
     fn spawn_on(
         data_dir: &Path,
         listen: &str,
@@ -253,4 +263,137 @@ pub fn wait_child(child: &mut Child, within: Duration) -> Option<i32> {
         std::thread::sleep(Duration::from_millis(50));
     }
     None
+}
+
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// HAProxy (Debian's package) in the foreground in front of replicas, with the configuration of
+/// `docs/operations/replicas.md`: WebSocket tunnels, health checks on `/readyz`. Servers marked
+/// `backup` take traffic only when every other one is down, which lets a test choose where a
+/// session lands.
+pub struct Haproxy {
+    child: Child,
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Haproxy {
+    /// On `port` (replicas' public URL must name it before the balancer starts); `servers`:
+    /// (name, address, backup).
+    pub fn start_on(port: u16, servers: &[(&str, &str, bool)]) -> Self {
+        let bin = ["/usr/sbin/haproxy", "/usr/bin/haproxy"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("HAProxy is installed (scripts/test installs Debian's haproxy)");
+        let dir = tempfile::tempdir().expect("dir");
+        let mut cfg = format!(
+            "global\n  maxconn 2000\ndefaults\n  mode http\n  timeout connect 2s\n  timeout client 60s\n  \
+             timeout server 60s\n  timeout tunnel 1h\nfrontend tether\n  bind 127.0.0.1:{port}\n  \
+             default_backend replicas\nbackend replicas\n  balance leastconn\n  option httpchk GET /readyz\n  \
+             http-check expect status 200\n"
+        );
+        for (name, addr, backup) in servers {
+            let backup = if *backup { " backup" } else { "" };
+            cfg.push_str(&format!(
+                "  server {name} {addr} check inter 200ms fall 2 rise 1{backup}\n"
+            ));
+        }
+        let file = dir.path().join("haproxy.cfg");
+        std::fs::write(&file, cfg).expect("config");
+        let log = std::fs::File::create(dir.path().join("haproxy.log")).expect("log");
+        let child = Command::new(bin)
+            .arg("-f")
+            .arg(&file)
+            .arg("-db")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("haproxy starts");
+        let url = format!("http://127.0.0.1:{port}");
+        let h = Self {
+            child,
+            url,
+            _dir: dir,
+        };
+        h.wait_ready(Duration::from_secs(10));
+        h
+    }
+
+    /// Waits until the balancer passes `/readyz` through to a ready replica.
+    pub fn wait_ready(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if http(&self.url, reqwest::Method::GET, "/readyz", None, None).0 == 200 {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("HAProxy did not pass /readyz through to a replica within {within:?}");
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One HTTP request from a test without a runtime of its own: `(status, body)`, status 0 if the
+/// request got no answer.
+pub fn http(
+    base: &str,
+    method: reqwest::Method,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<&serde_json::Value>,
+) -> (u16, String) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let mut req = reqwest::Client::new()
+            .request(method, format!("{base}{path}"))
+            .timeout(Duration::from_secs(10));
+        if let Some(t) = bearer {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        match req.send().await {
+            Ok(r) => {
+                let status = r.status().as_u16();
+                (status, r.text().await.unwrap_or_default())
+            }
+            Err(_) => (0, String::new()),
+        }
+    })
+}
+
+/// The status of a client-credentials token request with `secret` at `base`.
+pub fn token_status(base: &str, client_id: &str, secret: &str) -> u16 {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        reqwest::Client::new()
+            .post(format!("{base}/oauth/token"))
+            .basic_auth(client_id, Some(secret))
+            .form(&[("grant_type", "client_credentials")])
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    })
 }

@@ -55,7 +55,15 @@ impl OAuthReply {
 
 impl From<ClientAuthFailure> for OAuthReply {
     fn from(f: ClientAuthFailure) -> Self {
-        OAuthReply::invalid_client(f.description())
+        match f {
+            // RFC 6749 §5.2 has no code for this; `temporarily_unavailable` (§4.1.2.1) says retry.
+            ClientAuthFailure::Unavailable => OAuthReply {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                error: "temporarily_unavailable",
+                description: f.description().to_owned(),
+            },
+            _ => OAuthReply::invalid_client(f.description()),
+        }
     }
 }
 

@@ -27,8 +27,18 @@ async fn get_health() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
 
+/// Ready when the database answers and, with replicas, the events listener is in sync (a replica
+/// that is not would serve every token request from the database: take it out of the balancer).
 async fn get_ready(State(state): State<AppState>) -> Response {
     match state.store.ping().await {
+        Ok(()) if state.listener.as_ref().is_some_and(|l| !l.trusted()) => {
+            tracing::warn!("readiness check failed: events listener not in sync");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"status": "unavailable", "reason": "events_listener"})),
+            )
+                .into_response()
+        }
         Ok(()) => Json(json!({"status": "ready"})).into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "readiness check failed: database unreachable");
@@ -42,6 +52,26 @@ async fn get_ready(State(state): State<AppState>) -> Response {
 }
 
 async fn get_metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let m = &state.metrics;
+    m.sessions
+        .set(i64::try_from(state.link.session_count()).unwrap_or(i64::MAX));
+    if let Some(l) = &state.listener {
+        m.events_lag_ms
+            .set(i64::try_from(l.lag().as_millis()).unwrap_or(i64::MAX));
+        m.events_reconnects
+            .set(i64::try_from(l.reconnects()).unwrap_or(i64::MAX));
+    }
+    m.replica
+        .get_or_create(&crate::metrics::ReplicaLabels {
+            replica: state.replica_id.clone(),
+            backend: if state.store.shared() {
+                "postgres"
+            } else {
+                "sqlite"
+            }
+            .to_owned(),
+        })
+        .set(1);
     (
         [(
             CONTENT_TYPE,

@@ -136,15 +136,25 @@ impl ClientCache {
     /// The cached client, or the one `load` reads (installed if no newer change was announced
     /// meanwhile). `None` for an unknown client id, which is never cached. `load` is called only
     /// on a miss, so a hit builds no store future.
+    ///
+    /// With `trusted` false (a replica whose events listener is behind, see
+    /// `events::replicated`), the cache is neither read nor filled: every lookup reads the
+    /// database.
     pub async fn get<L, F>(
         &self,
         client_id: &ClientId,
+        trusted: bool,
         load: L,
     ) -> StoreResult<Option<Arc<CachedClient>>>
     where
         L: FnOnce() -> F,
         F: Future<Output = StoreResult<Option<ClientRecord>>>,
     {
+        if !trusted {
+            return Ok(load()
+                .await?
+                .map(|r| Arc::new(CachedClient::from_record(r))));
+        }
         if let Some(hit) = self.read().get(client_id).and_then(|s| s.entry.clone()) {
             return Ok(Some(hit));
         }
@@ -182,6 +192,17 @@ impl ClientCache {
             slot.deleted_at = Some(Instant::now());
         }
         if slot.entry.as_ref().is_some_and(|e| e.version < version) {
+            if let Some(old) = slot.entry.take() {
+                self.retire(old);
+            }
+        }
+    }
+
+    /// Drops every entry (floors stay): after a replica may have missed invalidations, each client
+    /// is read again on its next use.
+    pub fn clear(&self) {
+        let mut map = self.write();
+        for slot in map.values_mut() {
             if let Some(old) = slot.entry.take() {
                 self.retire(old);
             }
@@ -299,7 +320,7 @@ mod tests {
             let (cache, id) = (cache.clone(), id.clone());
             tokio::spawn(async move {
                 cache
-                    .get(&id, || async move {
+                    .get(&id, true, || async move {
                         let _ = read_done.send(());
                         let _ = release_rx.await; // the store answered with the old view; now wait
                         Ok(Some(stale))
@@ -320,7 +341,7 @@ mod tests {
         // A lookup that starts after the change returned must not see the stale view.
         let fresh = record(&id, 2, CredentialState::Revoked);
         let after = cache
-            .get(&id, || async { Ok(Some(fresh)) })
+            .get(&id, true, || async { Ok(Some(fresh)) })
             .await
             .expect("ok")
             .expect("some");
@@ -333,7 +354,10 @@ mod tests {
         let cache = ClientCache::default();
         let id = client_id();
         let v1 = record(&id, 1, CredentialState::Active);
-        cache.get(&id, || async { Ok(Some(v1)) }).await.expect("ok");
+        cache
+            .get(&id, true, || async { Ok(Some(v1)) })
+            .await
+            .expect("ok");
         cache.invalidate(&id, CredentialsVersion(2));
         let loads = std::sync::atomic::AtomicUsize::new(0);
         let load = |v| {
@@ -344,11 +368,19 @@ mod tests {
                 Ok(Some(r))
             }
         };
-        let got = cache.get(&id, || load(2)).await.expect("ok").expect("some");
+        let got = cache
+            .get(&id, true, || load(2))
+            .await
+            .expect("ok")
+            .expect("some");
         assert_eq!(got.version, CredentialsVersion(2));
         // An invalidation at a version the entry already has keeps it.
         cache.invalidate(&id, CredentialsVersion(2));
-        let got = cache.get(&id, || load(3)).await.expect("ok").expect("some");
+        let got = cache
+            .get(&id, true, || load(3))
+            .await
+            .expect("ok")
+            .expect("some");
         assert_eq!(got.version, CredentialsVersion(2), "served from the cache");
         assert_eq!(loads.load(Ordering::Relaxed), 1);
     }
@@ -358,12 +390,21 @@ mod tests {
         let cache = ClientCache::default();
         let id = client_id();
         let r = record(&id, 5, CredentialState::Active);
-        cache.get(&id, || async { Ok(Some(r)) }).await.expect("ok");
+        cache
+            .get(&id, true, || async { Ok(Some(r)) })
+            .await
+            .expect("ok");
         cache.deleted(&id);
         // A load that read the row before the delete committed serves only itself.
         let r = record(&id, 5, CredentialState::Active);
-        cache.get(&id, || async { Ok(Some(r)) }).await.expect("ok");
-        let none = cache.get(&id, || async { Ok(None) }).await.expect("ok");
+        cache
+            .get(&id, true, || async { Ok(Some(r)) })
+            .await
+            .expect("ok");
+        let none = cache
+            .get(&id, true, || async { Ok(None) })
+            .await
+            .expect("ok");
         assert!(
             none.is_none(),
             "the deleted client is not served from the cache"
@@ -378,7 +419,7 @@ mod tests {
         let id = client_id();
         let r = record(&id, 1, CredentialState::Active);
         let c = cache
-            .get(&id, || async { Ok(Some(r)) })
+            .get(&id, true, || async { Ok(Some(r)) })
             .await
             .expect("ok")
             .expect("some");
@@ -430,7 +471,7 @@ mod tests {
                         let floor = returned.load(Ordering::SeqCst);
                         let (db, rid, loads) = (committed.clone(), id.clone(), loads.clone());
                         let got = cache
-                            .get(&id, || async move {
+                            .get(&id, true, || async move {
                                 loads.fetch_add(1, Ordering::Relaxed);
                                 let v = db.load(Ordering::SeqCst);
                                 // Answer late, as a busy store does.

@@ -1,6 +1,10 @@
 //! Live runner sessions: which instances of which runner are connected right now, their heartbeats,
 //! and the status each runner shows. Sessions live in memory (they are TCP connections held by this
-//! process); every status change is also written to the store, so it survives a restart.
+//! process); every session that opens or closes, and every status change, is also sent, in order,
+//! to the writer of the session registry (`background::persist_statuses`), so other replicas know
+//! where a runner is connected and the status survives a restart. A session's record is sent before
+//! the status it causes: that order is what lets a replica whose runner moved elsewhere never
+//! overwrite the status the new replica wrote (see `RunnerStore::save_runner_status`).
 //!
 //! One mutex guards the whole map: every operation is a few map updates, and heartbeats at 10 s
 //! from tens of thousands of sessions are a few thousand short lock holds per second.
@@ -136,6 +140,7 @@ impl LiveRunner {
         Some(Changed {
             name: self.name.clone(),
             status: self.persisted(),
+            live_here: !self.sessions.is_empty(),
         })
     }
 
@@ -235,12 +240,28 @@ impl std::ops::DerefMut for Registry {
 }
 
 /// A status change to write to the store.
-pub type StatusChange = (RunnerId, PersistedStatus);
+/// What the registry writer is sent, in the order it happened.
+#[derive(Debug, Clone)]
+pub enum Persist {
+    /// A session opened here.
+    Opened(tether_store::NewSession),
+    /// A session of this process ended.
+    Closed { session_id: u64, at: OffsetDateTime },
+    /// A runner's status as this process derives it; `live_here` false means another replica's
+    /// view (if it holds a session) wins.
+    Status {
+        runner: RunnerId,
+        status: PersistedStatus,
+        live_here: bool,
+    },
+}
 
 #[derive(Debug)]
 struct Changed {
     name: String,
     status: PersistedStatus,
+    /// Whether this process holds a session of the runner (if not, another replica may).
+    live_here: bool,
 }
 
 /// A status change as the web UI's live updates announce it.
@@ -276,13 +297,13 @@ pub enum Presence {
 pub struct RunnerLink {
     runners: Mutex<Registry>,
     next_session: AtomicU64,
-    persist: mpsc::UnboundedSender<StatusChange>,
+    persist: mpsc::UnboundedSender<Persist>,
     events: broadcast::Sender<StatusEvent>,
 }
 
 impl RunnerLink {
     /// `persist` receives every status change, in order, for writing to the store.
-    pub fn new(persist: mpsc::UnboundedSender<StatusChange>) -> Self {
+    pub fn new(persist: mpsc::UnboundedSender<Persist>) -> Self {
         Self {
             runners: Mutex::new(Registry::default()),
             next_session: AtomicU64::new(1),
@@ -301,7 +322,12 @@ impl RunnerLink {
     }
 
     fn publish(&self, id: RunnerId, change: Option<Changed>) {
-        if let Some(Changed { name, status }) = change {
+        if let Some(Changed {
+            name,
+            status,
+            live_here,
+        }) = change
+        {
             tracing::info!(runner.id = %id, status = status.status.as_str(), reason = %status.reason, "runner status changed");
             // No subscriber is not an error: nobody has the UI open.
             let _ = self.events.send(StatusEvent {
@@ -310,7 +336,11 @@ impl RunnerLink {
                 status: status.status,
                 reason: status.reason.clone(),
             });
-            let _ = self.persist.send((id, status));
+            let _ = self.persist.send(Persist::Status {
+                runner: id,
+                status,
+                live_here,
+            });
         }
     }
 
@@ -361,7 +391,19 @@ impl RunnerLink {
             };
             live.departed.remove(&hello.instance_id);
             live.credentials_revoked = None;
+            // Sent under the lock: the registry sees sessions in the order they were registered.
+            let _ = self.persist.send(Persist::Opened(tether_store::NewSession {
+                session_id,
+                runner_id: runner.id,
+                instance_id: hello.instance_id.clone(),
+                generation: Generation(generation),
+                connected_at: now,
+            }));
             if let Some(old) = live.sessions.insert(hello.instance_id, session) {
+                let _ = self.persist.send(Persist::Closed {
+                    session_id: old.session_id,
+                    at: now,
+                });
                 let _ = old.tx.send(Outbound::Close {
                     code: tether_protocol::session::close_code::SUPERSEDED,
                     reason: "a newer connection of this instance replaced this one".into(),
@@ -455,6 +497,10 @@ impl RunnerLink {
                 return;
             };
             live.sessions.remove(&instance);
+            let _ = self.persist.send(Persist::Closed {
+                session_id,
+                at: now,
+            });
             live.departed.insert(instance.clone(), now);
             live.last_seen_at = Some(now);
             live.last_disconnect = Some(match how {

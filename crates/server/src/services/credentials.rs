@@ -135,11 +135,14 @@ pub async fn refresh(
         },
     };
     let runner = Arc::new(runner);
-    let delivered = state.events.publish(Event::CredentialsChanged {
-        runner: runner.clone(),
-        version: refreshed.version,
-        change,
-    });
+    let delivered = state
+        .events
+        .publish(Event::CredentialsChanged {
+            runner: runner.clone(),
+            version: refreshed.version,
+            change,
+        })
+        .await;
     let closed = delivered.sessions_closed;
     if mode != Mode::Revoke {
         tracing::info!(runner.id = %runner.id, %generation, instances = delivered.instances_told, "told instances about the new credential generation");
@@ -252,6 +255,7 @@ pub async fn revoke_previous(
                 accepted_from: runner.generation,
             },
         })
+        .await
         .sessions_closed;
     let runner = Arc::unwrap_or_clone(runner);
     audit_cuts(state, &runner, &closed, "previous credentials revoked").await?;
@@ -372,6 +376,7 @@ pub async fn sweep(state: &AppState) -> anyhow::Result<()> {
                     accepted_from: Generation(e.generation.0 + 1),
                 },
             })
+            .await
             .sessions_closed;
         tracing::info!(runner.id = %e.runner_id, generation = e.generation.0, sessions_closed = closed.len(),
             "grace period ended; previous credentials revoked");

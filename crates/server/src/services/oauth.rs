@@ -25,6 +25,9 @@ pub enum ClientAuthFailure {
     MalformedSecret,
     UnknownClient,
     WrongSecret,
+    /// The credentials could not be read (the database is unreachable): neither accepted nor
+    /// refused, the client should retry.
+    Unavailable,
 }
 
 impl ClientAuthFailure {
@@ -34,6 +37,7 @@ impl ClientAuthFailure {
             ClientAuthFailure::MalformedSecret => "malformed_secret",
             ClientAuthFailure::UnknownClient => "unknown_client",
             ClientAuthFailure::WrongSecret => "wrong_secret",
+            ClientAuthFailure::Unavailable => "unavailable",
         }
     }
 
@@ -46,6 +50,9 @@ impl ClientAuthFailure {
             }
             ClientAuthFailure::UnknownClient | ClientAuthFailure::WrongSecret => {
                 "client authentication failed: unknown client or wrong, revoked or expired client_secret"
+            }
+            ClientAuthFailure::Unavailable => {
+                "the control plane cannot check credentials right now; retry shortly"
             }
         }
     }
@@ -92,14 +99,16 @@ async fn try_authenticate(
         ClientId::parse(client_id).map_err(|_| (ClientAuthFailure::MalformedClientId, None))?;
     let client = match state
         .clients
-        .get(&id, || state.store.client_by_id(&id))
+        .get(&id, state.events.trusted(), || {
+            state.store.client_by_id(&id)
+        })
         .await
     {
         Ok(Some(c)) => c,
         Ok(None) => return Err((ClientAuthFailure::UnknownClient, None)),
         Err(e) => {
             tracing::error!(error = %e, "loading client credentials failed");
-            return Err((ClientAuthFailure::UnknownClient, None));
+            return Err((ClientAuthFailure::Unavailable, None));
         }
     };
     let Ok(secret) = ClientSecret::parse(client_secret) else {
@@ -194,10 +203,24 @@ pub async fn validate_access_token(
     if state.revoked.contains(&claims.jti) {
         return None;
     }
+    if !state.events.trusted() {
+        // Another replica may have revoked it while this one was not listening.
+        let now = OffsetDateTime::now_utc();
+        if state
+            .store
+            .access_token_revoked(&claims.jti, now)
+            .await
+            .unwrap_or(true)
+        {
+            return None;
+        }
+    }
     let client_id = ClientId::parse(&claims.client_id).ok()?;
     let client = state
         .clients
-        .get(&client_id, || state.store.client_by_id(&client_id))
+        .get(&client_id, state.events.trusted(), || {
+            state.store.client_by_id(&client_id)
+        })
         .await
         .ok()??;
     if client.runner_id.to_string() != claims.sub {
@@ -235,6 +258,7 @@ pub async fn revoke_access_token(
         .publish(crate::events::Event::AccessTokenRevoked {
             jti: claims.jti.clone(),
             expires_at: claims.exp,
-        });
+        })
+        .await;
     Ok(())
 }

@@ -133,6 +133,7 @@ pub async fn delete(
             runner: runner.id,
             client_id: runner.client_id.clone(),
         })
+        .await
         .sessions_closed;
     if !closed.is_empty() {
         tracing::info!(runner.id = %runner.id, sessions = closed.len(), "closed sessions of deleted runner");
@@ -162,10 +163,13 @@ pub async fn pause(
         .set_paused(runner.id, Some((caller.actor(), until)), ev)
         .await
         .op("set_paused")?;
-    state.events.publish(Event::PauseChanged {
-        runner: Arc::new(runner),
-        paused_by: Some(caller.actor()),
-    });
+    state
+        .events
+        .publish(Event::PauseChanged {
+            runner: Arc::new(runner),
+            paused_by: Some(caller.actor()),
+        })
+        .await;
     find(state, key).await
 }
 
@@ -184,10 +188,13 @@ pub async fn resume(
         .set_paused(runner.id, None, ev)
         .await
         .op("set_paused")?;
-    state.events.publish(Event::PauseChanged {
-        runner: Arc::new(runner),
-        paused_by: None,
-    });
+    state
+        .events
+        .publish(Event::PauseChanged {
+            runner: Arc::new(runner),
+            paused_by: None,
+        })
+        .await;
     find(state, key).await
 }
 
@@ -205,6 +212,7 @@ pub async fn restart(
             runner: runner.id,
             reason: format!("restart requested by {}", caller.actor()),
         })
+        .await
         .instances_told;
     if drained == 0 {
         return Err(ServiceError::Conflict {
@@ -237,10 +245,13 @@ pub async fn resume_due(state: &AppState) -> anyhow::Result<()> {
             .op("set_paused")?;
         match state.store.runner_by_id(id).await.op("runner_by_id")? {
             Some(runner) => {
-                state.events.publish(Event::PauseChanged {
-                    runner: Arc::new(runner),
-                    paused_by: None,
-                });
+                state
+                    .events
+                    .publish(Event::PauseChanged {
+                        runner: Arc::new(runner),
+                        paused_by: None,
+                    })
+                    .await;
             }
             // Deleted meanwhile: nothing to resume.
             None => continue,

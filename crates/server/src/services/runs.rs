@@ -45,9 +45,12 @@ pub async fn create(
     };
     let record = state.store.create_run(run, ev).await.op("create_run")?;
     tracing::info!(run.id = %record.id, runner.id = %record.runner_id, pipeline = %record.pipeline, "run queued");
-    state.events.publish(Event::WorkQueued {
-        runner: record.runner_id,
-    });
+    state
+        .events
+        .publish(Event::WorkQueued {
+            runner: record.runner_id,
+        })
+        .await;
     Ok(record)
 }
 
@@ -131,9 +134,12 @@ pub async fn cancel(
             }
         }
     }
-    state.events.publish(Event::WorkQueued {
-        runner: run.runner_id,
-    });
+    state
+        .events
+        .publish(Event::WorkQueued {
+            runner: run.runner_id,
+        })
+        .await;
     find(state, key).await
 }
 
@@ -168,7 +174,7 @@ pub async fn apply_update(
             if task_final {
                 tracing::info!(runner.id = %runner, task.id = %task_id, state = reported.as_str(),
                     exit_code = ?exit_code, "task finished");
-                state.events.publish(Event::WorkQueued { runner });
+                state.events.publish(Event::WorkQueued { runner }).await;
             }
             if let Some(s) = run_final {
                 tracing::info!(runner.id = %runner, task.id = %task_id, state = s.as_str(), "run finished");
@@ -200,10 +206,24 @@ pub async fn sweep_lost(state: &AppState) -> anyhow::Result<()> {
         .await
         .op("assigned_tasks")?
     {
-        let gone_since = match state.link.presence(t.runner_id, &t.instance_id) {
+        let here = match state.link.presence(t.runner_id, &t.instance_id) {
             Presence::Live => continue,
-            Presence::GoneSince(at) => at,
-            Presence::Unknown => state.started_at.max(t.assigned_at),
+            Presence::GoneSince(at) => Some(at),
+            Presence::Unknown => None,
+        };
+        // Another replica may hold (or have held) the instance's session.
+        let live_after = now - state.config.heartbeat * 3;
+        let elsewhere = state
+            .store
+            .instance_presence(t.runner_id, &t.instance_id, &state.replica_id, live_after)
+            .await
+            .op("instance_presence")?;
+        let gone_since = match (here, elsewhere) {
+            (_, tether_store::SharedPresence::Live) => continue,
+            (Some(a), tether_store::SharedPresence::GoneSince(b)) => a.max(b),
+            (Some(a), tether_store::SharedPresence::Unknown) => a,
+            (None, tether_store::SharedPresence::GoneSince(b)) => b,
+            (None, tether_store::SharedPresence::Unknown) => state.started_at.max(t.assigned_at),
         };
         if now - gone_since < lost_after {
             continue;
@@ -225,9 +245,12 @@ pub async fn sweep_lost(state: &AppState) -> anyhow::Result<()> {
                 .target(format!("run:{}", run.id))
                 .detail(json!({"task_id": t.task_id.to_string(), "instance_id": t.instance_id}));
             state.store.append_audit(ev).await.op("append_audit")?;
-            state.events.publish(Event::WorkQueued {
-                runner: t.runner_id,
-            });
+            state
+                .events
+                .publish(Event::WorkQueued {
+                    runner: t.runner_id,
+                })
+                .await;
         }
     }
     state.link.forget_departed(lost_after * 2);
@@ -240,7 +263,7 @@ pub async fn sweep_lost(state: &AppState) -> anyhow::Result<()> {
         .op("runners_with_active_runs")?
     {
         if connected.contains(&runner) {
-            state.events.publish(Event::WorkQueued { runner });
+            state.events.publish(Event::WorkQueued { runner }).await;
         }
     }
     Ok(())

@@ -61,3 +61,57 @@ pub async fn close(
         .op("delete_web_session")?;
     Ok(())
 }
+
+/// Refused logins: after [`MAX_LOGIN_FAILURES`] for one username from one address within
+/// [`LOGIN_WINDOW`], further attempts from there are refused (429) until the window has passed,
+/// without checking the password. The real user logging in from another address is not locked
+/// out, and a successful login clears the count. Counted in the database, so a lockout on one
+/// replica holds on every replica.
+pub const MAX_LOGIN_FAILURES: u32 = 5;
+pub const LOGIN_WINDOW: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
+/// How long this pair must wait before it may try again, if it is locked out.
+pub async fn login_locked_for(
+    state: &AppState,
+    username: &str,
+    ip: Option<&str>,
+) -> Result<Option<std::time::Duration>, ServiceError> {
+    let now = OffsetDateTime::now_utc();
+    let Some((failures, first_at)) = state
+        .store
+        .login_failures(username, ip.unwrap_or(""), now - LOGIN_WINDOW)
+        .await
+        .op("login_failures")?
+    else {
+        return Ok(None);
+    };
+    let left = (first_at + LOGIN_WINDOW) - now;
+    Ok((failures >= MAX_LOGIN_FAILURES && left.is_positive())
+        .then(|| std::time::Duration::try_from(left).unwrap_or_default()))
+}
+
+pub async fn login_failed(
+    state: &AppState,
+    username: &str,
+    ip: Option<&str>,
+) -> Result<(), ServiceError> {
+    let now = OffsetDateTime::now_utc();
+    state
+        .store
+        .record_login_failure(username, ip.unwrap_or(""), now, now - LOGIN_WINDOW)
+        .await
+        .op("record_login_failure")?;
+    Ok(())
+}
+
+pub async fn login_succeeded(
+    state: &AppState,
+    username: &str,
+    ip: Option<&str>,
+) -> Result<(), ServiceError> {
+    state
+        .store
+        .clear_login_failures(username, ip.unwrap_or(""))
+        .await
+        .op("clear_login_failures")
+}

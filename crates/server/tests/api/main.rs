@@ -8,6 +8,7 @@ mod logs;
 mod oauth;
 mod ops;
 mod pipelines;
+mod replicas;
 mod restart;
 mod revocation;
 mod roles;

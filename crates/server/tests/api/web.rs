@@ -3,7 +3,7 @@
 //! apply), pause/resume/restart, create runner, users, and live status over server-sent events.
 //! docs/UI.md is the contract these check.
 
-mod browser;
+pub(crate) mod browser;
 mod credentials;
 mod events;
 mod pages;

@@ -21,7 +21,9 @@
 //! starting at once apply each migration once.
 
 mod credentials;
+pub mod events;
 mod pipelines;
+mod replicas;
 mod runners;
 mod runs;
 mod task_queue;
@@ -60,7 +62,7 @@ impl PostgresStore {
             .expose()
             .parse::<PgConnectOptions>()
             .map_err(|e| StoreError::InvalidUrl(format!("{}: {}", url.redacted(), redact(&e))))?
-            .application_name("tether")
+            .application_name(&settings.application_name)
             .options([("statement_timeout", timeout_ms.as_str())]);
         let pool = PgPoolOptions::new()
             .max_connections(settings.max_connections)
@@ -101,6 +103,16 @@ async fn migrate(pool: &PgPool) -> StoreResult<()> {
 
 #[async_trait]
 impl Store for PostgresStore {
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn event_channel(&self) -> Option<std::sync::Arc<dyn crate::EventChannel>> {
+        Some(std::sync::Arc::new(events::PgEventChannel {
+            pool: self.pool.clone(),
+        }))
+    }
+
     async fn ping(&self) -> StoreResult<()> {
         sqlx::query("SELECT 1")
             .execute(&self.pool)

@@ -7,8 +7,8 @@ use time::OffsetDateTime;
 use super::{backend, insert_audit, limit, PostgresStore};
 use crate::rows::{self, ClientRow, RunnerRow, CLIENT_SELECT, RUNNER_COLUMNS};
 use crate::{
-    to_ms, ClientRecord, CredentialStore, CredentialUse, NewAuditEvent, NewRunner, PersistedStatus,
-    RunnerRecord, RunnerStore, StoreError, StoreResult,
+    to_ms, ClientRecord, CredentialStore, CredentialUse, LiveElsewhere, NewAuditEvent, NewRunner,
+    PersistedStatus, RunnerRecord, RunnerStore, StoreError, StoreResult,
 };
 
 impl PostgresStore {
@@ -110,7 +110,24 @@ impl RunnerStore for PostgresStore {
         Ok(true)
     }
 
-    async fn save_runner_status(&self, id: RunnerId, s: &PersistedStatus) -> StoreResult<()> {
+    async fn save_runner_status(
+        &self,
+        id: RunnerId,
+        s: &PersistedStatus,
+        unless_live_elsewhere: Option<&LiveElsewhere>,
+    ) -> StoreResult<()> {
+        let runner = id.to_string();
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        sqlx::query("SELECT id FROM runners WHERE id = $1 FOR NO KEY UPDATE")
+            .bind(&runner)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        if let Some(l) = unless_live_elsewhere {
+            if super::replicas::live_elsewhere(&mut tx, &runner, &l.replica, l.live_after).await? {
+                return Ok(()); // the replica holding its session writes its status
+            }
+        }
         sqlx::query(
             "UPDATE runners SET status = $1, status_reason = $2, status_since = $3,
                  last_seen_at = COALESCE($4, last_seen_at), runner_version = COALESCE($5, runner_version)
@@ -121,10 +138,11 @@ impl RunnerStore for PostgresStore {
         .bind(to_ms(s.since))
         .bind(s.last_seen_at.map(to_ms))
         .bind(&s.runner_version)
-        .bind(id.to_string())
-        .execute(&self.pool)
+        .bind(&runner)
+        .execute(&mut *tx)
         .await
         .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
         Ok(())
     }
 
@@ -259,6 +277,17 @@ impl CredentialStore for PostgresStore {
         }
         tx.commit().await.map_err(backend)?;
         Ok(())
+    }
+
+    async fn access_token_revoked(&self, jti: &str, now: OffsetDateTime) -> StoreResult<bool> {
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM revoked_tokens WHERE jti = $1 AND expires_at > $2)",
+        )
+        .bind(jti)
+        .bind(to_ms(now))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(backend)
     }
 
     async fn revoked_access_tokens(

@@ -4,6 +4,7 @@
 mod audit;
 mod credentials;
 mod pipelines;
+mod replicas;
 mod runners;
 mod runs;
 mod task_queue;

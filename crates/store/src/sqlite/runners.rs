@@ -8,8 +8,8 @@ use time::OffsetDateTime;
 use super::{backend, insert_audit, SqliteStore};
 use crate::rows::{self, ClientRow, RunnerRow, CLIENT_SELECT, RUNNER_COLUMNS};
 use crate::{
-    from_ms, to_ms, ClientRecord, CredentialStore, CredentialUse, NewAuditEvent, NewRunner,
-    PersistedStatus, RunnerRecord, RunnerStore, StoreResult,
+    from_ms, to_ms, ClientRecord, CredentialStore, CredentialUse, LiveElsewhere, NewAuditEvent,
+    NewRunner, PersistedStatus, RunnerRecord, RunnerStore, StoreResult,
 };
 
 impl SqliteStore {
@@ -114,11 +114,21 @@ impl RunnerStore for SqliteStore {
         Ok(true)
     }
 
-    async fn save_runner_status(&self, id: RunnerId, s: &PersistedStatus) -> StoreResult<()> {
+    async fn save_runner_status(
+        &self,
+        id: RunnerId,
+        s: &PersistedStatus,
+        unless_live_elsewhere: Option<&LiveElsewhere>,
+    ) -> StoreResult<()> {
+        // One writer: the check and the update cannot interleave with a session being recorded.
         sqlx::query(
-            "UPDATE runners SET status = ?, status_reason = ?, status_since = ?,
-                 last_seen_at = COALESCE(?, last_seen_at), runner_version = COALESCE(?, runner_version)
-             WHERE id = ?",
+            "UPDATE runners SET status = ?1, status_reason = ?2, status_since = ?3,
+                 last_seen_at = COALESCE(?4, last_seen_at), runner_version = COALESCE(?5, runner_version)
+             WHERE id = ?6
+               AND (?7 IS NULL OR NOT EXISTS (
+                   SELECT 1 FROM runner_sessions x JOIN replicas p ON p.id = x.replica_id
+                   WHERE x.runner_id = ?6 AND x.closed_at IS NULL AND x.replica_id <> ?7
+                     AND p.last_seen_at >= ?8))",
         )
         .bind(s.status.as_str())
         .bind(&s.reason)
@@ -126,6 +136,8 @@ impl RunnerStore for SqliteStore {
         .bind(s.last_seen_at.map(to_ms))
         .bind(&s.runner_version)
         .bind(id.to_string())
+        .bind(unless_live_elsewhere.map(|l| l.replica.as_str()))
+        .bind(unless_live_elsewhere.map(|l| to_ms(l.live_after)))
         .execute(&self.writer)
         .await
         .map_err(backend)?;
@@ -269,6 +281,17 @@ impl CredentialStore for SqliteStore {
         }
         tx.commit().await.map_err(backend)?;
         Ok(())
+    }
+
+    async fn access_token_revoked(&self, jti: &str, now: OffsetDateTime) -> StoreResult<bool> {
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM revoked_tokens WHERE jti = ? AND expires_at > ?)",
+        )
+        .bind(jti)
+        .bind(to_ms(now))
+        .fetch_one(&self.reader)
+        .await
+        .map_err(backend)
     }
 
     async fn revoked_access_tokens(

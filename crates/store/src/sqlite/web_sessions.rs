@@ -77,4 +77,59 @@ impl WebSessionStore for SqliteStore {
                 .rows_affected(),
         )
     }
+
+    async fn login_failures(
+        &self,
+        username: &str,
+        source_ip: &str,
+        window_start: OffsetDateTime,
+    ) -> StoreResult<Option<(u32, OffsetDateTime)>> {
+        let row: Option<(i64, i64)> = sqlx::query_as(crate::rows::LOGIN_FAILURES_SELECT)
+            .bind(username)
+            .bind(source_ip)
+            .bind(to_ms(window_start))
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(backend)?;
+        Ok(crate::rows::login_failures(row))
+    }
+
+    async fn record_login_failure(
+        &self,
+        username: &str,
+        source_ip: &str,
+        at: OffsetDateTime,
+        window_start: OffsetDateTime,
+    ) -> StoreResult<u32> {
+        let n: i64 = sqlx::query_scalar(crate::rows::LOGIN_FAILURE_UPSERT)
+            .bind(username)
+            .bind(source_ip)
+            .bind(to_ms(at))
+            .bind(to_ms(window_start))
+            .fetch_one(&self.writer)
+            .await
+            .map_err(backend)?;
+        Ok(u32::try_from(n).unwrap_or(u32::MAX))
+    }
+
+    async fn clear_login_failures(&self, username: &str, source_ip: &str) -> StoreResult<()> {
+        sqlx::query("DELETE FROM login_failures WHERE username = $1 AND source_ip = $2")
+            .bind(username)
+            .bind(source_ip)
+            .execute(&self.writer)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn purge_login_failures(&self, before: OffsetDateTime) -> StoreResult<u64> {
+        Ok(
+            sqlx::query("DELETE FROM login_failures WHERE first_at < $1")
+                .bind(to_ms(before))
+                .execute(&self.writer)
+                .await
+                .map_err(backend)?
+                .rows_affected(),
+        )
+    }
 }

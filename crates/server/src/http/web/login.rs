@@ -8,25 +8,21 @@ use axum::http::header::SET_COOKIE;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Extension, Router};
-use std::sync::Arc;
+use axum::Router;
 
 use super::session::{self, cookie, random_token, same, set_cookie, Form, PostForm, Visitor};
-use super::throttle::LoginThrottle;
 use super::{page, see_other, WebError};
 use crate::http::extract::{ClientIp, QueryParams};
-use crate::services::users;
+use crate::services::{users, web_sessions};
 use crate::state::AppState;
 
 const LOGIN_COOKIE: &str = "tether_login";
 
-/// The login routes; the throttle of refused logins belongs to them alone, not to the shared state.
+/// The login routes. Refused logins are counted in the database (`services::web_sessions`).
 pub fn router() -> Router<AppState> {
-    let throttle = Arc::new(LoginThrottle::default());
     Router::new()
         .route("/login", get(show_login).post(log_in))
         .route("/logout", post(log_out))
-        .layer(Extension(throttle))
 }
 
 #[derive(Template)]
@@ -105,7 +101,6 @@ async fn show_login(
 
 async fn log_in(
     State(state): State<AppState>,
-    Extension(throttle): Extension<Arc<LoginThrottle>>,
     ClientIp(source_ip): ClientIp,
     headers: HeaderMap,
     body: Bytes,
@@ -118,7 +113,7 @@ async fn log_in(
     let next = safe_next(form.get("next"));
     let username = form.get("username").trim().to_owned();
     let ip = source_ip.as_deref();
-    if let Some(left) = throttle.locked_for(&username, ip) {
+    if let Some(left) = web_sessions::login_locked_for(&state, &username, ip).await? {
         tracing::warn!(user = %username, source_ip = ?source_ip, retry_after_s = left.as_secs(),
             "web login refused: too many failed logins; locked out for a while");
         let mut response = login_page(
@@ -138,7 +133,7 @@ async fn log_in(
         return Ok(response);
     }
     let Some(user) = users::authenticate(&state, &username, form.get("password")).await? else {
-        throttle.failed(&username, ip);
+        web_sessions::login_failed(&state, &username, ip).await?;
         tracing::warn!(user = %username, source_ip = ?source_ip, "web login refused: wrong username or password");
         return login_page(
             &state,
@@ -150,7 +145,7 @@ async fn log_in(
             None,
         );
     };
-    throttle.succeeded(&username, ip);
+    web_sessions::login_succeeded(&state, &username, ip).await?;
     let session_cookie = session::start(&state, &user, source_ip).await?;
     let mut response = see_other(&next);
     let headers = response.headers_mut();

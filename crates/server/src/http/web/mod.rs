@@ -13,7 +13,6 @@ mod events;
 mod login;
 mod runners;
 mod session;
-pub mod throttle;
 mod users;
 
 use askama::Template;

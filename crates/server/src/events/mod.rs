@@ -12,6 +12,14 @@
 //! need (versions from the database, never "the state as I saw it").
 //!
 //! Subscribers are synchronous and short: a few map updates under their own locks, no I/O.
+//!
+//! With several replicas on one database, [`replicated::Replicated`] is the bus: it delivers
+//! locally as above, then sends the event (as [`wire`] text) to the other replicas, whose
+//! listeners deliver it to their own subscribers. See that module for the bound it keeps when a
+//! listener falls behind.
+
+pub mod replicated;
+pub mod wire;
 
 use std::fmt;
 use std::sync::Arc;
@@ -85,10 +93,19 @@ pub trait Subscriber: Send + Sync + fmt::Debug {
 }
 
 /// Publishes events after their change committed.
+#[async_trait::async_trait]
 pub trait EventBus: Send + Sync + fmt::Debug {
     /// Delivers `event` to every subscriber of this process before it returns (see the module
-    /// doc); what they did comes back.
-    fn publish(&self, event: Event) -> Delivered;
+    /// doc), and to the other replicas, if there are any, before it returns too; what the
+    /// subscribers here did comes back.
+    async fn publish(&self, event: Event) -> Delivered;
+
+    /// Whether the caches fed by this bus may be trusted right now. Always, for a single
+    /// process; for replicas, only while the listener is in sync (see [`replicated`]). When not,
+    /// callers read the database instead of their caches.
+    fn trusted(&self) -> bool {
+        true
+    }
 }
 
 /// The bus of a single control-plane process: delivery is a loop over the subscribers.
@@ -104,13 +121,21 @@ impl InProcess {
     }
 }
 
-impl EventBus for InProcess {
-    fn publish(&self, event: Event) -> Delivered {
+impl InProcess {
+    /// Delivers to this process's subscribers only (the events replicas receive from others).
+    pub fn deliver(&self, event: &Event) -> Delivered {
         let mut delivered = Delivered::default();
         for s in &self.subscribers {
-            s.deliver(&event, &mut delivered);
+            s.deliver(event, &mut delivered);
         }
         delivered
+    }
+}
+
+#[async_trait::async_trait]
+impl EventBus for InProcess {
+    async fn publish(&self, event: Event) -> Delivered {
+        self.deliver(&event)
     }
 }
 
@@ -135,8 +160,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn every_subscriber_applies_an_event_in_order_before_publish_returns() {
+    #[tokio::test]
+    async fn every_subscriber_applies_an_event_in_order_before_publish_returns() {
         let log = Arc::new(Mutex::new(Vec::new()));
         let bus = InProcess::new(vec![
             Arc::new(Recorder {
@@ -148,10 +173,12 @@ mod tests {
                 log: log.clone(),
             }),
         ]);
-        let delivered = bus.publish(Event::DrainRequested {
-            runner: RunnerId::new(),
-            reason: "restart".into(),
-        });
+        let delivered = bus
+            .publish(Event::DrainRequested {
+                runner: RunnerId::new(),
+                reason: "restart".into(),
+            })
+            .await;
         assert_eq!(*log.lock().expect("log"), ["first", "second"]);
         assert_eq!(delivered.instances_told, 2);
     }

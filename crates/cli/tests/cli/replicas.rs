@@ -1,0 +1,332 @@
+//! Several `tether server` replicas on one PostgreSQL database behind HAProxy, with real runner
+//! processes that connect through the balancer. HAProxy's `backup` servers take traffic only when
+//! the others are down, which decides where a runner's session lands; the API calls of a test go
+//! to the replicas' own ports, so "through A" and "held by B" are what the test says.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::procs::{
+    free_port, http, stderr, tether, token_status, Haproxy, RunnerProc, ServerProc, ADMIN_TOKEN,
+};
+
+const MAX_LAG: Duration = Duration::from_millis(500);
+
+struct Cluster {
+    replicas: Vec<ServerProc>,
+    names: Vec<&'static str>,
+    balancer: Haproxy,
+    db: Arc<tether_pgtest::TestDatabase>,
+    keys: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+fn key_files(dir: &std::path::Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let keys = dir.join("keys");
+    std::fs::create_dir_all(&keys).expect("keys dir");
+    for k in ["signing", "pepper", "master"] {
+        let path = keys.join(format!("{k}.key"));
+        std::fs::write(&path, tether_domain::random_bytes::<32>()).expect("key");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("mode");
+    }
+    keys
+}
+
+impl Cluster {
+    /// `n` replicas named a, b, c…; the balancer sends new sessions to `primary` (the others are
+    /// backups).
+    fn start(n: usize, primary: &str) -> Self {
+        let dir = tempfile::tempdir().expect("dir");
+        let db = Arc::new(tether_pgtest::TestDatabase::create_blocking());
+        let keys = key_files(dir.path());
+        let names: Vec<&'static str> = ["a", "b", "c"][..n].to_vec();
+        let addrs: Vec<String> = names
+            .iter()
+            .map(|_| format!("127.0.0.1:{}", free_port()))
+            .collect();
+        let balancer_port = free_port();
+        let mut replicas = Vec::new();
+        for (name, addr) in names.iter().zip(&addrs) {
+            replicas.push(Self::replica(
+                dir.path(),
+                &keys,
+                &db,
+                name,
+                addr,
+                balancer_port,
+            ));
+        }
+        let servers: Vec<(&str, &str, bool)> = names
+            .iter()
+            .zip(&addrs)
+            .map(|(n, a)| (*n, a.as_str(), *n != primary))
+            .collect();
+        let balancer = Haproxy::start_on(balancer_port, &servers);
+        Self {
+            replicas,
+            names,
+            balancer,
+            db,
+            keys,
+            dir,
+        }
+    }
+
+    fn replica(
+        dir: &std::path::Path,
+        keys: &std::path::Path,
+        db: &Arc<tether_pgtest::TestDatabase>,
+        name: &str,
+        addr: &str,
+        balancer_port: u16,
+    ) -> ServerProc {
+        let data = dir.join(format!("replica-{name}"));
+        let public = format!("http://127.0.0.1:{balancer_port}");
+        let signing = keys.join("signing.key").display().to_string();
+        let pepper = keys.join("pepper.key").display().to_string();
+        let master = keys.join("master.key").display().to_string();
+        let lag = format!("{}", MAX_LAG.as_secs_f64());
+        ServerProc::start_replica(
+            &data,
+            addr,
+            &[
+                ("TETHER_PUBLIC_URL", public.as_str()),
+                ("TETHER_SIGNING_KEY_FILE", signing.as_str()),
+                ("TETHER_PEPPER_FILE", pepper.as_str()),
+                ("TETHER_MASTER_KEY_FILE", master.as_str()),
+                ("TETHER_EVENTS_MAX_LAG_SECONDS", lag.as_str()),
+            ],
+            db.clone(),
+        )
+    }
+
+    fn at(&self, name: &str) -> &ServerProc {
+        let i = self.names.iter().position(|n| *n == name).expect("replica");
+        &self.replicas[i]
+    }
+
+    /// An admin command against replica `name`.
+    fn admin(&self, name: &str, args: &[&str]) -> std::process::Output {
+        let url = self.at(name).url.clone();
+        tether(args, &[("TETHER_URL", &url), ("TETHER_TOKEN", ADMIN_TOKEN)])
+    }
+
+    fn show(&self, name: &str, runner: &str) -> Value {
+        let o = self.admin(name, &["runners", "show", runner, "--output", "json"]);
+        serde_json::from_slice(&o.stdout).unwrap_or(Value::Null)
+    }
+
+    /// Waits until `check` holds for the runner as every replica shows it.
+    fn wait_everywhere(
+        &self,
+        runner: &str,
+        what: &str,
+        within: Duration,
+        check: impl Fn(&Value) -> bool,
+    ) {
+        let deadline = Instant::now() + within;
+        loop {
+            let views: Vec<Value> = self.names.iter().map(|n| self.show(n, runner)).collect();
+            if views.iter().all(&check) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what} on every replica within {within:?}: {views:#?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Creates a runner through replica `through`; returns (client id, secret).
+    fn create_runner(&self, through: &str, runner: &str) -> (String, String) {
+        let o = self.admin(
+            through,
+            &[
+                "runners",
+                "create",
+                runner,
+                "--platform",
+                "local",
+                "--output",
+                "json",
+            ],
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        let created: Value = serde_json::from_slice(&o.stdout).expect("json");
+        (
+            created["credentials"]["client_id"]
+                .as_str()
+                .expect("id")
+                .to_owned(),
+            created["credentials"]["client_secret"]
+                .as_str()
+                .expect("secret")
+                .to_owned(),
+        )
+    }
+
+    /// A runner process connecting through the balancer.
+    fn start_runner(&self, label: &str, client_id: &str, secret: &str) -> RunnerProc {
+        RunnerProc::start(
+            &[
+                ("TETHER_URL", self.balancer.url.clone()),
+                ("OAUTH_CLIENT_ID", client_id.to_owned()),
+                ("OAUTH_CLIENT_SECRET", secret.to_owned()),
+                (
+                    "TETHER_WORKDIR",
+                    self.dir
+                        .path()
+                        .join(format!("work-{label}"))
+                        .display()
+                        .to_string(),
+                ),
+            ],
+            self.dir.path().join(format!("{label}.log")),
+        )
+    }
+}
+
+fn running(r: &Value) -> bool {
+    r["status"] == "running"
+}
+
+/// (1) Created through A, held by B, refreshed through A: B cuts the session, and B and C refuse
+/// the old secret for every request that starts after the bound.
+#[test]
+fn a_refresh_through_one_replica_cuts_the_runner_held_by_another_and_every_replica_refuses_it() {
+    let c = Cluster::start(3, "b");
+    let (client_id, old) = c.create_runner("a", "r1");
+    let runner = c.start_runner("r1", &client_id, &old);
+    c.wait_everywhere("r1", "running", Duration::from_secs(20), running);
+    // The session is B's.
+    let b_metrics = http(&c.at("b").url, reqwest::Method::GET, "/metrics", None, None).1;
+    assert!(
+        b_metrics.lines().any(|l| l == "tether_sessions 1"),
+        "B holds the session: {b_metrics}"
+    );
+    for name in ["b", "c"] {
+        assert_eq!(token_status(&c.at(name).url, &client_id, &old), 200);
+    }
+
+    let (status, body) = http(
+        &c.at("a").url,
+        reqwest::Method::POST,
+        "/api/v1/runners/r1/credentials/refresh",
+        Some(ADMIN_TOKEN),
+        Some(&json!({"confirm": "refresh"})),
+    );
+    let returned = Instant::now();
+    assert_eq!(status, 200, "{body}");
+    // Every request that starts after the bound is refused, on every replica.
+    let mut late = Vec::new();
+    while returned.elapsed() < MAX_LAG * 4 {
+        for name in ["a", "b", "c"] {
+            let started = Instant::now();
+            let s = token_status(&c.at(name).url, &client_id, &old);
+            if s == 200 && started >= returned + MAX_LAG {
+                late.push(format!(
+                    "{name} accepted {} ms after",
+                    (started - returned).as_millis()
+                ));
+            }
+        }
+    }
+    assert!(late.is_empty(), "the revoked secret was accepted: {late:?}");
+    c.wait_everywhere(
+        "r1",
+        "unknown: credentials revoked",
+        Duration::from_secs(10),
+        |r| {
+            r["status"] == "unknown"
+                && r["status_reason"]
+                    .as_str()
+                    .is_some_and(|s| s.contains("refresh"))
+        },
+    );
+    let log = runner.log();
+    assert!(
+        log.contains("revoked") || log.contains("4401"),
+        "the runner was told its credentials were revoked: {log}"
+    );
+}
+
+/// (3) A run queued through A runs on the instance held by B; its log and result read back
+/// through C.
+#[test]
+fn a_run_queued_through_one_replica_runs_on_the_instance_another_holds_and_reads_back_through_a_third(
+) {
+    let c = Cluster::start(3, "b");
+    let (client_id, secret) = c.create_runner("a", "r1");
+    let _runner = c.start_runner("r1", &client_id, &secret);
+    c.wait_everywhere("r1", "running", Duration::from_secs(20), running);
+    let (status, body) = http(
+        &c.at("a").url,
+        reqwest::Method::PUT,
+        "/api/v1/pipelines/hello",
+        Some(ADMIN_TOKEN),
+        Some(&json!({"tasks": [{"name": "greet", "run": "echo hello from replica b"}]})),
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = http(
+        &c.at("a").url,
+        reqwest::Method::POST,
+        "/api/v1/pipelines/hello/runs",
+        Some(ADMIN_TOKEN),
+        Some(&json!({"runner": "r1"})),
+    );
+    assert!([200, 201, 202].contains(&status), "{body}");
+    let run: Value = serde_json::from_str(&body).expect("run");
+    let id = run["id"].as_str().expect("run id").to_owned();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let finished = loop {
+        let (_, body) = http(
+            &c.at("c").url,
+            reqwest::Method::GET,
+            &format!("/api/v1/runs/{id}"),
+            Some(ADMIN_TOKEN),
+            None,
+        );
+        let r: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        if r["state"] == "succeeded" || r["state"] == "failed" {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "the run never finished: {r}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(finished["state"], "succeeded", "{finished}");
+    let (_, log) = http(
+        &c.at("c").url,
+        reqwest::Method::GET,
+        &format!("/api/v1/runs/{id}/logs"),
+        Some(ADMIN_TOKEN),
+        None,
+    );
+    assert!(log.contains("hello from replica b"), "{log}");
+}
+
+/// (6) A replica started with other key files than the database's refuses to start, naming the
+/// key (the lockout across replicas, (7), is in the API suite's `replicas`).
+#[test]
+fn a_replica_with_other_keys_than_the_database_refuses_to_start() {
+    let c = Cluster::start(2, "a");
+    let other_keys = key_files(&c.dir.path().join("other"));
+    let addr = format!("127.0.0.1:{}", free_port());
+    let o = std::process::Command::new(crate::procs::BIN)
+        .args(["server", "--listen", &addr, "--data-dir"])
+        .arg(c.dir.path().join("replica-x"))
+        .env("TETHER_DATABASE_URL", c.db.url())
+        .env("TETHER_SIGNING_KEY_FILE", other_keys.join("signing.key"))
+        .env("TETHER_PEPPER_FILE", c.keys.join("pepper.key"))
+        .env("TETHER_MASTER_KEY_FILE", c.keys.join("master.key"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("runs");
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("signing key"), "{err}");
+}
