@@ -150,3 +150,144 @@ mod tests {
         );
     }
 }
+
+/// A PostgreSQL cluster of one test's own, for tests that stop and start the database itself (the
+/// shared cluster serves every other test at the same time). Made with `initdb` as the `postgres`
+/// user (initdb refuses root) in a temporary directory, on a free loopback port, trust
+/// authentication; stopped and deleted on drop.
+#[derive(Debug)]
+pub struct OwnCluster {
+    dir: std::path::PathBuf,
+    port: u16,
+}
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+impl OwnCluster {
+    /// Panics (failing the test) if PostgreSQL 15 is not installed or the cluster does not start.
+    pub fn start() -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("tether-own-pg-{}", uuid::Uuid::now_v7().simple()));
+        std::fs::create_dir_all(&dir).expect("cluster dir");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        let c = Self { dir, port };
+        c.run(
+            &["chown", "-R", "postgres:", &c.dir.display().to_string()],
+            false,
+        );
+        let data = c.dir.join("data").display().to_string();
+        c.pg(&[
+            &format!("{PG_BIN}/initdb"),
+            "-D",
+            &data,
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ]);
+        c.start_again();
+        c
+    }
+
+    /// An admin URL of this cluster.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Stops the server (fast shutdown: connections are cut).
+    pub fn stop(&self) {
+        let data = self.dir.join("data").display().to_string();
+        self.pg(&[
+            &format!("{PG_BIN}/pg_ctl"),
+            "-D",
+            &data,
+            "-m",
+            "fast",
+            "-w",
+            "stop",
+        ]);
+    }
+
+    /// Starts the server (again), on the same port.
+    pub fn start_again(&self) {
+        let data = self.dir.join("data").display().to_string();
+        let log = self.dir.join("log").display().to_string();
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off",
+            self.port,
+            self.dir.display()
+        );
+        self.pg(&[
+            &format!("{PG_BIN}/pg_ctl"),
+            "-D",
+            &data,
+            "-l",
+            &log,
+            "-w",
+            "-o",
+            &opts,
+            "start",
+        ]);
+    }
+
+    /// A PostgreSQL program, as the `postgres` user when this is root.
+    fn pg(&self, args: &[&str]) {
+        self.run(args, true);
+    }
+
+    /// Runs `args`; `as_postgres`: as the cluster's owner. As a plain user, everything runs as
+    /// that user and nothing needs handing over (a `chown` is skipped).
+    fn run(&self, args: &[&str], as_postgres: bool) {
+        let root = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+            .unwrap_or(false);
+        if !root && !as_postgres {
+            return;
+        }
+        let mut cmd = if root && as_postgres {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).args(args);
+            c
+        } else {
+            let mut c = std::process::Command::new(args[0]);
+            c.args(&args[1..]);
+            c
+        };
+        let out = cmd
+            .output()
+            .unwrap_or_else(|e| panic!("running {args:?}: {e} (is PostgreSQL 15 installed?)"));
+        assert!(
+            out.status.success(),
+            "{args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        let data = self.dir.join("data").display().to_string();
+        let _ = std::process::Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .args([
+                &format!("{PG_BIN}/pg_ctl"),
+                "-D",
+                &data,
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -4,6 +4,7 @@
 //!
 //!   cargo bench -p tether-server --bench load
 //!   BENCH_SECONDS=10 BENCH_CONNECTIONS=64 cargo bench -p tether-server --bench load
+//!   BENCH_DATABASE_URL=postgres://… cargo bench -p tether-server --bench load   # on PostgreSQL
 
 use std::time::{Duration, Instant};
 
@@ -24,6 +25,10 @@ fn env_or(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+fn config_is_postgres() -> bool {
+    std::env::var("BENCH_DATABASE_URL").is_ok_and(|u| u.starts_with("postgres"))
+}
+
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -38,7 +43,19 @@ async fn run() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = ServerConfig::new(dir.path().to_path_buf());
     config.bootstrap_token = Some(ApiToken::parse_supplied(ADMIN).expect("token"));
+    config.database_url = std::env::var("BENCH_DATABASE_URL")
+        .ok()
+        .map(|u| tether_server::DatabaseUrl::parse(&u).expect("BENCH_DATABASE_URL"));
     let server = tether_server::start(config).await.expect("server");
+    if config_is_postgres() {
+        // The events listener must be in sync, or every token request reads the database.
+        while reqwest::get(format!("{}/readyz", server.public_url))
+            .await
+            .map_or(true, |r| !r.status().is_success())
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     let addr = server.local_addr;
 
     let http = reqwest::Client::new();

@@ -4,6 +4,10 @@
 //!
 //!   cargo bench -p tether-server --bench revocation
 //!   BENCH_RUNNERS=100 cargo bench -p tether-server --bench revocation
+//!
+//! With `BENCH_DATABASE_URL=postgres://…` (an empty database), two replicas run on it: the runners'
+//! sessions are held by replica B and every refresh goes through replica A, so what is measured is
+//! the cross-replica path (commit on A, `NOTIFY`, B's listener, B closes the session).
 
 use std::time::{Duration, Instant};
 
@@ -30,10 +34,43 @@ async fn run() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(100);
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = ServerConfig::new(dir.path().to_path_buf());
+    let database = std::env::var("BENCH_DATABASE_URL")
+        .ok()
+        .map(|u| tether_server::DatabaseUrl::parse(&u).expect("BENCH_DATABASE_URL"));
+    let mut config = ServerConfig::new(dir.path().join("a"));
     config.bootstrap_token = Some(ApiToken::parse_supplied(ADMIN).expect("token"));
+    config.database_url = database.clone();
     let server = tether_server::start(config).await.expect("server");
     let base = server.public_url.clone();
+    // The replica holding the sessions: B on the same database with A's keys, or A itself.
+    let holder = match &database {
+        Some(url) => {
+            let a = dir.path().join("a");
+            let mut c = ServerConfig::new(dir.path().join("b"));
+            c.database_url = Some(url.clone());
+            c.key_files = tether_server::keys::KeyFiles {
+                signing: Some(a.join("signing.key")),
+                pepper: Some(a.join("pepper.key")),
+                master: Some(a.join("master.key")),
+            };
+            Some(tether_server::start(c).await.expect("replica b"))
+        }
+        None => None,
+    };
+    let session_base = holder
+        .as_ref()
+        .map_or_else(|| base.clone(), |b| b.public_url.clone());
+    if holder.is_some() {
+        // Both replicas' listeners in sync before sessions and refreshes start.
+        for b in [&base, &session_base] {
+            while reqwest::get(format!("{b}/readyz"))
+                .await
+                .map_or(true, |r| !r.status().is_success())
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
     let http = reqwest::Client::new();
     let mut closes = Vec::new();
     for i in 0..runners {
@@ -48,7 +85,7 @@ async fn run() {
             .await
             .expect("json");
         let token: serde_json::Value = http
-            .post(format!("{base}/oauth/token"))
+            .post(format!("{session_base}/oauth/token"))
             .basic_auth(
                 created["credentials"]["client_id"].as_str().expect("id"),
                 created["credentials"]["client_secret"].as_str(),
@@ -60,9 +97,12 @@ async fn run() {
             .json()
             .await
             .expect("json");
-        let mut req = format!("{}/runner/v1/connect", base.replace("http://", "ws://"))
-            .into_client_request()
-            .expect("request");
+        let mut req = format!(
+            "{}/runner/v1/connect",
+            session_base.replace("http://", "ws://")
+        )
+        .into_client_request()
+        .expect("request");
         req.headers_mut().insert(
             "authorization",
             format!("Bearer {}", token["access_token"].as_str().expect("token"))
@@ -90,8 +130,18 @@ async fn run() {
         closes.push(rx);
     }
     println!(
-        "machine: {} cores; server and {runners} runner sessions in one process; SQLite",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        "machine: {} cores; {} and {runners} runner sessions in one process; {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        if holder.is_some() {
+            "replicas A (refreshes) and B (sessions)"
+        } else {
+            "the server"
+        },
+        if holder.is_some() {
+            "PostgreSQL"
+        } else {
+            "SQLite"
+        }
     );
     let mut after_response = Vec::new();
     let mut after_request = Vec::new();
@@ -140,5 +190,8 @@ async fn run() {
         "\n{before} of {} close frames arrived before the refresh response itself",
         after_response.len()
     );
+    if let Some(b) = holder {
+        b.shutdown().await.expect("shutdown b");
+    }
     server.shutdown().await.expect("shutdown");
 }

@@ -92,14 +92,10 @@ impl ServerProc {
         Self::spawn_on(data_dir, listen, extra, database)
     }
 
-    /// A replica: `listen` fixed, `database` shared with the other replicas, `extra` settings.
-    pub fn start_replica(
-        data_dir: &Path,
-        listen: &str,
-        extra: &[(&str, &str)],
-        database: std::sync::Arc<tether_pgtest::TestDatabase>,
-    ) -> Self {
-        Self::spawn_on(data_dir, listen, extra, Some(database))
+    /// A replica: `listen` fixed, its database (`TETHER_DATABASE_URL`) and other settings in
+    /// `extra`, shared with the other replicas.
+    pub fn start_replica(data_dir: &Path, listen: &str, extra: &[(&str, &str)]) -> Self {
+        Self::spawn_on(data_dir, listen, extra, None)
     }
 
     fn spawn_on(

@@ -19,7 +19,9 @@ struct Cluster {
     replicas: Vec<ServerProc>,
     names: Vec<&'static str>,
     balancer: Haproxy,
-    db: Arc<tether_pgtest::TestDatabase>,
+    /// The database URL every replica uses.
+    url: String,
+    _db: Option<Arc<tether_pgtest::TestDatabase>>,
     keys: PathBuf,
     dir: tempfile::TempDir,
 }
@@ -40,8 +42,18 @@ impl Cluster {
     /// `n` replicas named a, b, c…; the balancer sends new sessions to `primary` (the others are
     /// backups).
     fn start(n: usize, primary: &str) -> Self {
-        let dir = tempfile::tempdir().expect("dir");
         let db = Arc::new(tether_pgtest::TestDatabase::create_blocking());
+        Self::start_on(n, primary, db.url().to_owned(), Some(db))
+    }
+
+    /// Like [`Self::start`], on the database at `url`.
+    fn start_on(
+        n: usize,
+        primary: &str,
+        url: String,
+        db: Option<Arc<tether_pgtest::TestDatabase>>,
+    ) -> Self {
+        let dir = tempfile::tempdir().expect("dir");
         let keys = key_files(dir.path());
         let names: Vec<&'static str> = ["a", "b", "c"][..n].to_vec();
         let addrs: Vec<String> = names
@@ -54,7 +66,7 @@ impl Cluster {
             replicas.push(Self::replica(
                 dir.path(),
                 &keys,
-                &db,
+                &url,
                 name,
                 addr,
                 balancer_port,
@@ -70,7 +82,8 @@ impl Cluster {
             replicas,
             names,
             balancer,
-            db,
+            url,
+            _db: db,
             keys,
             dir,
         }
@@ -79,7 +92,7 @@ impl Cluster {
     fn replica(
         dir: &std::path::Path,
         keys: &std::path::Path,
-        db: &Arc<tether_pgtest::TestDatabase>,
+        url: &str,
         name: &str,
         addr: &str,
         balancer_port: u16,
@@ -94,13 +107,13 @@ impl Cluster {
             &data,
             addr,
             &[
+                ("TETHER_DATABASE_URL", url),
                 ("TETHER_PUBLIC_URL", public.as_str()),
                 ("TETHER_SIGNING_KEY_FILE", signing.as_str()),
                 ("TETHER_PEPPER_FILE", pepper.as_str()),
                 ("TETHER_MASTER_KEY_FILE", master.as_str()),
                 ("TETHER_EVENTS_MAX_LAG_SECONDS", lag.as_str()),
             ],
-            db.clone(),
         )
     }
 
@@ -319,7 +332,7 @@ fn a_replica_with_other_keys_than_the_database_refuses_to_start() {
     let o = std::process::Command::new(crate::procs::BIN)
         .args(["server", "--listen", &addr, "--data-dir"])
         .arg(c.dir.path().join("replica-x"))
-        .env("TETHER_DATABASE_URL", c.db.url())
+        .env("TETHER_DATABASE_URL", &c.url)
         .env("TETHER_SIGNING_KEY_FILE", other_keys.join("signing.key"))
         .env("TETHER_PEPPER_FILE", c.keys.join("pepper.key"))
         .env("TETHER_MASTER_KEY_FILE", c.keys.join("master.key"))
@@ -329,4 +342,174 @@ fn a_replica_with_other_keys_than_the_database_refuses_to_start() {
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     let err = stderr(&o);
     assert!(err.contains("signing key"), "{err}");
+}
+
+fn get_json(base: &str, path: &str) -> Value {
+    let (_, body) = http(base, reqwest::Method::GET, path, Some(ADMIN_TOKEN), None);
+    serde_json::from_str(&body).unwrap_or(Value::Null)
+}
+
+/// Defines `pipeline` with one task running `command` and queues a run of it on `runner` through
+/// replica `through`; returns the run id.
+fn queue_run(c: &Cluster, through: &str, pipeline: &str, command: &str, runner: &str) -> String {
+    let base = c.at(through).url.clone();
+    let (status, body) = http(
+        &base,
+        reqwest::Method::PUT,
+        &format!("/api/v1/pipelines/{pipeline}"),
+        Some(ADMIN_TOKEN),
+        Some(&json!({"tasks": [{"name": "work", "run": command}]})),
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = http(
+        &base,
+        reqwest::Method::POST,
+        &format!("/api/v1/pipelines/{pipeline}/runs"),
+        Some(ADMIN_TOKEN),
+        Some(&json!({"runner": runner})),
+    );
+    assert!([200, 201, 202].contains(&status), "{body}");
+    serde_json::from_str::<Value>(&body).expect("run")["id"]
+        .as_str()
+        .expect("run id")
+        .to_owned()
+}
+
+/// (4) kill -9 of the replica holding the session while its task runs: the runner reconnects
+/// through the balancer to the other replica within seconds, keeps running the task, and its
+/// result arrives exactly once.
+#[test]
+fn kill_9_of_the_replica_holding_the_session_mid_task_loses_no_result_and_runs_nothing_twice() {
+    let mut c = Cluster::start(2, "b");
+    let (client_id, secret) = c.create_runner("a", "r1");
+    let runner = c.start_runner("r1", &client_id, &secret);
+    c.wait_everywhere("r1", "running", Duration::from_secs(20), running);
+    let marker = c.dir.path().join("ran");
+    let command = format!(
+        "echo started >> {m}; sleep 3; echo finished-once",
+        m = marker.display()
+    );
+    let id = queue_run(&c, "a", "slow", &command, "r1");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while get_json(&c.at("a").url, &format!("/api/v1/runs/{id}"))["state"] != "running" {
+        assert!(Instant::now() < deadline, "the run never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let b = c.names.iter().position(|n| *n == "b").expect("b");
+    c.replicas[b].signal("KILL");
+    let killed = Instant::now();
+    assert!(c.replicas[b].wait_exit(Duration::from_secs(5)).is_some());
+
+    // Through A alone from now on.
+    let a = c.at("a").url.clone();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let reconnected = loop {
+        let r = get_json(&a, "/api/v1/runners/r1");
+        if r["status"] == "running" && r["instances"].as_array().is_some_and(|i| i.len() == 1) {
+            break killed.elapsed();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the runner never reconnected to A: {r}\n{}",
+            runner.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let finished = loop {
+        let r = get_json(&a, &format!("/api/v1/runs/{id}"));
+        if r["state"] != "running" && r["state"] != "queued" {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "the run never finished: {r}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        finished["state"],
+        "succeeded",
+        "{finished}\n{}",
+        runner.log()
+    );
+    let (_, log) = http(
+        &a,
+        reqwest::Method::GET,
+        &format!("/api/v1/runs/{id}/logs"),
+        Some(ADMIN_TOKEN),
+        None,
+    );
+    assert_eq!(
+        log.matches("finished-once").count(),
+        1,
+        "the result arrived once: {log}"
+    );
+    let ran = std::fs::read_to_string(&marker).expect("marker");
+    assert_eq!(ran.lines().count(), 1, "the task ran once: {ran}");
+    eprintln!(
+        "reconnected to the other replica {} ms after kill -9",
+        reconnected.as_millis()
+    );
+    // B's sessions expire once its liveness lapses (3 heartbeats of 1 s); r1 stays running on A.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(get_json(&a, "/api/v1/runners/r1")["status"], "running");
+}
+
+/// (5) PostgreSQL restarts under token traffic right after a revocation: while it is down, both
+/// replicas report not ready and never accept the revoked secret (they answer 401 or 503); once it
+/// is back they reconnect, resync and are ready again, and only the new secret works.
+#[test]
+fn a_postgresql_restart_mid_traffic_turns_readiness_red_then_green_and_never_accepts_a_revoked_secret(
+) {
+    let pg = tether_pgtest::OwnCluster::start();
+    let c = Cluster::start_on(2, "b", pg.url(), None);
+    let (client_id, old) = c.create_runner("a", "r1");
+    for name in ["a", "b"] {
+        assert_eq!(token_status(&c.at(name).url, &client_id, &old), 200);
+    }
+    let (status, body) = http(
+        &c.at("a").url,
+        reqwest::Method::POST,
+        "/api/v1/runners/r1/credentials/refresh",
+        Some(ADMIN_TOKEN),
+        Some(&json!({"confirm": "refresh"})),
+    );
+    assert_eq!(status, 200, "{body}");
+    let new = serde_json::from_str::<Value>(&body).expect("json")["client_secret"]
+        .as_str()
+        .expect("secret")
+        .to_owned();
+    std::thread::sleep(MAX_LAG);
+
+    pg.stop();
+    let down = Instant::now();
+    let mut red = [false, false];
+    while down.elapsed() < MAX_LAG * 6 {
+        for (i, name) in ["a", "b"].iter().enumerate() {
+            let s = token_status(&c.at(name).url, &client_id, &old);
+            assert!(
+                s == 401 || s == 503,
+                "{name} answered {s} for the revoked secret while the database was down"
+            );
+            let (ready, _) = http(&c.at(name).url, reqwest::Method::GET, "/readyz", None, None);
+            red[i] |= ready == 503;
+        }
+    }
+    assert_eq!(red, [true, true], "both replicas reported not ready");
+    pg.start_again();
+    for name in ["a", "b"] {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while http(&c.at(name).url, reqwest::Method::GET, "/readyz", None, None).0 != 200 {
+            assert!(Instant::now() < deadline, "{name} never became ready again");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(
+            token_status(&c.at(name).url, &client_id, &old),
+            401,
+            "{name}"
+        );
+        assert_eq!(
+            token_status(&c.at(name).url, &client_id, &new),
+            200,
+            "{name}"
+        );
+    }
+    c.balancer.wait_ready(Duration::from_secs(5));
 }

@@ -41,28 +41,40 @@ const VARIANTS: [(&str, &[&str]); 4] = [
 
 /// A helm command with its cache, config and data homes in a temp dir (nothing in $HOME), run in
 /// the chart's directory like the platform guide's commands.
-struct Helm {
+pub(crate) struct Helm {
     home: tempfile::TempDir,
+    chart: PathBuf,
+    release: &'static str,
+    namespace: &'static str,
 }
 
 impl Helm {
+    /// The runner chart.
     fn new() -> Self {
+        Self::for_chart(CHART, RELEASE, NAMESPACE)
+    }
+
+    /// The chart at `chart` (from the repository root), installed as `release` in `namespace`.
+    pub(crate) fn for_chart(chart: &str, release: &'static str, namespace: &'static str) -> Self {
         Self {
             home: tempfile::tempdir().expect("temp dir for helm"),
+            chart: repo_root().join(chart),
+            release,
+            namespace,
         }
     }
 
     fn command(&self) -> Command {
         let mut cmd = Command::new(helm_bin());
         let home = self.home.path();
-        cmd.current_dir(chart_dir())
+        cmd.current_dir(&self.chart)
             .env("HELM_CACHE_HOME", home.join("cache"))
             .env("HELM_CONFIG_HOME", home.join("config"))
             .env("HELM_DATA_HOME", home.join("data"));
         cmd
     }
 
-    fn lint(&self, args: &[&str]) -> String {
+    pub(crate) fn lint(&self, args: &[&str]) -> String {
         let out = run(
             self.command().args(["lint", "--strict", "."]).args(args),
             None,
@@ -71,23 +83,24 @@ impl Helm {
     }
 
     /// `helm template` output as text.
-    fn template(&self, args: &[&str]) -> String {
-        let out = run(
+    pub(crate) fn template(&self, args: &[&str]) -> String {
+        let out = self.try_template(args);
+        expect_success(&format!("helm template {}", args.join(" ")), &out)
+    }
+
+    /// `helm template`, whether or not it succeeds.
+    pub(crate) fn try_template(&self, args: &[&str]) -> std::process::Output {
+        run(
             self.command()
-                .args(["template", RELEASE, ".", "--namespace", NAMESPACE])
+                .args(["template", self.release, ".", "--namespace", self.namespace])
                 .args(args),
             None,
-        );
-        expect_success(&format!("helm template {}", args.join(" ")), &out)
+        )
     }
 }
 
-fn chart_dir() -> PathBuf {
-    repo_root().join(CHART)
-}
-
 /// Rendered objects, one per YAML document.
-fn objects(rendered: &str) -> Vec<Value> {
+pub(crate) fn objects(rendered: &str) -> Vec<Value> {
     serde_yaml_ng::Deserializer::from_str(rendered)
         .map(|doc| Value::deserialize(doc).expect("helm rendered valid YAML"))
         .filter(|v| !v.is_null())
@@ -98,7 +111,7 @@ fn render(args: &[&str]) -> Vec<Value> {
     objects(&Helm::new().template(args))
 }
 
-fn object<'a>(objs: &'a [Value], kind: &str) -> &'a Value {
+pub(crate) fn object<'a>(objs: &'a [Value], kind: &str) -> &'a Value {
     let found: Vec<&Value> = objs
         .iter()
         .filter(|o| o.get("kind").and_then(Value::as_str) == Some(kind))
@@ -128,7 +141,7 @@ fn checksum(objs: &[Value]) -> String {
     .to_owned()
 }
 
-fn env_names(container: &Value) -> Vec<String> {
+pub(crate) fn env_names(container: &Value) -> Vec<String> {
     container
         .get("env")
         .map(|e| {
@@ -140,7 +153,7 @@ fn env_names(container: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn kubernetes_validate_strict(manifests: &str, extra: &[&str]) -> std::process::Output {
+pub(crate) fn kubernetes_validate_strict(manifests: &str, extra: &[&str]) -> std::process::Output {
     run(
         Command::new(kubernetes_validate())
             .args(["--strict", "--quiet"])

@@ -6,5 +6,6 @@ mod azure;
 mod docker;
 mod docs;
 mod helm;
+mod helm_server;
 mod snowflake;
 mod support;
