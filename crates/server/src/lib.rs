@@ -21,6 +21,7 @@ pub mod jwt;
 pub mod keys;
 pub mod memory;
 pub mod metrics;
+pub mod replication;
 pub mod runner_link;
 pub mod seal;
 pub mod services;

@@ -146,7 +146,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         listener: listener_health.clone(),
     });
     let events_listener = match (channel, listener_health) {
-        (Some(channel), Some(h)) => Some(tokio::spawn(events::replicated::listen(
+        (Some(channel), Some(h)) => Some(tokio::spawn(crate::replication::listen(
             state.clone(),
             local,
             channel,

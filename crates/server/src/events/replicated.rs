@@ -19,10 +19,10 @@
 //! `max_lag` (it stopped trusting them). A notification that arrived is delivered before the next
 //! one is read, in the order the database sent them.
 //!
-//! On (re)connect the listener resyncs before it is trusted again: it drops every cached client,
-//! reloads revoked access tokens, and for every runner with sessions here re-reads its credentials
-//! and closes sessions on generations no longer accepted (or all of them, for a runner deleted
-//! meanwhile).
+//! On (re)connect the listener (the `replication` module) resyncs before it is trusted again: it drops
+//! every cached client, reloads revoked access tokens, and for every runner with sessions here
+//! re-reads its credentials and closes sessions on generations no longer accepted (or all of them,
+//! for a runner deleted meanwhile).
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -30,16 +30,14 @@ use std::time::Duration;
 
 use tether_store::EventChannel;
 use time::OffsetDateTime;
-use tokio::sync::watch;
 
 use super::wire::{Envelope, Message};
-use super::{CredentialChange, Delivered, Event, EventBus, InProcess};
-use crate::state::AppState;
+use super::{Delivered, Event, EventBus, InProcess};
 
 /// How long a publish waits for the database to take its notification before it gives up (and
 /// says so in the log); the other replicas then stop trusting their caches within `max_lag` of
 /// their last ping anyway, if the database is what failed.
-const SEND_TIMEOUT: Duration = Duration::from_secs(2);
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Whether this replica's listener is in sync, and how far behind it may be.
 #[derive(Debug)]
@@ -79,8 +77,24 @@ impl ListenerHealth {
         self.reconnects.load(Ordering::Relaxed)
     }
 
-    fn heard(&self) {
+    /// The listener received something (anything: a ping proves the round trip).
+    pub fn heard(&self) {
         self.last_heard_ms.store(now_ms(), Ordering::Release);
+    }
+
+    /// Whether the caches were resynced since the listener last (re)connected.
+    pub fn set_in_sync(&self, in_sync: bool) {
+        self.in_sync.store(in_sync, Ordering::Release);
+    }
+
+    /// The listener had to connect again after losing its connection.
+    pub fn reconnected(&self) {
+        self.reconnects.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How often the listener pings itself: a quarter of the bound.
+    pub fn ping_interval(&self) -> Duration {
+        (self.max_lag / 4).max(Duration::from_millis(50))
     }
 }
 
@@ -137,145 +151,4 @@ impl EventBus for Replicated {
     fn trusted(&self) -> bool {
         self.health.trusted()
     }
-}
-
-/// Receives the other replicas' events until `stop`, reconnecting (and resyncing) whenever the
-/// listening connection is lost.
-pub async fn listen(
-    state: AppState,
-    local: Arc<InProcess>,
-    channel: Arc<dyn EventChannel>,
-    origin: String,
-    health: Arc<ListenerHealth>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let ping_every = (health.max_lag / 4).max(Duration::from_millis(50));
-    let mut first = true;
-    let mut ping_seq = 0u64;
-    while !*stop.borrow() {
-        health.in_sync.store(false, Ordering::Release);
-        let mut listener = match channel.listen().await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::warn!(error = %e, "events listener cannot connect; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
-                    _ = stop.changed() => break,
-                }
-            }
-        };
-        if !first {
-            health.reconnects.fetch_add(1, Ordering::Relaxed);
-        }
-        first = false;
-        if let Err(e) = resync(&state, &local).await {
-            tracing::warn!(error = %e, "events resync failed; reconnecting");
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
-                _ = stop.changed() => break,
-            }
-        }
-        health.heard();
-        health.in_sync.store(true, Ordering::Release);
-        tracing::info!("events listener in sync");
-        let mut ping = tokio::time::interval(ping_every);
-        loop {
-            tokio::select! {
-                _ = stop.changed() => return,
-                _ = ping.tick() => {
-                    ping_seq += 1;
-                    let probe = Envelope { origin: origin.clone(), message: Message::Ping { seq: ping_seq } };
-                    // A failed probe needs no handling of its own: nothing comes back, the lag grows.
-                    let _ = tokio::time::timeout(SEND_TIMEOUT, channel.send(&probe.encode())).await;
-                }
-                received = listener.recv() => match received {
-                    Ok(Some(payload)) => {
-                        health.heard();
-                        if let Err(e) = apply(&state, &local, &origin, &payload).await {
-                            // Not applied, so not trusted: resync from the database.
-                            tracing::warn!(error = %e, "could not apply an event from another replica; resyncing");
-                            health.in_sync.store(false, Ordering::Release);
-                            break;
-                        }
-                    }
-                    Ok(None) | Err(_) => {
-                        tracing::warn!("events listener lost its connection; caches are not trusted until it resyncs");
-                        break;
-                    }
-                },
-            }
-        }
-    }
-}
-
-/// Delivers one received payload here, unless this replica sent it. A payload that does not
-/// parse is logged and skipped (a replica of another version); one whose records cannot be read
-/// is an error, so the caller resyncs rather than guess.
-async fn apply(
-    state: &AppState,
-    local: &InProcess,
-    origin: &str,
-    payload: &str,
-) -> Result<(), super::wire::WireError> {
-    let envelope = match Envelope::decode(payload) {
-        Ok(e) => e,
-        Err(e) => {
-            tracing::warn!(error = %e, "ignoring an event this replica cannot read");
-            return Ok(());
-        }
-    };
-    if envelope.origin == origin {
-        return Ok(());
-    }
-    if let Some(event) = envelope.message.into_event(state.store.as_ref()).await? {
-        local.deliver(&event);
-    }
-    Ok(())
-}
-
-/// Brings this replica's memory back in line with the database after notifications may have been
-/// missed.
-async fn resync(state: &AppState, local: &InProcess) -> Result<(), tether_store::StoreError> {
-    state.clients.clear();
-    let now = OffsetDateTime::now_utc();
-    state.revoked.load(
-        state
-            .store
-            .revoked_access_tokens(now)
-            .await?
-            .into_iter()
-            .map(|(jti, at)| (jti, at.unix_timestamp()))
-            .collect(),
-    );
-    for runner in state.link.connected_runners() {
-        let Some(record) = state.store.runner_by_id(runner).await? else {
-            state.link.close_all(
-                runner,
-                tether_protocol::session::close_code::RUNNER_DELETED,
-                "this runner was deleted in the control plane",
-            );
-            continue;
-        };
-        let Some(client) = state.store.client_by_id(&record.client_id).await? else {
-            continue;
-        };
-        let now_s = now.unix_timestamp();
-        let accepted_from = client
-            .generations
-            .iter()
-            .filter(|g| {
-                g.state
-                    .accepts(g.expires_at.map(|t| t.unix_timestamp()), now_s)
-            })
-            .map(|g| g.generation)
-            .min();
-        if let Some(accepted_from) = accepted_from {
-            local.deliver(&Event::CredentialsChanged {
-                runner: Arc::new(record),
-                version: client.version,
-                change: CredentialChange::RetiringRevoked { accepted_from },
-            });
-        }
-    }
-    Ok(())
 }

@@ -1,6 +1,6 @@
 //! Runs: queueing a pipeline on a runner, applying the updates runners send back, cancelling,
 //! and marking tasks `lost` when their instance does not come back. Handing tasks to instances
-//! is the dispatch engine's (`crate::dispatch`), woken by the [`Event::WorkQueued`] these publish.
+//! is the dispatch engine's (the `dispatch` module), woken by the [`Event::WorkQueued`] these publish.
 
 use std::collections::HashSet;
 
