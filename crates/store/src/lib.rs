@@ -214,8 +214,9 @@ pub trait ReplicaStore: Send + Sync {
         at: OffsetDateTime,
     ) -> StoreResult<()>;
     /// `replica` is gone (it stopped, or it is this process's previous life, restarted with the
-    /// same id): its open sessions end at `ended_at` and its row goes. Each runner left without an
-    /// open session on a replica seen at or after `live_after` becomes `unknown` with `reason`;
+    /// same id): its open sessions end at `ended_at` and its row goes. Each runner it held a session
+    /// of (open or already closed) that is left without an open session on a replica seen at or
+    /// after `live_after`, and still shows a connected status, becomes `unknown` with `reason`;
     /// those runners are returned. Isolation: as in `expire_replicas`.
     async fn replica_gone(
         &self,

@@ -1459,6 +1459,74 @@ async fn login_failures_count_per_pair_restart_after_their_window_and_clear(stor
     );
 }
 
+async fn a_replica_gone_leaves_no_runner_it_held_showing_running(store: Arc<dyn Store>) {
+    use tether_domain::RunnerStatus;
+    use tether_store::NewSession;
+    let t0 = ms(2_000_000);
+    store.replica_alive("a", t0, t0).await.expect("alive");
+    let mut runners = Vec::new();
+    for (i, name) in ["open", "closed"].iter().enumerate() {
+        let runner = new_runner(name);
+        store
+            .create_runner(runner.clone(), ev("runner.created", None))
+            .await
+            .expect("runner");
+        store
+            .session_opened(
+                "a",
+                &NewSession {
+                    session_id: i as u64 + 1,
+                    runner_id: runner.id,
+                    instance_id: "i".into(),
+                    generation: Generation(1),
+                    connected_at: t0,
+                },
+            )
+            .await
+            .expect("opened");
+        store
+            .save_runner_status(
+                runner.id,
+                &status(RunnerStatus::Running, "connected", t0),
+                None,
+            )
+            .await
+            .expect("status");
+        runners.push(runner);
+    }
+    // The second session's close was recorded, the status it caused was not (the process stopped
+    // in between): the replica's end must still leave that runner unknown.
+    store
+        .session_closed("a", 2, ms(2_000_100))
+        .await
+        .expect("closed");
+    let mut gone = store
+        .replica_gone(
+            "a",
+            ms(2_000_200),
+            ms(1_990_000),
+            ms(2_000_200),
+            "the control plane stopped",
+        )
+        .await
+        .expect("gone");
+    gone.sort();
+    let mut expected: Vec<_> = runners.iter().map(|r| r.id).collect();
+    expected.sort();
+    assert_eq!(gone, expected);
+    for r in &runners {
+        let got = store
+            .runner_by_id(r.id)
+            .await
+            .expect("get")
+            .expect("runner");
+        assert_eq!(
+            (got.status.status, got.status.reason.as_str()),
+            (RunnerStatus::Unknown, "the control plane stopped")
+        );
+    }
+}
+
 /// Runs every check against each backend: `sqlite::<check>` and `postgres::<check>`; `$open`
 /// makes a fresh, empty store and whatever must live as long as it (a temporary directory, a
 /// throwaway database).
@@ -1499,4 +1567,5 @@ conformance!(
     revoke_retiring_ends_an_overlap_once_and_keeps_the_version_when_there_is_none,
     the_session_registry_keeps_the_holding_replicas_status_and_expires_dead_replicas,
     login_failures_count_per_pair_restart_after_their_window_and_clear,
+    a_replica_gone_leaves_no_runner_it_held_showing_running,
 );

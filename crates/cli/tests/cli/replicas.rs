@@ -513,3 +513,113 @@ fn a_postgresql_restart_mid_traffic_turns_readiness_red_then_green_and_never_acc
     }
     c.balancer.wait_ready(Duration::from_secs(5));
 }
+
+/// (2) Overlap refresh through A, hot reload of the secret file by the runner held by B, then
+/// revoke-previous through C: the session on B moves to the new generation without a reconnect,
+/// survives the revocation of the old one, and the old secret is refused everywhere.
+#[test]
+fn overlap_on_one_replica_hot_reload_on_another_and_revoke_previous_on_a_third_keep_the_session() {
+    let c = Cluster::start(3, "b");
+    let (client_id, old) = c.create_runner("a", "r1");
+    let file = c.dir.path().join("client_secret");
+    std::fs::write(&file, format!("{old}\n")).expect("secret file");
+    let runner = RunnerProc::start(
+        &[
+            ("TETHER_URL", c.balancer.url.clone()),
+            ("OAUTH_CLIENT_ID", client_id.clone()),
+            ("OAUTH_CLIENT_SECRET_FILE", file.display().to_string()),
+            (
+                "TETHER_WORKDIR",
+                c.dir.path().join("work").display().to_string(),
+            ),
+        ],
+        c.dir.path().join("r1.log"),
+    );
+    c.wait_everywhere("r1", "running", Duration::from_secs(20), running);
+    let before = c.show("b", "r1");
+    assert_eq!(
+        before["instances"][0]["credential_generation"], 1,
+        "{before}"
+    );
+
+    let o = c.admin(
+        "a",
+        &[
+            "runners",
+            "refresh-credentials",
+            "r1",
+            "--mode",
+            "overlap",
+            "--grace",
+            "1h",
+            "--yes",
+            "--output",
+            "json",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let refreshed: Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(refreshed["sessions_closed"], 0);
+    let new = refreshed["client_secret"]
+        .as_str()
+        .expect("secret")
+        .to_owned();
+    let tmp = file.with_extension("tmp");
+    std::fs::write(&tmp, format!("{new}\n")).expect("write");
+    std::fs::rename(&tmp, &file).expect("rename");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let after = loop {
+        let r = c.show("b", "r1");
+        if r["instances"][0]["credential_generation"] == 2 {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "B's session never moved to generation 2: {r}\n{}",
+            runner.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        after["instances"][0]["connected_at"], before["instances"][0]["connected_at"],
+        "no reconnect"
+    );
+
+    let o = c.admin(
+        "c",
+        &[
+            "runners",
+            "revoke-previous",
+            "r1",
+            "--yes",
+            "--output",
+            "json",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let returned = Instant::now();
+    while returned.elapsed() < MAX_LAG * 3 {
+        for name in ["a", "b", "c"] {
+            let started = Instant::now();
+            let s = token_status(&c.at(name).url, &client_id, &old);
+            assert!(
+                s != 200 || started < returned + MAX_LAG,
+                "{name} accepted the revoked generation {} ms after revoke-previous returned",
+                (started - returned).as_millis()
+            );
+        }
+    }
+    let r = c.show("b", "r1");
+    assert_eq!(r["status"], "running", "{r}");
+    assert_eq!(
+        r["instances"][0]["connected_at"], before["instances"][0]["connected_at"],
+        "the session on the new generation survives"
+    );
+    for name in ["a", "b", "c"] {
+        assert_eq!(
+            token_status(&c.at(name).url, &client_id, &new),
+            200,
+            "{name}"
+        );
+    }
+}

@@ -37,8 +37,9 @@ pub(super) async fn live_elsewhere(
 impl PostgresStore {
     /// Ends `replica` in one transaction: deletes its row (only if not seen since `dead_before`,
     /// when given: that conditional delete decides which of several sweeping replicas does it),
-    /// closes its open sessions at `ended_ms`, and marks each of their runners, in id order and
-    /// under its row lock, `unknown` unless a replica seen at or after `live_after` holds it.
+    /// closes its open sessions at `ended_ms`, and marks each runner it held a session of, in id
+    /// order and under its row lock, `unknown` unless a replica seen at or after `live_after` holds
+    /// it.
     async fn end_replica(
         &self,
         replica: &str,
@@ -61,17 +62,23 @@ impl PostgresStore {
         if deleted == 0 && dead_before.is_some() {
             return Ok(Vec::new()); // another replica expired it, or it came back
         }
-        let mut runners: Vec<String> = sqlx::query_scalar(
-            "UPDATE runner_sessions SET closed_at = $2 WHERE replica_id = $1 AND closed_at IS NULL
-             RETURNING runner_id",
+        sqlx::query(
+            "UPDATE runner_sessions SET closed_at = $2 WHERE replica_id = $1 AND closed_at IS NULL",
         )
         .bind(replica)
         .bind(ended_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        // Every runner it held a session of, closed ones too: a status this replica wrote while it
+        // held one may still say `running` if the status of the close was never written.
+        let runners: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT runner_id FROM runner_sessions WHERE replica_id = $1 ORDER BY runner_id",
+        )
+        .bind(replica)
         .fetch_all(&mut *tx)
         .await
         .map_err(backend)?;
-        runners.sort();
-        runners.dedup();
         let mut changed = Vec::new();
         for runner in runners {
             sqlx::query("SELECT id FROM runners WHERE id = $1 FOR NO KEY UPDATE")

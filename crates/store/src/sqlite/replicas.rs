@@ -12,8 +12,9 @@ use crate::{to_ms, NewSession, ReplicaStore, SharedPresence, StoreResult};
 /// Statuses of a runner that some replica holds a session of.
 pub(crate) const LIVE_STATUSES: &str = "('running', 'pausing', 'paused', 'stopping')";
 
-/// Closes `replica`'s open sessions at `ended_ms` and marks each of their runners `unknown` unless
-/// a replica seen at or after `live_after` holds a session of it; returns the runners marked.
+/// Closes `replica`'s open sessions at `ended_ms` and marks each runner it held a session of
+/// `unknown` unless a replica seen at or after `live_after` holds a session of it; returns the
+/// runners marked.
 async fn end_sessions(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     replica: &str,
@@ -22,17 +23,22 @@ async fn end_sessions(
     now: OffsetDateTime,
     reason: &str,
 ) -> StoreResult<Vec<RunnerId>> {
-    let mut runners: Vec<String> = sqlx::query_scalar(
-        "UPDATE runner_sessions SET closed_at = ?2 WHERE replica_id = ?1 AND closed_at IS NULL
-         RETURNING runner_id",
+    sqlx::query(
+        "UPDATE runner_sessions SET closed_at = ?2 WHERE replica_id = ?1 AND closed_at IS NULL",
     )
     .bind(replica)
     .bind(ended_ms)
+    .execute(&mut **tx)
+    .await
+    .map_err(backend)?;
+    // Every runner it held a session of, closed ones too (see the PostgreSQL backend).
+    let runners: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT runner_id FROM runner_sessions WHERE replica_id = ?1 ORDER BY runner_id",
+    )
+    .bind(replica)
     .fetch_all(&mut **tx)
     .await
     .map_err(backend)?;
-    runners.sort();
-    runners.dedup();
     let mut changed = Vec::new();
     for runner in runners {
         let n = sqlx::query(&format!(
