@@ -48,7 +48,7 @@ pub struct ServerArgs {
     /// PostgreSQL (15+), or `sqlite://path`; defaults to SQLite in the data directory
     /// (`<data-dir>/tether.db`). The password is never printed or logged.
     #[arg(long, env = "TETHER_DATABASE_URL", hide_env_values = true)]
-    pub database_url: Option<String>,
+    pub database_url: Option<Hidden>,
 
     /// PostgreSQL: connections this process may hold open.
     #[arg(long, env = "TETHER_DATABASE_MAX_CONNECTIONS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000))]
@@ -74,7 +74,7 @@ pub struct ServerArgs {
         hide_env_values = true,
         hide = true
     )]
-    pub bootstrap_token: Option<String>,
+    pub bootstrap_token: Option<Hidden>,
 
     /// On first start, set the admin's password to this value instead of generating one.
     #[arg(
@@ -83,7 +83,7 @@ pub struct ServerArgs {
         hide_env_values = true,
         hide = true
     )]
-    pub admin_password: Option<String>,
+    pub admin_password: Option<Hidden>,
 
     /// Interval at which runner instances send heartbeats.
     #[arg(long, env = "TETHER_HEARTBEAT_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
@@ -116,6 +116,32 @@ pub struct ServerArgs {
     /// Log format on stderr.
     #[arg(long, env = "TETHER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+/// A command-line value that may hold a secret (a database password, a token): kept as given for
+/// `into_config` to validate, never shown by `Debug`. Parsing cannot fail, so clap has nothing of
+/// it to echo in an error either.
+#[derive(Clone)]
+pub struct Hidden(String);
+
+impl Hidden {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for Hidden {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl std::fmt::Debug for Hidden {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<hidden>")
+    }
 }
 
 /// Validated settings.
@@ -177,12 +203,12 @@ impl ServerArgs {
     pub fn into_config(self, data_dir: PathBuf) -> anyhow::Result<ServerConfig> {
         let bootstrap_token = self
             .bootstrap_token
-            .map(|t| ApiToken::parse_supplied(&t))
+            .map(|t| ApiToken::parse_supplied(t.expose()))
             .transpose()
             .context("TETHER_BOOTSTRAP_TOKEN is not usable")?;
         let admin_password = self
             .admin_password
-            .map(|p| Password::parse(&p))
+            .map(|p| Password::parse(p.expose()))
             .transpose()
             .context("TETHER_ADMIN_PASSWORD is not usable")?;
         if let Some(url) = &self.public_url {
@@ -192,8 +218,8 @@ impl ServerArgs {
         }
         let database_url = self
             .database_url
-            .as_deref()
-            .map(tether_store::DatabaseUrl::parse)
+            .as_ref()
+            .map(|u| tether_store::DatabaseUrl::parse(u.expose()))
             .transpose()
             .map_err(|why| anyhow::anyhow!("TETHER_DATABASE_URL: {why}"))?;
         Ok(ServerConfig {
@@ -220,5 +246,45 @@ impl ServerArgs {
             lost_after: Duration::from_secs(self.lost_after_seconds),
             events_max_lag: Duration::from_secs_f64(self.events_max_lag_seconds),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        server: ServerArgs,
+    }
+
+    #[test]
+    fn debug_of_the_arguments_shows_no_secret() {
+        let cli = Cli::try_parse_from([
+            "tether",
+            "--database-url",
+            "postgres://tether:pw-in-the-url@db.example/tether",
+            "--bootstrap-token",
+            "bootstrap-token-value-0123456789abcdef",
+            "--admin-password",
+            "admin-password-value",
+        ])
+        .expect("parses");
+        let shown = format!("{cli:?}");
+        for secret in [
+            "pw-in-the-url",
+            "bootstrap-token-value",
+            "admin-password-value",
+        ] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        let config = cli.server.into_config("data".into()).expect("valid");
+        assert_eq!(
+            config.database_url.expect("a database").redacted(),
+            "postgres://tether:***@db.example/tether"
+        );
+        assert!(config.bootstrap_token.is_some() && config.admin_password.is_some());
     }
 }

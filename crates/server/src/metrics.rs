@@ -48,8 +48,9 @@ pub struct Metrics {
     pub tasks_assigned: Counter,
     /// Live runner sessions held by this process (set when rendered).
     pub sessions: Gauge,
-    /// With replicas: time since the events listener last heard anything, in ms (set when
-    /// rendered; 0 on a single process).
+    /// With replicas: how long ago the point the events listener is known to be in sync up to
+    /// was (the send time of its newest own ping processed), in ms (set when rendered; 0 on a
+    /// single process).
     pub events_lag_ms: Gauge,
     /// With replicas: how often the events listener had to reconnect (and resync).
     pub events_reconnects: Gauge,
@@ -84,7 +85,7 @@ impl Default for Metrics {
         );
         registry.register(
             "events_lag_milliseconds",
-            "Time since this replica's events listener last heard from the database",
+            "How far behind this replica's events listener is known to be at most (age of the newest of its own pings it has processed)",
             events_lag_ms.clone(),
         );
         registry.register(

@@ -3,16 +3,21 @@
 //! "trusted" means, are in `events::replicated`.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tether_store::EventChannel;
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
-use crate::events::replicated::{ListenerHealth, SEND_TIMEOUT};
+use crate::events::replicated::{ListenerHealth, Probes, SEND_TIMEOUT};
 use crate::events::wire::{Envelope, Message, WireError};
-use crate::events::{CredentialChange, Event, InProcess};
+use crate::events::InProcess;
 use crate::state::AppState;
+
+/// What a replica's database connections are named after (`pg_stat_activity.application_name`
+/// is this followed by the replica id); the database's own notifications carry that name as their
+/// origin.
+pub const APPLICATION_NAME_PREFIX: &str = "tether ";
 
 /// Receives the other replicas' events until `stop`, reconnecting (and resyncing) whenever the
 /// listening connection is lost.
@@ -26,7 +31,7 @@ pub async fn listen(
 ) {
     let ping_every = health.ping_interval();
     let mut first = true;
-    let mut ping_seq = 0u64;
+    let mut probes = Probes::new();
     while !*stop.borrow() {
         health.set_in_sync(false);
         let mut listener = match channel.listen().await {
@@ -43,6 +48,7 @@ pub async fn listen(
             health.reconnected();
         }
         first = false;
+        let resync_began = Instant::now();
         if let Err(e) = resync(&state, &local).await {
             tracing::warn!(error = %e, "events resync failed; reconnecting");
             tokio::select! {
@@ -50,7 +56,7 @@ pub async fn listen(
                 _ = stop.changed() => break,
             }
         }
-        health.heard();
+        health.synced_to(resync_began);
         health.set_in_sync(true);
         tracing::info!("events listener in sync");
         let mut ping = tokio::time::interval(ping_every);
@@ -58,21 +64,27 @@ pub async fn listen(
             tokio::select! {
                 _ = stop.changed() => return,
                 _ = ping.tick() => {
-                    ping_seq += 1;
-                    let probe = Envelope { origin: origin.clone(), message: Message::Ping { seq: ping_seq } };
+                    let seq = probes.send(Instant::now());
+                    let probe = Envelope { origin: origin.clone(), message: Message::Ping { seq } };
                     // A failed probe needs no handling of its own: nothing comes back, the lag grows.
                     let _ = tokio::time::timeout(SEND_TIMEOUT, channel.send(&probe.encode())).await;
                 }
                 received = listener.recv() => match received {
-                    Ok(Some(payload)) => {
-                        health.heard();
-                        if let Err(e) = apply(&state, &local, &origin, &payload).await {
+                    Ok(Some(payload)) => match apply(&state, &local, &origin, &payload).await {
+                        // Everything before our ping is applied: in sync up to when we sent it.
+                        Ok(Applied::OwnPing(seq)) => {
+                            if let Some(sent) = probes.received(seq) {
+                                health.synced_to(sent);
+                            }
+                        }
+                        Ok(Applied::Other) => {}
+                        Err(e) => {
                             // Not applied, so not trusted: resync from the database.
                             tracing::warn!(error = %e, "could not apply an event from another replica; resyncing");
                             health.set_in_sync(false);
                             break;
                         }
-                    }
+                    },
                     Ok(None) | Err(_) => {
                         tracing::warn!("events listener lost its connection; caches are not trusted until it resyncs");
                         break;
@@ -83,6 +95,14 @@ pub async fn listen(
     }
 }
 
+/// What one received payload was.
+enum Applied {
+    /// This replica's own probe, with its sequence number.
+    OwnPing(u64),
+    /// Anything else: delivered here, or nothing to do.
+    Other,
+}
+
 /// Delivers one received payload here, unless this replica sent it. A payload that does not
 /// parse is logged and skipped (a replica of another version); one whose records cannot be read
 /// is an error, so the caller resyncs rather than guess.
@@ -91,21 +111,27 @@ async fn apply(
     local: &InProcess,
     origin: &str,
     payload: &str,
-) -> Result<(), WireError> {
+) -> Result<Applied, WireError> {
     let envelope = match Envelope::decode(payload) {
         Ok(e) => e,
         Err(e) => {
             tracing::warn!(error = %e, "ignoring an event this replica cannot read");
-            return Ok(());
+            return Ok(Applied::Other);
         }
     };
-    if envelope.origin == origin {
-        return Ok(());
+    // The database's own notifications carry the sender's connection name.
+    let own = envelope.origin == origin
+        || envelope.origin.strip_prefix(APPLICATION_NAME_PREFIX) == Some(origin);
+    if own {
+        return Ok(match envelope.message {
+            Message::Ping { seq } => Applied::OwnPing(seq),
+            _ => Applied::Other,
+        });
     }
     if let Some(event) = envelope.message.into_event(state.store.as_ref()).await? {
         local.deliver(&event);
     }
-    Ok(())
+    Ok(Applied::Other)
 }
 
 /// Brings this replica's memory back in line with the database after notifications may have been
@@ -131,25 +157,8 @@ async fn resync(state: &AppState, local: &InProcess) -> Result<(), tether_store:
             );
             continue;
         };
-        let Some(client) = state.store.client_by_id(&record.client_id).await? else {
-            continue;
-        };
-        let now_s = now.unix_timestamp();
-        let accepted_from = client
-            .generations
-            .iter()
-            .filter(|g| {
-                g.state
-                    .accepts(g.expires_at.map(|t| t.unix_timestamp()), now_s)
-            })
-            .map(|g| g.generation)
-            .min();
-        if let Some(accepted_from) = accepted_from {
-            local.deliver(&Event::CredentialsChanged {
-                runner: Arc::new(record),
-                version: client.version,
-                change: CredentialChange::RetiringRevoked { accepted_from },
-            });
+        if let Some(event) = crate::events::wire::recheck(state.store.as_ref(), record).await? {
+            local.deliver(&event);
         }
     }
     Ok(())

@@ -51,7 +51,10 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     let keys = keys::KeyMaterial::load(&config.data_dir, &config.key_files)?;
     let replica_id = replica_id(&config.data_dir)?;
     let pool = tether_store::PoolSettings {
-        application_name: format!("tether {replica_id}"),
+        application_name: format!(
+            "{}{replica_id}",
+            crate::replication::APPLICATION_NAME_PREFIX
+        ),
         ..config.database_pool.clone()
     };
     let (store, database): (Arc<dyn Store>, String) = match &config.database_url {

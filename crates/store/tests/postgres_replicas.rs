@@ -428,3 +428,88 @@ async fn stress_two_replicas_sweeping_grace_expiry_at_once_expire_each_generatio
         .count();
     assert_eq!(audited, 15);
 }
+
+/// The next notification on the events channel, as JSON.
+async fn notification(listener: &mut Box<dyn tether_store::EventListener>) -> serde_json::Value {
+    let payload = tokio::time::timeout(Duration::from_secs(5), listener.recv())
+        .await
+        .expect("a notification within 5 s")
+        .expect("recv")
+        .expect("connected");
+    serde_json::from_str(&payload).expect("JSON")
+}
+
+/// A replica that commits a change and dies before it can send its own event (or whose send
+/// fails) must still not leave the others trusting what they cached: the database notifies in
+/// the committing transaction. Forced here by making changes through the store alone, which
+/// never sends anything itself, and by a change that rolls back.
+#[tokio::test]
+async fn changes_the_others_must_not_miss_notify_in_their_own_transaction() {
+    let (a, b, mut raw, _db) = replicas().await;
+    let mut listener = b
+        .event_channel()
+        .expect("postgres has a channel")
+        .listen()
+        .await
+        .expect("listen");
+    let runner = new_runner("r1");
+    a.create_runner(runner.clone(), ev("runner.created", None))
+        .await
+        .expect("create");
+
+    // A version bump that rolls back sends nothing.
+    let mut tx = raw.begin().await.expect("begin");
+    sqlx::query("UPDATE runners SET credentials_version = credentials_version + 1 WHERE id = $1")
+        .bind(runner.id.to_string())
+        .execute(&mut *tx)
+        .await
+        .expect("bump");
+    tx.rollback().await.expect("rollback");
+
+    let refreshed = a
+        .refresh_credentials(revoke_refresh("s-2", runner.id), &|_| ev("x", None))
+        .await
+        .expect("refresh");
+    let got = notification(&mut listener).await;
+    assert_eq!(got["kind"], "credentials_committed", "{got}");
+    assert_eq!(got["runner"], runner.id.to_string());
+    assert_eq!(got["version"], refreshed.version.0);
+    assert!(
+        got["origin"]
+            .as_str()
+            .is_some_and(|o| o.starts_with("tether")),
+        "{got}"
+    );
+
+    // Usage bookkeeping changes no credentials: nothing is sent for it.
+    a.record_credential_use(&[tether_store::CredentialUse {
+        runner_id: runner.id,
+        generation: refreshed.generation,
+        at: OffsetDateTime::now_utc(),
+    }])
+    .await
+    .expect("usage");
+
+    a.revoke_access_token(
+        "jti-1",
+        OffsetDateTime::from_unix_timestamp(2_000_000_000).expect("time"),
+        ev("oauth.token_revoked", None),
+    )
+    .await
+    .expect("revoke token");
+    let got = notification(&mut listener).await;
+    assert_eq!(got["kind"], "access_token_revoked", "{got}");
+    assert_eq!(
+        (got["jti"].as_str(), got["expires_at"].as_i64()),
+        (Some("jti-1"), Some(2_000_000_000))
+    );
+
+    assert!(a
+        .delete_runner(runner.id, ev("runner.deleted", None))
+        .await
+        .expect("delete"));
+    let got = notification(&mut listener).await;
+    assert_eq!(got["kind"], "runner_deleted", "{got}");
+    assert_eq!(got["runner"], runner.id.to_string());
+    assert_eq!(got["client_id"], runner.client_id.as_str());
+}

@@ -46,6 +46,14 @@ pub enum Message {
         runner: String,
         reason: String,
     },
+    /// Sent by the database itself, in the transaction that bumped a runner's credentials
+    /// version (migration `0003_commit_notifications`): the floor under `CredentialsChanged`,
+    /// which the changing replica sends only after its commit. The receiver re-reads the runner's
+    /// credentials and applies them as they are.
+    CredentialsCommitted {
+        runner: String,
+        version: i64,
+    },
     /// A listener's probe of its own round trip (see `replicated`); carries no change.
     Ping {
         seq: u64,
@@ -133,6 +141,12 @@ impl Message {
     pub async fn into_event(self, store: &dyn Store) -> Result<Option<Event>, WireError> {
         Ok(Some(match self {
             Message::Ping { .. } => return Ok(None),
+            Message::CredentialsCommitted { runner, .. } => {
+                let Some(record) = store.runner_by_id(parse_runner(&runner)?).await? else {
+                    return Ok(None);
+                };
+                return Ok(recheck(store, record).await?);
+            }
             Message::CredentialsChanged {
                 runner,
                 version,
@@ -195,6 +209,40 @@ impl Message {
             },
         }))
     }
+}
+
+/// The runner's credentials as the database has them now, as an event that makes this replica
+/// apply them: its cache drops what is older than their version, and sessions on generations no
+/// longer accepted are closed. `None` when the runner has no credentials (deleted meanwhile: its
+/// deletion is an event of its own). Delivering it twice, or after the detailed event of the same
+/// change, changes nothing more.
+pub async fn recheck(
+    store: &dyn Store,
+    runner: tether_store::RunnerRecord,
+) -> Result<Option<Event>, tether_store::StoreError> {
+    let Some(client) = store.client_by_id(&runner.client_id).await? else {
+        return Ok(None);
+    };
+    let now_s = time::OffsetDateTime::now_utc().unix_timestamp();
+    let accepted_from = client
+        .generations
+        .iter()
+        .filter(|g| {
+            g.state
+                .accepts(g.expires_at.map(|t| t.unix_timestamp()), now_s)
+        })
+        .map(|g| g.generation)
+        .min()
+        // Nothing accepted any more: every session goes; a later generation may connect.
+        .or_else(|| client.generations.iter().map(|g| g.generation.next()).max());
+    let Some(accepted_from) = accepted_from else {
+        return Ok(None);
+    };
+    Ok(Some(Event::CredentialsChanged {
+        runner: std::sync::Arc::new(runner),
+        version: client.version,
+        change: CredentialChange::RetiringRevoked { accepted_from },
+    }))
 }
 
 /// Free text travels at most this long, so every message fits a notification.
@@ -264,6 +312,10 @@ mod tests {
             Message::DrainRequested {
                 runner: RunnerId::new().to_string(),
                 reason: long,
+            },
+            Message::CredentialsCommitted {
+                runner: RunnerId::new().to_string(),
+                version: 12,
             },
             Message::Ping { seq: 4 },
         ];

@@ -193,6 +193,122 @@ async fn a_replica_whose_listener_is_stalled_stops_trusting_its_cache_within_the
     assert_eq!(p.b.token_basic(&client_id, &old).await.status, 401);
 }
 
+/// A replica that commits a revocation and dies before it sends its event (or whose send fails):
+/// forced by making the change through a bare store handle, which sends no event at all. The
+/// database's own notification, sent in the committing transaction, still makes B refuse the old
+/// secret within the bound and close the session on it.
+#[tokio::test]
+async fn a_revocation_whose_replica_never_sent_its_event_still_reaches_the_other() {
+    let p = pair().await;
+    let (client_id, old) = runner(&p, "r1").await;
+    assert_eq!(p.b.token_basic(&client_id, &old).await.status, 200);
+    let mut ws = connect(&p.b, &client_id, &old, "i-1").await;
+
+    let bare = tether_store::open(
+        &tether_store::DatabaseUrl::parse(p.db.url()).expect("url"),
+        &Default::default(),
+    )
+    .await
+    .expect("a store handle of its own");
+    let record = bare
+        .runner_by_name(&tether_domain::RunnerName::parse("r1").expect("name"))
+        .await
+        .expect("read")
+        .expect("exists");
+    let now = time::OffsetDateTime::now_utc();
+    let new = tether_store::NewGeneration {
+        runner_id: record.id,
+        verifier: tether_domain::Pepper::from_bytes([7; 32]).verifier("not handed out"),
+        sealed_secret: Vec::new(),
+        reveal_until: now,
+        mode: tether_store::RotationMode::Revoke,
+        at: now,
+        created_by: "user:gone".into(),
+    };
+    bare.refresh_credentials(new, &|_| tether_store::NewAuditEvent {
+        at: now,
+        actor: "user:gone".into(),
+        action: "runner.credentials_refreshed".into(),
+        runner_id: Some(record.id),
+        runner_name: Some("r1".into()),
+        target: None,
+        source_ip: None,
+        detail: json!({}),
+    })
+    .await
+    .expect("refresh committed");
+    let returned = Instant::now();
+
+    let late = accepted_after_bound(&p.b, &client_id, &old, returned, MAX_LAG * 3).await;
+    assert!(late.is_empty(), "B accepted the revoked secret: {late:?}");
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Err(code) = next(&mut ws).await {
+                return code;
+            }
+        }
+    })
+    .await
+    .expect("B closes the session of the revoked generation");
+    assert_eq!(
+        closed,
+        Some(tether_protocol::session::close_code::CREDENTIALS_REVOKED)
+    );
+}
+
+/// The interleaving that let a stalled replica trust its cache too early, forced: the listener
+/// wakes up after the bound has passed and receives the revocation, but applying it is held up
+/// (its read of the runner waits on a table lock the test holds). Receiving an event must not
+/// make the replica trusted again — only its own ping, processed after the revocation was
+/// applied, may — so B stays not ready for as long as the lock is held, and once released
+/// refuses the old secret.
+#[tokio::test]
+async fn a_replica_that_received_a_revocation_but_has_not_applied_it_does_not_trust_its_cache() {
+    let p = pair().await;
+    let (client_id, old) = runner(&p, "r1").await;
+    assert_eq!(p.b.token_basic(&client_id, &old).await.status, 200);
+    let pid = listener_pid(&p, &p.b).await;
+    signal(pid, "STOP");
+    let until = Instant::now() + Duration::from_secs(5);
+    while p.b.get("/readyz", None).await.status != 503 {
+        assert!(
+            Instant::now() < until,
+            "B never noticed its listener stalled"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (new, returned) = refresh_on_a(&p, "r1").await;
+    let mut lock = <sqlx::PgConnection as sqlx::Connection>::connect(p.db.url())
+        .await
+        .expect("connect");
+    sqlx::raw_sql("BEGIN; LOCK TABLE runners IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut lock)
+        .await
+        .expect("lock runners");
+    // B may trust what it knew until `returned + MAX_LAG` (the bound); wake its listener once
+    // that has passed, so every answer below must be 503 however fast it receives.
+    tokio::time::sleep((returned + MAX_LAG).saturating_duration_since(Instant::now())).await;
+    signal(pid, "CONT");
+    // Meanwhile B receives the revocation (and pings sent after it) but cannot apply it.
+    let until = returned + MAX_LAG * 4;
+    let mut readiness = Vec::new();
+    while Instant::now() < until {
+        readiness.push(p.b.get("/readyz", None).await.status);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sqlx::raw_sql("ROLLBACK")
+        .execute(&mut lock)
+        .await
+        .expect("unlock");
+    assert!(
+        readiness.iter().all(|s| *s == 503),
+        "B said it was ready with a revocation not yet applied: {readiness:?}"
+    );
+    wait_ready(&p.b, Duration::from_secs(10)).await;
+    assert_eq!(p.b.token_basic(&client_id, &old).await.status, 401);
+    assert_eq!(p.b.token_basic(&client_id, &new).await.status, 200);
+}
+
 #[tokio::test]
 async fn a_replica_whose_listener_connection_dies_resyncs_and_never_accepts_what_it_missed() {
     let p = pair().await;
