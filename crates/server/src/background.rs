@@ -116,6 +116,15 @@ pub(crate) async fn persist_statuses(
         use runner_link::Persist;
         let result = match &change {
             Persist::Opened(session) => store.session_opened(&registrar.replica, session).await,
+            Persist::Reauthenticated {
+                session_id,
+                generation,
+                at,
+            } => {
+                store
+                    .session_reauthenticated(&registrar.replica, *session_id, *generation, *at)
+                    .await
+            }
             Persist::Closed { session_id, at } => {
                 store
                     .session_closed(&registrar.replica, *session_id, *at)

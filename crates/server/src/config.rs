@@ -58,6 +58,12 @@ pub struct ServerArgs {
     #[arg(long, env = "TETHER_DATABASE_STATEMENT_TIMEOUT_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub database_statement_timeout_seconds: u64,
 
+    /// PostgreSQL: longest a request waits for a free connection (or for the database to accept
+    /// one) before it fails as unavailable (`503`); also how fast a replica notices that the
+    /// database is back after a restart.
+    #[arg(long, env = "TETHER_DATABASE_ACQUIRE_TIMEOUT_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub database_acquire_timeout_seconds: u64,
+
     /// The URL runners and clients use to reach this server; the OAuth issuer. Defaults to http://<listen>.
     #[arg(long, env = "TETHER_PUBLIC_URL")]
     pub public_url: Option<Url>,
@@ -229,6 +235,7 @@ impl ServerArgs {
             database_pool: tether_store::PoolSettings {
                 max_connections: self.database_max_connections,
                 statement_timeout: Duration::from_secs(self.database_statement_timeout_seconds),
+                acquire_timeout: Duration::from_secs(self.database_acquire_timeout_seconds),
                 ..Default::default()
             },
             key_files: crate::keys::KeyFiles {

@@ -32,6 +32,9 @@ pub use url::{DatabaseUrl, PoolSettings};
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// The most rows [`ReplicaStore::sessions_elsewhere`] returns in one call.
+pub const SESSIONS_LISTED: usize = 10_000;
+
 /// Makes the audit event of a change from the change's outcome; called inside the change's
 /// transaction, so the event records what the transaction did (the caller decides what it says).
 pub type AuditOf<'a, T> = &'a (dyn for<'e> Fn(&'e T) -> NewAuditEvent + Send + Sync);
@@ -206,6 +209,23 @@ pub trait ReplicaStore: Send + Sync {
     ) -> StoreResult<()>;
     /// A session opened on `replica`.
     async fn session_opened(&self, replica: &str, session: &NewSession) -> StoreResult<()>;
+    /// Session `session_id` of `replica` re-authenticated with `generation` at `at`.
+    async fn session_reauthenticated(
+        &self,
+        replica: &str,
+        session_id: u64,
+        generation: Generation,
+        at: OffsetDateTime,
+    ) -> StoreResult<()>;
+    /// The open sessions of `runners` held by replicas other than `except` that were seen at or
+    /// after `live_after`, ordered by runner, then connection time. At most [`SESSIONS_LISTED`]
+    /// rows per call.
+    async fn sessions_elsewhere(
+        &self,
+        runners: &[RunnerId],
+        except: &str,
+        live_after: OffsetDateTime,
+    ) -> StoreResult<Vec<SharedSession>>;
     /// A session of `replica` ended at `at`.
     async fn session_closed(
         &self,

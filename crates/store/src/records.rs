@@ -394,8 +394,34 @@ pub struct NewSession {
     pub session_id: u64,
     pub runner_id: RunnerId,
     pub instance_id: String,
+    pub hostname: String,
     pub generation: Generation,
     pub connected_at: OffsetDateTime,
+    /// Where the instance reads its secret, whether it reloads it by itself, and from which file
+    /// (as it said in its hello).
+    pub secret_source: Option<String>,
+    pub hot_reload: Option<bool>,
+    pub secret_file: Option<String>,
+}
+
+/// An open session another replica holds, as the registry has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedSession {
+    pub replica_id: String,
+    pub runner_id: RunnerId,
+    pub instance_id: String,
+    pub hostname: String,
+    pub generation: Generation,
+    /// When the session moved to `generation`.
+    pub generation_since: OffsetDateTime,
+    pub connected_at: OffsetDateTime,
+    /// When its replica last confirmed it (the replica's heartbeat, not the instance's).
+    pub last_heartbeat_at: OffsetDateTime,
+    /// Tasks of the runner running on this instance, as the database has them.
+    pub running_tasks: u32,
+    pub secret_source: Option<String>,
+    pub hot_reload: Option<bool>,
+    pub secret_file: Option<String>,
 }
 
 /// Where an instance is connected, across replicas.

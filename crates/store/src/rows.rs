@@ -551,6 +551,76 @@ pub(crate) fn login_failures(row: Option<(i64, i64)>) -> Option<(u32, time::Offs
     row.map(|(n, at)| (u32::try_from(n).unwrap_or(u32::MAX), from_ms(at)))
 }
 
+/// Records a session that opened: `$1` replica, `$2` session, `$3` runner, `$4` instance, `$5`
+/// generation, `$6` connected at, `$7` hostname, `$8` secret source, `$9` hot reload, `$10` secret
+/// file. A runner deleted meanwhile has no sessions to record.
+pub(crate) const SESSION_OPENED_INSERT: &str =
+    "INSERT INTO runner_sessions (replica_id, session_id, runner_id, instance_id, generation,
+                                  connected_at, last_heartbeat_at, generation_since, hostname,
+                                  secret_source, hot_reload, secret_file)
+     SELECT $1, $2, $3, $4, $5, $6, $6, $6, $7, $8, $9, $10
+     WHERE EXISTS (SELECT 1 FROM runners WHERE id = $3)
+     ON CONFLICT (replica_id, session_id) DO NOTHING";
+
+/// `$1` replica, `$2` session, `$3` generation, `$4` when.
+pub(crate) const SESSION_REAUTH_UPDATE: &str =
+    "UPDATE runner_sessions SET generation_since = $4, generation = $3
+     WHERE replica_id = $1 AND session_id = $2 AND closed_at IS NULL AND generation <> $3";
+
+/// Open sessions of live replicas other than `$2` (seen at or after `$3`), for the runners
+/// `runner_filter` selects from `$1`, at most `$4` rows.
+pub(crate) fn sessions_elsewhere_sql(runner_filter: &str) -> String {
+    format!(
+        "SELECT s.replica_id, s.runner_id, s.instance_id, s.hostname, s.generation,
+                COALESCE(s.generation_since, s.connected_at) AS generation_since, s.connected_at,
+                s.last_heartbeat_at, s.secret_source, s.hot_reload, s.secret_file,
+                (SELECT count(*) FROM run_tasks t JOIN runs r ON r.id = t.run_id
+                 WHERE r.runner_id = s.runner_id AND t.instance_id = s.instance_id
+                   AND t.state = 'running') AS running_tasks
+         FROM runner_sessions s JOIN replicas p ON p.id = s.replica_id
+         WHERE s.runner_id IN ({runner_filter}) AND s.closed_at IS NULL AND s.replica_id <> $2
+           AND p.last_seen_at >= $3
+         ORDER BY s.runner_id, s.connected_at, s.instance_id
+         LIMIT $4"
+    )
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct SharedSessionRow {
+    replica_id: String,
+    runner_id: String,
+    instance_id: String,
+    hostname: String,
+    generation: i64,
+    generation_since: i64,
+    connected_at: i64,
+    last_heartbeat_at: i64,
+    secret_source: Option<String>,
+    hot_reload: Option<bool>,
+    secret_file: Option<String>,
+    running_tasks: i64,
+}
+
+impl TryFrom<SharedSessionRow> for crate::SharedSession {
+    type Error = StoreError;
+    fn try_from(r: SharedSessionRow) -> StoreResult<Self> {
+        Ok(crate::SharedSession {
+            replica_id: r.replica_id,
+            runner_id: parse("runner_sessions.runner_id", &r.runner_id)?,
+            instance_id: r.instance_id,
+            hostname: r.hostname,
+            generation: generation("runner_sessions.generation", r.generation)?,
+            generation_since: from_ms(r.generation_since),
+            connected_at: from_ms(r.connected_at),
+            last_heartbeat_at: from_ms(r.last_heartbeat_at),
+            running_tasks: u32::try_from(r.running_tasks).unwrap_or(u32::MAX),
+            secret_source: r.secret_source,
+            hot_reload: r.hot_reload,
+            secret_file: r.secret_file,
+        })
+    }
+}
+
 /// The sessions of one instance recorded by replicas other than this one: `$1` runner, `$2`
 /// instance, `$3` this replica.
 pub(crate) const PRESENCE_SELECT: &str =

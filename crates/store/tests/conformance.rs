@@ -1234,11 +1234,130 @@ fn status(
     }
 }
 
+/// A session of generation 1 as a runner's hello describes it.
+fn session(
+    session_id: u64,
+    runner: RunnerId,
+    instance: &str,
+    at: OffsetDateTime,
+) -> tether_store::NewSession {
+    tether_store::NewSession {
+        session_id,
+        runner_id: runner,
+        instance_id: instance.into(),
+        hostname: format!("host-of-{instance}"),
+        generation: Generation(1),
+        connected_at: at,
+        secret_source: Some("file".into()),
+        hot_reload: Some(true),
+        secret_file: Some("/run/secrets/tether".into()),
+    }
+}
+
+async fn sessions_held_elsewhere_are_listed_with_what_their_instances_said(store: Arc<dyn Store>) {
+    let one = new_runner("one");
+    let two = new_runner("two");
+    let other = new_runner("other");
+    for r in [&one, &two, &other] {
+        store
+            .create_runner(r.clone(), ev("runner.created", None))
+            .await
+            .expect("runner");
+    }
+    let t0 = ms(1_000_000);
+    for replica in ["a", "b", "dead"] {
+        store.replica_alive(replica, t0, t0).await.expect("alive");
+    }
+    let open = |replica: &'static str, s: tether_store::NewSession| {
+        let store = store.clone();
+        async move { store.session_opened(replica, &s).await.expect("opened") }
+    };
+    open("a", session(1, one.id, "i-a", t0)).await;
+    open("b", session(1, one.id, "i-b", ms(1_000_100))).await;
+    open("b", session(2, two.id, "i-c", t0)).await;
+    open("b", session(3, other.id, "i-d", t0)).await;
+    open("dead", session(1, two.id, "i-e", t0)).await;
+    open("b", session(4, two.id, "i-f", t0)).await;
+    store
+        .session_closed("b", 4, ms(1_000_200))
+        .await
+        .expect("closed");
+    store
+        .session_reauthenticated("b", 2, Generation(2), ms(1_000_300))
+        .await
+        .expect("reauth");
+    let run = queued_run(&store, &two, &["build"]).await;
+    let task = run.tasks[0].id;
+    assert!(store
+        .claim_task(task, "i-c", ms(1_000_400))
+        .await
+        .expect("claim"));
+    store
+        .apply_task_update(two.id, progress(task, 1, RunState::Running, None))
+        .await
+        .expect("running");
+
+    // The dead replica stops refreshing; A and B (and the sessions they hold) are seen later.
+    store
+        .replica_alive("a", t0, ms(1_010_000))
+        .await
+        .expect("alive");
+    store
+        .replica_alive("b", t0, ms(1_010_000))
+        .await
+        .expect("alive");
+    let live_after = ms(1_005_000);
+    let seen = store
+        .sessions_elsewhere(&[one.id, two.id], "a", live_after)
+        .await
+        .expect("sessions");
+    let listed: Vec<(&str, &str, &str, u32, u32)> = seen
+        .iter()
+        .map(|s| {
+            (
+                s.replica_id.as_str(),
+                s.instance_id.as_str(),
+                s.hostname.as_str(),
+                s.generation.0,
+                s.running_tasks,
+            )
+        })
+        .collect();
+    // Not A's own, not the dead replica's, not a closed one, not a runner not asked for.
+    let mut expected = vec![
+        ("b", "i-b", "host-of-i-b", 1, 0),
+        ("b", "i-c", "host-of-i-c", 2, 1),
+    ];
+    if one.id.to_string() > two.id.to_string() {
+        expected.reverse();
+    }
+    assert_eq!(listed, expected);
+    let c = seen.iter().find(|s| s.instance_id == "i-c").expect("i-c");
+    assert_eq!(c.generation_since, ms(1_000_300));
+    assert_eq!(c.connected_at, t0);
+    assert_eq!(c.last_heartbeat_at, ms(1_010_000));
+    assert_eq!(
+        (
+            c.secret_source.as_deref(),
+            c.hot_reload,
+            c.secret_file.as_deref()
+        ),
+        (Some("file"), Some(true), Some("/run/secrets/tether"))
+    );
+    let b = seen.iter().find(|s| s.instance_id == "i-b").expect("i-b");
+    assert_eq!(b.generation_since, b.connected_at, "never re-authenticated");
+    assert!(store
+        .sessions_elsewhere(&[], "a", live_after)
+        .await
+        .expect("none asked")
+        .is_empty());
+}
+
 async fn the_session_registry_keeps_the_holding_replicas_status_and_expires_dead_replicas(
     store: Arc<dyn Store>,
 ) {
     use tether_domain::RunnerStatus;
-    use tether_store::{LiveElsewhere, NewSession, SharedPresence};
+    use tether_store::{LiveElsewhere, SharedPresence};
     let runner = new_runner("r");
     store
         .create_runner(runner.clone(), ev("runner.created", None))
@@ -1249,16 +1368,7 @@ async fn the_session_registry_keeps_the_holding_replicas_status_and_expires_dead
         store.replica_alive(replica, t0, t0).await.expect("alive");
     }
     store
-        .session_opened(
-            "a",
-            &NewSession {
-                session_id: 1,
-                runner_id: runner.id,
-                instance_id: "i-1".into(),
-                generation: Generation(1),
-                connected_at: t0,
-            },
-        )
+        .session_opened("a", &session(1, runner.id, "i-1", t0))
         .await
         .expect("opened");
     store
@@ -1360,16 +1470,7 @@ async fn the_session_registry_keeps_the_holding_replicas_status_and_expires_dead
         .await
         .expect("delete");
     store
-        .session_opened(
-            "b",
-            &NewSession {
-                session_id: 2,
-                runner_id: runner.id,
-                instance_id: "i-1".into(),
-                generation: Generation(1),
-                connected_at: t1,
-            },
-        )
+        .session_opened("b", &session(2, runner.id, "i-1", t1))
         .await
         .expect("a late session of a deleted runner is ignored");
     assert_eq!(
@@ -1461,7 +1562,6 @@ async fn login_failures_count_per_pair_restart_after_their_window_and_clear(stor
 
 async fn a_replica_gone_leaves_no_runner_it_held_showing_running(store: Arc<dyn Store>) {
     use tether_domain::RunnerStatus;
-    use tether_store::NewSession;
     let t0 = ms(2_000_000);
     store.replica_alive("a", t0, t0).await.expect("alive");
     let mut runners = Vec::new();
@@ -1472,16 +1572,7 @@ async fn a_replica_gone_leaves_no_runner_it_held_showing_running(store: Arc<dyn 
             .await
             .expect("runner");
         store
-            .session_opened(
-                "a",
-                &NewSession {
-                    session_id: i as u64 + 1,
-                    runner_id: runner.id,
-                    instance_id: "i".into(),
-                    generation: Generation(1),
-                    connected_at: t0,
-                },
-            )
+            .session_opened("a", &session(i as u64 + 1, runner.id, "i", t0))
             .await
             .expect("opened");
         store
@@ -1566,6 +1657,7 @@ conformance!(
     cancel_lost_and_runner_deletion_end_runs,
     revoke_retiring_ends_an_overlap_once_and_keeps_the_version_when_there_is_none,
     the_session_registry_keeps_the_holding_replicas_status_and_expires_dead_replicas,
+    sessions_held_elsewhere_are_listed_with_what_their_instances_said,
     login_failures_count_per_pair_restart_after_their_window_and_clear,
     a_replica_gone_leaves_no_runner_it_held_showing_running,
 );

@@ -113,6 +113,8 @@ impl Cluster {
                 ("TETHER_PEPPER_FILE", pepper.as_str()),
                 ("TETHER_MASTER_KEY_FILE", master.as_str()),
                 ("TETHER_EVENTS_MAX_LAG_SECONDS", lag.as_str()),
+                // Requests fail fast while PostgreSQL restarts, so replicas see it back sooner.
+                ("TETHER_DATABASE_ACQUIRE_TIMEOUT_SECONDS", "1"),
             ],
         )
     }

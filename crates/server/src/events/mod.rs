@@ -53,6 +53,11 @@ pub enum Event {
     },
     /// Every live instance of the runner is asked to drain and exit (a restart).
     DrainRequested { runner: RunnerId, reason: String },
+    /// Another replica wrote a new status for the runner (`runner` as the store has it now): the
+    /// web pages of this one show it, unless this replica holds a session of the runner and so
+    /// derives its status itself. Only the database sends it (a trigger on the status column), so
+    /// a local publish of it reaches no other replica.
+    StatusChanged { runner: Arc<RunnerRecord> },
 }
 
 /// How a runner's credentials changed.

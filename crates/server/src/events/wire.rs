@@ -54,6 +54,11 @@ pub enum Message {
         runner: String,
         version: i64,
     },
+    /// Sent by the database when a runner's status was written (migration
+    /// `0004_session_details`).
+    StatusChanged {
+        runner: String,
+    },
     /// A listener's probe of its own round trip (see `replicated`); carries no change.
     Ping {
         seq: u64,
@@ -132,6 +137,9 @@ impl Message {
                 runner: runner.to_string(),
                 reason: clip(reason),
             },
+            Event::StatusChanged { runner } => Message::StatusChanged {
+                runner: runner.id.to_string(),
+            },
         }
     }
 
@@ -207,6 +215,14 @@ impl Message {
                 runner: parse_runner(&runner)?,
                 reason,
             },
+            Message::StatusChanged { runner } => {
+                let Some(record) = store.runner_by_id(parse_runner(&runner)?).await? else {
+                    return Ok(None);
+                };
+                Event::StatusChanged {
+                    runner: std::sync::Arc::new(record),
+                }
+            }
         }))
     }
 }
@@ -316,6 +332,9 @@ mod tests {
             Message::CredentialsCommitted {
                 runner: RunnerId::new().to_string(),
                 version: 12,
+            },
+            Message::StatusChanged {
+                runner: RunnerId::new().to_string(),
             },
             Message::Ping { seq: 4 },
         ];

@@ -245,6 +245,12 @@ impl std::ops::DerefMut for Registry {
 pub enum Persist {
     /// A session opened here.
     Opened(tether_store::NewSession),
+    /// A session of this process moved to another credential generation.
+    Reauthenticated {
+        session_id: u64,
+        generation: Generation,
+        at: OffsetDateTime,
+    },
     /// A session of this process ended.
     Closed { session_id: u64, at: OffsetDateTime },
     /// A runner's status as this process derives it; `live_here` false means another replica's
@@ -396,8 +402,12 @@ impl RunnerLink {
                 session_id,
                 runner_id: runner.id,
                 instance_id: hello.instance_id.clone(),
+                hostname: session.hostname.clone(),
                 generation: Generation(generation),
                 connected_at: now,
+                secret_source: session.secret_source.clone(),
+                hot_reload: session.hot_reload,
+                secret_file: session.secret_file.clone(),
             }));
             if let Some(old) = live.sessions.insert(hello.instance_id, session) {
                 let _ = self.persist.send(Persist::Closed {
@@ -472,6 +482,12 @@ impl RunnerLink {
             };
             if s.generation != generation {
                 s.generation_since = now;
+                // Under the lock, like `Opened`: the registry sees it after the session opened.
+                let _ = self.persist.send(Persist::Reauthenticated {
+                    session_id,
+                    generation: Generation(generation),
+                    at: now,
+                });
             }
             s.generation = generation;
             s.token_exp = token_exp;
@@ -773,6 +789,25 @@ impl RunnerLink {
         })
     }
 
+    /// Another replica wrote `runner`'s status: the web pages here show it, unless a session of
+    /// the runner is held here (then this replica derives the status it shows itself).
+    fn status_written_elsewhere(&self, runner: &RunnerRecord) {
+        if self
+            .lock()
+            .get(&runner.id)
+            .is_some_and(|live| !live.sessions.is_empty())
+        {
+            return;
+        }
+        // No subscriber is not an error: nobody has the UI open.
+        let _ = self.events.send(StatusEvent {
+            runner_id: runner.id,
+            name: runner.name.as_str().to_owned(),
+            status: runner.status.status,
+            reason: runner.status.reason.clone(),
+        });
+    }
+
     /// Number of live sessions across all runners.
     pub fn session_count(&self) -> usize {
         self.lock().values().map(|l| l.sessions.len()).sum()
@@ -806,6 +841,7 @@ impl Subscriber for RunnerLink {
             Event::DrainRequested { runner, reason } => {
                 delivered.instances_told += self.drain_all(*runner, reason)
             }
+            Event::StatusChanged { runner } => self.status_written_elsewhere(runner),
             Event::AccessTokenRevoked { .. } | Event::WorkQueued { .. } => {}
         }
     }

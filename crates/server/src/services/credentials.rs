@@ -463,7 +463,7 @@ pub async fn overview(state: &AppState, runner: RunnerRecord) -> Result<Overview
         .op("sealed_secret")?
         .map(|s| s.reveal_until);
     Ok(Overview {
-        live: super::runners::live(state, runner),
+        live: super::runners::live(state, runner).await?,
         generations: client.generations,
         reveal_until,
     })

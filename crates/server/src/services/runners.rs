@@ -261,13 +261,14 @@ pub async fn resume_due(state: &AppState) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A runner as this server sees it now: live sessions where it has any (else the last status
-/// written to the store), and where its newest credential generation stands among them. The one
-/// read model the API, the web pages and the live updates use.
+/// A runner as the control plane sees it now: its live sessions on this replica and on the others
+/// (else the last status written to the store), and where its newest credential generation stands
+/// among them. The one read model the API, the web pages and the live updates use.
 #[derive(Debug, Clone)]
 pub struct LiveRunner {
     pub record: RunnerRecord,
     pub status: PersistedStatus,
+    /// Every connected instance, on whichever replica holds its session.
     pub instances: Vec<crate::runner_link::Instance>,
     pub rollout: Rollout,
     /// Since when every live instance has been on the newest generation (applied only).
@@ -277,11 +278,88 @@ pub struct LiveRunner {
     pub secret_file: Option<String>,
 }
 
-pub fn live(state: &AppState, record: RunnerRecord) -> LiveRunner {
-    let (status, instances, last_file) = match state.link.view(record.id) {
-        Some(live) => (live.status, live.instances, live.last_secret_file),
+/// [`live_all`] of one runner.
+pub async fn live(state: &AppState, record: RunnerRecord) -> Result<LiveRunner, ServiceError> {
+    let mut all = live_all(state, vec![record]).await?;
+    all.pop()
+        .ok_or_else(|| ServiceError::Internal(anyhow::anyhow!("a runner went missing")))
+}
+
+/// The live view of each runner, in the order given. With replicas, one read of the session
+/// registry finds the instances the other replicas hold.
+pub async fn live_all(
+    state: &AppState,
+    records: Vec<RunnerRecord>,
+) -> Result<Vec<LiveRunner>, ServiceError> {
+    let mut elsewhere: std::collections::HashMap<RunnerId, Vec<crate::runner_link::Instance>> =
+        Default::default();
+    if state.store.shared() && !records.is_empty() {
+        let ids: Vec<RunnerId> = records.iter().map(|r| r.id).collect();
+        let live_after = OffsetDateTime::now_utc() - state.config.heartbeat * 3;
+        for s in state
+            .store
+            .sessions_elsewhere(&ids, &state.replica_id, live_after)
+            .await
+            .op("sessions_elsewhere")?
+        {
+            elsewhere
+                .entry(s.runner_id)
+                .or_default()
+                .push(crate::runner_link::Instance {
+                    instance_id: s.instance_id,
+                    hostname: s.hostname,
+                    connected_at: s.connected_at,
+                    last_heartbeat_at: s.last_heartbeat_at,
+                    credential_generation: s.generation,
+                    generation_since: s.generation_since,
+                    running_tasks: s.running_tasks,
+                    secret_source: s.secret_source,
+                    hot_reload: s.hot_reload,
+                    secret_file: s.secret_file,
+                });
+        }
+    }
+    Ok(records
+        .into_iter()
+        .map(|r| {
+            let others = elsewhere.remove(&r.id).unwrap_or_default();
+            assemble(state, r, others)
+        })
+        .collect())
+}
+
+/// Joins what this replica holds of a runner with the instances `others` hold. The status is this
+/// replica's while it holds a session (it derives it from facts it has); otherwise, with replicas,
+/// the newer of its own view and the store's (written by whichever replica derived it last), and
+/// on a single process its view since start, else the store's.
+fn assemble(
+    state: &AppState,
+    record: RunnerRecord,
+    others: Vec<crate::runner_link::Instance>,
+) -> LiveRunner {
+    let (status, mut instances, last_file) = match state.link.view(record.id) {
+        Some(live)
+            if !live.instances.is_empty()
+                || !state.store.shared()
+                || live.status.since >= record.status.since =>
+        {
+            (live.status, live.instances, live.last_secret_file)
+        }
+        Some(live) => (record.status.clone(), live.instances, live.last_secret_file),
         None => (record.status.clone(), Vec::new(), None),
     };
+    for other in others {
+        // A session superseded here may still be open in the registry for a moment: ours wins.
+        if !instances.iter().any(|i| i.instance_id == other.instance_id) {
+            instances.push(other);
+        }
+    }
+    instances.sort_by(|a, b| {
+        a.connected_at
+            .cmp(&b.connected_at)
+            .then(a.instance_id.cmp(&b.instance_id))
+    });
+    let last_file = last_file.or_else(|| instances.iter().find_map(|i| i.secret_file.clone()));
     let secret_file = match instances.first() {
         Some(first) if instances.iter().all(|i| i.secret_file == first.secret_file) => {
             first.secret_file.clone()

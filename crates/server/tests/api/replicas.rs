@@ -420,3 +420,38 @@ async fn a_login_lockout_through_one_replica_holds_on_the_other() {
     assert_eq!(r.status, 429, "the lockout holds on B: {}", r.body);
     assert!(r.header("retry-after").is_some());
 }
+
+/// The pages and the API of a replica that holds no session of a runner still show what the
+/// replica holding it sees: its instances (from the session registry) and its status changes on
+/// `/ui/events` (the database announces every status write).
+#[tokio::test]
+async fn a_replica_shows_the_instances_and_status_changes_another_holds() {
+    use crate::web::browser::{user, Browser, PASSWORD};
+    use crate::web::events::wait_for;
+    let p = pair().await;
+    let (client_id, secret) = runner(&p, "r1").await;
+    user(&p.a, "vic", "viewer").await;
+    let viewer = Browser::login(&p.a, "vic", PASSWORD).await;
+    let mut events = viewer.stream("/ui/events").await;
+    let mut buf = String::new();
+    wait_for(&mut events, &mut buf, "r1", "pending").await;
+
+    let ws = connect(&p.b, &client_id, &secret, "i-1").await;
+    wait_for(&mut events, &mut buf, "r1", "running").await;
+    let shown = p.a.get("/api/v1/runners/r1", Some(&p.a.admin_token)).await;
+    assert_eq!(shown.status, 200, "{}", shown.body);
+    let body = shown.json();
+    assert_eq!(body["status"], "running", "{body}");
+    let instances = body["instances"].as_array().expect("instances");
+    assert_eq!(instances.len(), 1, "{body}");
+    assert_eq!(instances[0]["instance_id"], "i-1");
+    assert_eq!(instances[0]["hostname"], "i-1.local");
+    assert_eq!(instances[0]["credential_generation"], 1);
+    let page = viewer.get("/runners/r1/instances").await;
+    assert!(page.body.contains("i-1.local"), "{}", page.body);
+
+    drop(ws);
+    wait_for(&mut events, &mut buf, "r1", "unknown").await;
+    let shown = p.a.get("/api/v1/runners/r1", Some(&p.a.admin_token)).await;
+    assert_eq!(shown.json()["instances"], json!([]), "{}", shown.body);
+}

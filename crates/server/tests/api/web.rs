@@ -5,6 +5,6 @@
 
 pub(crate) mod browser;
 mod credentials;
-mod events;
+pub(crate) mod events;
 mod pages;
 mod sessions;

@@ -4,12 +4,12 @@
 
 use async_trait::async_trait;
 use sqlx::{Postgres, Transaction};
-use tether_domain::RunnerId;
+use tether_domain::{Generation, RunnerId};
 use time::OffsetDateTime;
 
 use super::{backend, PostgresStore};
 use crate::rows;
-use crate::{to_ms, NewSession, ReplicaStore, SharedPresence, StoreResult};
+use crate::{to_ms, NewSession, ReplicaStore, SharedPresence, SharedSession, StoreResult};
 
 /// Statuses of a runner that some replica holds a session of.
 const LIVE_STATUSES: &str = "('running', 'pausing', 'paused', 'stopping')";
@@ -141,23 +141,58 @@ impl ReplicaStore for PostgresStore {
     }
 
     async fn session_opened(&self, replica: &str, s: &NewSession) -> StoreResult<()> {
-        // A runner deleted meanwhile has no sessions to record.
-        sqlx::query(
-            "INSERT INTO runner_sessions (replica_id, session_id, runner_id, instance_id, generation,
-                                          connected_at, last_heartbeat_at)
-             SELECT $1, $2, $3, $4, $5, $6, $6 WHERE EXISTS (SELECT 1 FROM runners WHERE id = $3)
-             ON CONFLICT (replica_id, session_id) DO NOTHING",
-        )
-        .bind(replica)
-        .bind(s.session_id as i64)
-        .bind(s.runner_id.to_string())
-        .bind(&s.instance_id)
-        .bind(i64::from(s.generation.0))
-        .bind(to_ms(s.connected_at))
-        .execute(&self.pool)
-        .await
-        .map_err(backend)?;
+        sqlx::query(rows::SESSION_OPENED_INSERT)
+            .bind(replica)
+            .bind(s.session_id as i64)
+            .bind(s.runner_id.to_string())
+            .bind(&s.instance_id)
+            .bind(i64::from(s.generation.0))
+            .bind(to_ms(s.connected_at))
+            .bind(&s.hostname)
+            .bind(&s.secret_source)
+            .bind(s.hot_reload)
+            .bind(&s.secret_file)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
         Ok(())
+    }
+
+    async fn session_reauthenticated(
+        &self,
+        replica: &str,
+        session_id: u64,
+        generation: Generation,
+        at: OffsetDateTime,
+    ) -> StoreResult<()> {
+        sqlx::query(rows::SESSION_REAUTH_UPDATE)
+            .bind(replica)
+            .bind(session_id as i64)
+            .bind(i64::from(generation.0))
+            .bind(to_ms(at))
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn sessions_elsewhere(
+        &self,
+        runners: &[RunnerId],
+        except: &str,
+        live_after: OffsetDateTime,
+    ) -> StoreResult<Vec<SharedSession>> {
+        let ids: Vec<String> = runners.iter().map(ToString::to_string).collect();
+        let found: Vec<rows::SharedSessionRow> =
+            sqlx::query_as(&rows::sessions_elsewhere_sql("SELECT unnest($1::text[])"))
+                .bind(ids)
+                .bind(except)
+                .bind(to_ms(live_after))
+                .bind(crate::SESSIONS_LISTED as i64)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(backend)?;
+        found.into_iter().map(SharedSession::try_from).collect()
     }
 
     async fn session_closed(

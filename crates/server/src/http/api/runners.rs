@@ -63,7 +63,7 @@ async fn pause_runner(
         }
     }
     let record = runners::pause(&state, &caller, &parse_ref(&runner)?, req.until).await?;
-    Ok((StatusCode::ACCEPTED, Json(view(&state, record))))
+    Ok((StatusCode::ACCEPTED, Json(view(&state, record).await?)))
 }
 
 async fn resume_runner(
@@ -72,7 +72,7 @@ async fn resume_runner(
     Path(runner): Path<String>,
 ) -> Result<(StatusCode, Json<Runner>), ApiError> {
     let record = runners::resume(&state, &caller, &parse_ref(&runner)?).await?;
-    Ok((StatusCode::ACCEPTED, Json(view(&state, record))))
+    Ok((StatusCode::ACCEPTED, Json(view(&state, record).await?)))
 }
 
 async fn restart_runner(
@@ -81,7 +81,7 @@ async fn restart_runner(
     Path(runner): Path<String>,
 ) -> Result<(StatusCode, Json<Runner>), ApiError> {
     let (record, _) = runners::restart(&state, &caller, &parse_ref(&runner)?).await?;
-    Ok((StatusCode::ACCEPTED, Json(view(&state, record))))
+    Ok((StatusCode::ACCEPTED, Json(view(&state, record).await?)))
 }
 
 async fn create_runner(
@@ -105,7 +105,7 @@ async fn create_runner(
     Ok((
         StatusCode::CREATED,
         Json(CreatedRunner {
-            runner: view(&state, record),
+            runner: view(&state, record).await?,
             credentials,
         }),
     ))
@@ -128,7 +128,11 @@ async fn list_runners(
         None
     };
     Ok(Json(RunnerList {
-        runners: records.into_iter().map(|r| view(&state, r)).collect(),
+        runners: runners::live_all(&state, records)
+            .await?
+            .into_iter()
+            .map(|l| view_of(&state, l))
+            .collect(),
         next_cursor,
     }))
 }
@@ -140,7 +144,7 @@ async fn get_runner(
 ) -> Result<Json<Runner>, ApiError> {
     caller.require(Role::Viewer)?;
     let record = runners::find(&state, &parse_ref(&runner)?).await?;
-    Ok(Json(view(&state, record)))
+    Ok(Json(view(&state, record).await?))
 }
 
 async fn delete_runner(
@@ -168,10 +172,13 @@ fn instance_view(i: crate::runner_link::Instance) -> Instance {
     }
 }
 
-/// The API's view of a runner: live state from this server's sessions where it has any, else the
-/// last status written to the store.
-pub(crate) fn view(state: &AppState, r: RunnerRecord) -> Runner {
-    let live = runners::live(state, r);
+/// The API's view of a runner: its live sessions on every replica, else the last status written to
+/// the store.
+pub(crate) async fn view(state: &AppState, r: RunnerRecord) -> Result<Runner, ApiError> {
+    Ok(view_of(state, runners::live(state, r).await?))
+}
+
+fn view_of(state: &AppState, live: LiveRunner) -> Runner {
     let credential_rollout = rollout_view(&live);
     let LiveRunner {
         record: r,

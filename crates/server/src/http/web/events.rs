@@ -36,11 +36,11 @@ async fn stream_events(
     visitor.caller.require(Role::Viewer)?;
     // Subscribe before reading the snapshot: a change in between is sent twice, never lost.
     let rx = state.link.subscribe();
-    let snapshot: Vec<_> = runners::list(&state, None, 1000)
+    let records = runners::list(&state, None, 1000).await?;
+    let snapshot: Vec<_> = runners::live_all(&state, records)
         .await?
         .into_iter()
-        .map(|r| {
-            let live = runners::live(&state, r);
+        .map(|live| {
             let status = live.status;
             Ok(runner_event(
                 live.record.name.as_str(),

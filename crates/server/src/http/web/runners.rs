@@ -31,7 +31,7 @@ pub type Loaded = runners::LiveRunner;
 
 pub async fn load(state: &AppState, key: &str) -> Result<Loaded, WebError> {
     let record = runners::find(state, &runners::parse_ref(key)?).await?;
-    Ok(runners::live(state, record))
+    Ok(runners::live(state, record).await?)
 }
 
 /// The header every runner page shows: name, live status and reason, and what the menu offers.
@@ -100,10 +100,10 @@ async fn list_runners(
     visitor.caller.require(Role::Viewer)?;
     let records = runners::list(&state, None, 500).await?;
     let now = time::OffsetDateTime::now_utc();
-    let runners = records
+    let runners = runners::live_all(&state, records)
+        .await?
         .into_iter()
-        .map(|r| {
-            let l = runners::live(&state, r);
+        .map(|l| {
             let refreshed = l.record.generation.0 > 1;
             RunnerRow {
                 rollout: if refreshed {

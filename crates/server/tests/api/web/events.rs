@@ -8,7 +8,7 @@ use super::browser::{user, Browser, PASSWORD};
 use crate::ws::{app, connect, runner};
 
 /// Reads server-sent events until one for `name` has `status`; panics after 10 s.
-async fn wait_for(
+pub(crate) async fn wait_for(
     resp: &mut reqwest::Response,
     buf: &mut String,
     name: &str,
