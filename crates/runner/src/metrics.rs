@@ -19,6 +19,11 @@ impl RunnerMetrics {
         self.connected.store(connected, Ordering::Relaxed);
     }
 
+    /// Whether a session is up (welcomed) now.
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
     pub fn set_active_tasks(&self, n: u32) {
         self.active_tasks.store(n, Ordering::Relaxed);
     }

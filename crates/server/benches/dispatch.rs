@@ -5,6 +5,7 @@
 //!
 //!   cargo bench -p tether-server --bench dispatch
 //!   BENCH_RUNS=2000 BENCH_LOG_MB=100 cargo bench -p tether-server --bench dispatch
+//!   BENCH_DATABASE_URL=postgres://… cargo bench -p tether-server --bench dispatch   # on PostgreSQL
 
 use std::time::{Duration, Instant};
 
@@ -59,13 +60,20 @@ async fn run() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = ServerConfig::new(dir.path().to_path_buf());
     config.bootstrap_token = Some(ApiToken::parse_supplied(ADMIN).expect("token"));
+    config.database_url = std::env::var("BENCH_DATABASE_URL")
+        .ok()
+        .map(|u| tether_server::DatabaseUrl::parse(&u).expect("BENCH_DATABASE_URL"));
+    let backend = config
+        .database_url
+        .as_ref()
+        .map_or("sqlite", |u| u.backend_name());
     let server = tether_server::start(config).await.expect("server");
     let b = Bench {
         http: reqwest::Client::new(),
         base: server.public_url.clone(),
     };
     println!(
-        "machine: {} cores; server, runner agents and load generator in one process; SQLite",
+        "machine: {} cores; server, runner agents and load generator in one process; {backend}",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     let (stop, stop_rx) = watch::channel(false);

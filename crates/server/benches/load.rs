@@ -5,6 +5,8 @@
 //!   cargo bench -p tether-server --bench load
 //!   BENCH_SECONDS=10 BENCH_CONNECTIONS=64 cargo bench -p tether-server --bench load
 //!   BENCH_DATABASE_URL=postgres://… cargo bench -p tether-server --bench load   # on PostgreSQL
+//!   BENCH_DATABASE_URL=postgres://… BENCH_REPLICAS=2 cargo bench -p tether-server --bench load
+//!     # two replicas (in this process, sharing keys) behind HAProxy (/usr/sbin/haproxy)
 
 use std::time::{Duration, Instant};
 
@@ -56,7 +58,63 @@ async fn run() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    let addr = server.local_addr;
+    let mut addr = server.local_addr;
+    // A second replica on the same database and keys, and HAProxy in front of both.
+    let mut second = None;
+    let mut haproxy = None;
+    if env_or("BENCH_REPLICAS", 1) == 2 {
+        assert!(
+            config_is_postgres(),
+            "BENCH_REPLICAS=2 needs BENCH_DATABASE_URL=postgres://…"
+        );
+        let dir_b = tempfile::tempdir().expect("tempdir");
+        let mut config = ServerConfig::new(dir_b.path().to_path_buf());
+        config.database_url = std::env::var("BENCH_DATABASE_URL")
+            .ok()
+            .map(|u| tether_server::DatabaseUrl::parse(&u).expect("BENCH_DATABASE_URL"));
+        config.key_files = tether_server::keys::KeyFiles {
+            signing: Some(dir.path().join("signing.key")),
+            pepper: Some(dir.path().join("pepper.key")),
+            master: Some(dir.path().join("master.key")),
+        };
+        let b = tether_server::start(config).await.expect("second replica");
+        while reqwest::get(format!("{}/readyz", b.public_url))
+            .await
+            .map_or(true, |r| !r.status().is_success())
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("port")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let cfg = format!(
+            "global\n  maxconn 4000\ndefaults\n  mode http\n  timeout connect 2s\n  timeout client 60s\n  \
+             timeout server 60s\nfrontend tether\n  bind 127.0.0.1:{port}\n  default_backend replicas\n\
+             backend replicas\n  balance roundrobin\n  server a {} check\n  server b {} check\n",
+            server.local_addr, b.local_addr
+        );
+        std::fs::write(dir_b.path().join("haproxy.cfg"), cfg).expect("config");
+        haproxy = Some(
+            std::process::Command::new("/usr/sbin/haproxy")
+                .arg("-f")
+                .arg(dir_b.path().join("haproxy.cfg"))
+                .arg("-db")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("haproxy (apt-get install haproxy)"),
+        );
+        addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        while reqwest::get(format!("http://{addr}/readyz"))
+            .await
+            .map_or(true, |r| !r.status().is_success())
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        second = Some((b, dir_b));
+    }
 
     let http = reqwest::Client::new();
     let base = server.public_url.clone();
@@ -87,7 +145,7 @@ async fn run() {
     let basic = base64::engine::general_purpose::STANDARD.encode(format!("{client_id}:{secret}"));
 
     println!(
-        "machine: {} cores; server and load generator in one process; {connections} keep-alive connections; {seconds} s per scenario",
+        "machine: {} cores; server(s) and load generator in one process; {connections} keep-alive connections (to {addr}); {seconds} s per scenario",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     let token_request = move || {
@@ -123,6 +181,13 @@ async fn run() {
         list_request,
     )
     .await;
+    if let Some(mut h) = haproxy {
+        let _ = h.kill();
+        let _ = h.wait();
+    }
+    if let Some((b, _dir)) = second {
+        b.shutdown().await.expect("shutdown");
+    }
     server.shutdown().await.expect("shutdown");
 }
 

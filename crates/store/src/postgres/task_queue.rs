@@ -9,9 +9,7 @@ use time::OffsetDateTime;
 
 use super::runs::{finish_run, lock_run, run_in_tx};
 use super::{backend, limit, PostgresStore};
-use crate::rows::{
-    self, AssignedRow, ReadyRow, UpdateTargetRow, ASSIGNED_SELECT, READY_SELECT, READY_WHERE,
-};
+use crate::rows::{self, AssignedRow, ReadyRow, UpdateTargetRow, ASSIGNED_SELECT, READY_SELECT};
 use crate::{
     to_ms, AssignedTask, ReadyTask, RunRecord, StoreResult, TaskProgress, TaskQueue, UpdateOutcome,
 };
@@ -28,6 +26,23 @@ where
         .map_err(backend)
 }
 
+/// The ready tasks of runner `$1` as `rows::READY_WHERE` defines them (its run's first queued
+/// task, none running; oldest run first; at most `$2`), in a form PostgreSQL's planner walks run
+/// by run and stops at the limit: the first unfinished task of each active run, by index, through
+/// `LATERAL`, instead of joining every queued task of the runner and sorting (which made each
+/// dispatch pass cost as much as the whole queue).
+const READY_LATERAL: &str =
+    "SELECT t.id, t.run_id, r.pipeline, t.name, t.command, t.env, t.timeout_seconds
+     FROM runs r
+     CROSS JOIN LATERAL (SELECT q.id, q.run_id, q.name, q.command, q.env, q.timeout_seconds, q.state
+                         FROM run_tasks q
+                         WHERE q.run_id = r.id AND q.state IN ('queued', 'running')
+                         ORDER BY q.idx LIMIT 1) t
+     WHERE r.runner_id = $1 AND r.state IN ('queued', 'running') AND r.cancel_requested_by IS NULL
+       AND t.state = 'queued'
+       AND NOT EXISTS (SELECT 1 FROM run_tasks b WHERE b.run_id = r.id AND b.state = 'running')
+     ORDER BY r.id LIMIT $2";
+
 #[async_trait]
 impl TaskQueue for PostgresStore {
     async fn runners_with_active_runs(&self) -> StoreResult<Vec<RunnerId>> {
@@ -43,7 +58,7 @@ impl TaskQueue for PostgresStore {
     }
 
     async fn ready_tasks(&self, runner: RunnerId, n: u32) -> StoreResult<Vec<ReadyTask>> {
-        let rows: Vec<ReadyRow> = sqlx::query_as(&format!("{READY_SELECT} {READY_WHERE}"))
+        let rows: Vec<ReadyRow> = sqlx::query_as(READY_LATERAL)
             .bind(runner.to_string())
             .bind(limit(n))
             .fetch_all(&self.pool)
