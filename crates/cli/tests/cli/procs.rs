@@ -283,11 +283,6 @@ impl Haproxy {
     /// On `port` (replicas' public URL must name it before the balancer starts); `servers`:
     /// (name, address, backup).
     pub fn start_on(port: u16, servers: &[(&str, &str, bool)]) -> Self {
-        let bin = ["/usr/sbin/haproxy", "/usr/bin/haproxy"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
-            .expect("HAProxy is installed (scripts/test installs Debian's haproxy)");
-        let dir = tempfile::tempdir().expect("dir");
         let mut cfg = format!(
             "global\n  maxconn 2000\ndefaults\n  mode http\n  timeout connect 2s\n  timeout client 60s\n  \
              timeout server 60s\n  timeout tunnel 1h\nfrontend tether\n  bind 127.0.0.1:{port}\n  \
@@ -300,6 +295,16 @@ impl Haproxy {
                 "  server {name} {addr} check inter 200ms fall 2 rise 1{backup}\n"
             ));
         }
+        Self::start_with(port, &cfg)
+    }
+
+    /// With the configuration `cfg`, whose frontend binds 127.0.0.1:`port`.
+    pub fn start_with(port: u16, cfg: &str) -> Self {
+        let bin = ["/usr/sbin/haproxy", "/usr/bin/haproxy"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("HAProxy is installed (scripts/test installs Debian's haproxy)");
+        let dir = tempfile::tempdir().expect("dir");
         let file = dir.path().join("haproxy.cfg");
         std::fs::write(&file, cfg).expect("config");
         let log = std::fs::File::create(dir.path().join("haproxy.log")).expect("log");

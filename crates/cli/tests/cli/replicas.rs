@@ -625,3 +625,290 @@ fn overlap_on_one_replica_hot_reload_on_another_and_revoke_previous_on_a_third_k
         );
     }
 }
+
+/// The fenced code blocks of `doc` that follow the first line containing `marker`, up to the next
+/// numbered step.
+fn guide_blocks(doc: &str, marker: &str) -> Vec<String> {
+    let start = doc
+        .find(marker)
+        .unwrap_or_else(|| panic!("the guide says {marker:?}"));
+    let rest = &doc[start..];
+    let end = rest[1..]
+        .find("\n6. ")
+        .or_else(|| rest.find("\n## "))
+        .unwrap_or(rest.len());
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in rest[..end].lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with("```") {
+            match current.take() {
+                Some(block) => blocks.push(block),
+                None => current = Some(String::new()),
+            }
+        } else if let Some(block) = current.as_mut() {
+            block.push_str(trimmed);
+            block.push('\n');
+        }
+    }
+    blocks
+}
+
+/// The value after `key:` in `tether` text output.
+fn field_of(output: &str, key: &str) -> Option<String> {
+    output
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}:")))
+        .map(|v| v.trim().to_owned())
+}
+
+fn field(output: &str, key: &str) -> String {
+    field_of(output, key).unwrap_or_else(|| panic!("no {key} in {output}"))
+}
+
+/// docs/operations/replicas.md as written, steps 2 to 5: its key files, its two `tether server`
+/// commands and environment, its HAProxy configuration, and step 5's commands — with free ports
+/// for 8080–8082 and a throwaway PostgreSQL for step 1's. The refresh through the replica that
+/// does not hold the runner's session cuts it, and `tether runners show` through either port says
+/// what the guide says.
+#[test]
+fn the_replica_guide_works_as_written() {
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/operations/replicas.md"
+    ))
+    .expect("the guide");
+    let db = Arc::new(tether_pgtest::TestDatabase::create_blocking());
+    let dir = tempfile::tempdir().expect("dir");
+    let ports = [free_port(), free_port(), free_port()];
+    let localize = |text: &str| {
+        text.replace("127.0.0.1:8080", &format!("127.0.0.1:{}", ports[0]))
+            .replace("127.0.0.1:8081", &format!("127.0.0.1:{}", ports[1]))
+            .replace("127.0.0.1:8082", &format!("127.0.0.1:{}", ports[2]))
+            .replace("/var/lib/", &format!("{}/", dir.path().display()))
+            .replace("/etc/tether", &dir.path().join("etc").display().to_string())
+            .replace(
+                "/tmp/build-1",
+                &dir.path().join("build-1").display().to_string(),
+            )
+    };
+
+    // Step 2: the keys, generated as the guide says, and the environment it exports.
+    let keys = &guide_blocks(&doc, "2. Keys")[0];
+    assert!(keys.contains("head -c 32 /dev/urandom") && keys.contains("chmod 600"));
+    let etc = dir.path().join("etc");
+    std::fs::create_dir_all(&etc).expect("etc");
+    let mut env: Vec<(String, String)> = Vec::new();
+    for line in keys.lines().map(localize) {
+        let line = line.split('#').next().unwrap_or_default().trim().to_owned();
+        let line = line.strip_prefix("export ").unwrap_or(&line);
+        if !line.starts_with("TETHER_") {
+            continue; // install, for, chmod: done below as they say
+        }
+        for pair in line.split_whitespace().filter(|p| *p != "\\") {
+            let (k, v) = pair.split_once('=').expect("NAME=value");
+            env.push((k.to_owned(), v.to_owned()));
+        }
+    }
+    for k in ["signing", "pepper", "master"] {
+        let path = etc.join(format!("{k}.key"));
+        std::fs::write(&path, tether_domain::random_bytes::<32>()).expect("key");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("mode");
+    }
+    let names: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "TETHER_SIGNING_KEY_FILE",
+            "TETHER_PEPPER_FILE",
+            "TETHER_MASTER_KEY_FILE",
+            "TETHER_DATABASE_URL",
+            "TETHER_PUBLIC_URL"
+        ],
+        "the environment step 2 exports"
+    );
+    for (k, v) in env.iter_mut() {
+        if k == "TETHER_DATABASE_URL" {
+            *v = db.url().to_owned();
+        }
+    }
+    let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+
+    // Step 3: the two replicas, as the guide starts them.
+    let servers = &guide_blocks(&doc, "3. Two replicas")[0];
+    let mut replicas = Vec::new();
+    for line in servers.lines().filter(|l| l.starts_with("tether server")) {
+        let line = localize(line);
+        let words: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(words[2], "--listen", "{line}");
+        assert_eq!(words[4], "--data-dir", "{line}");
+        replicas.push(ServerProc::start_replica(
+            std::path::Path::new(words[5]),
+            words[3],
+            &env_refs,
+        ));
+    }
+    assert_eq!(replicas.len(), 2, "step 3 starts two replicas");
+
+    // Step 4: HAProxy with the guide's configuration.
+    let cfg = guide_blocks(&doc, "4. HAProxy")
+        .into_iter()
+        .find(|b| b.contains("frontend tether"))
+        .expect("the HAProxy configuration");
+    // As the comment there says: under half of the file-descriptor limit (this machine's is
+    // 20,000; a smaller one gets a smaller maxconn rather than a balancer that will not start).
+    let fds: u64 = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|l| {
+            l.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(4).map(str::to_owned))
+        })
+        .and_then(|hard| hard.parse().ok())
+        .unwrap_or(20_000);
+    assert!(cfg.contains("maxconn 9000"), "{cfg}");
+    let cfg = cfg.replace(
+        "maxconn 9000",
+        &format!("maxconn {}", 9000.min(fds.saturating_sub(200) / 2)),
+    );
+    let balancer = Haproxy::start_with(ports[0], &localize(&cfg));
+
+    // Step 5, command by command.
+    let steps = guide_blocks(&doc, "5. Follow the guide");
+    let step = |n: usize, starts: &str| {
+        let line = steps[n]
+            .lines()
+            .find(|l| l.starts_with(starts))
+            .unwrap_or_else(|| panic!("step 5 runs {starts:?}"));
+        localize(line.split('#').next().unwrap_or_default().trim())
+    };
+    let admin = [
+        ("TETHER_URL", balancer.url.as_str()),
+        ("TETHER_TOKEN", ADMIN_TOKEN),
+    ];
+    let create = step(0, "tether runners create");
+    let words: Vec<&str> = create.split_whitespace().collect();
+    let o = tether(&words[1..], &admin);
+    assert!(o.status.success(), "{create}: {}", stderr(&o));
+    let printed = String::from_utf8_lossy(&o.stdout).into_owned();
+    let (client_id, secret) = (
+        field(&printed, "client_id"),
+        field(&printed, "client_secret"),
+    );
+    let start = step(0, "OAUTH_CLIENT_ID=");
+    assert!(start.contains("tether runner --workdir"), "{start}");
+    let runner = RunnerProc::start(
+        &[
+            ("TETHER_URL", balancer.url.clone()),
+            ("OAUTH_CLIENT_ID", client_id.clone()),
+            ("OAUTH_CLIENT_SECRET", secret.clone()),
+            (
+                "TETHER_WORKDIR",
+                dir.path().join("build-1").display().to_string(),
+            ),
+        ],
+        dir.path().join("runner.log"),
+    );
+    let show = |port: u16| {
+        let url = format!("http://127.0.0.1:{port}");
+        let o = tether(
+            &["runners", "show", "build-1"],
+            &[("TETHER_URL", url.as_str()), ("TETHER_TOKEN", ADMIN_TOKEN)],
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    // Both replicas show it running, with its instance.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let views = [show(ports[1]), show(ports[2])];
+        if views.iter().all(|v| {
+            field_of(v, "status").is_some_and(|s| s.starts_with("running"))
+                && field_of(v, "instances").as_deref() == Some("1")
+        }) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "running everywhere: {views:#?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Which replica holds the session, as the guide finds out.
+    assert!(steps[0].contains("/metrics | grep '^tether_sessions'"));
+    let holds = |port: u16| {
+        http(
+            &format!("http://127.0.0.1:{port}"),
+            reqwest::Method::GET,
+            "/metrics",
+            None,
+            None,
+        )
+        .1
+        .lines()
+        .any(|l| l == "tether_sessions 1")
+    };
+    let holder = if holds(ports[1]) { ports[1] } else { ports[2] };
+    assert!(holds(holder), "one of the two replicas holds the session");
+    let other = if holder == ports[1] {
+        ports[2]
+    } else {
+        ports[1]
+    };
+
+    // Through the other replica: refresh, then show through both ports.
+    let refresh = step(1, "TETHER_URL=");
+    let words: Vec<&str> = refresh.split_whitespace().collect();
+    assert_eq!(
+        &words[1..],
+        [
+            "tether",
+            "runners",
+            "refresh-credentials",
+            "build-1",
+            "--yes"
+        ]
+    );
+    let other_url = format!("http://127.0.0.1:{other}");
+    let o = tether(
+        &words[2..],
+        &[
+            ("TETHER_URL", other_url.as_str()),
+            ("TETHER_TOKEN", ADMIN_TOKEN),
+        ],
+    );
+    assert!(o.status.success(), "{refresh}: {}", stderr(&o));
+    // The guide's replicas keep the default bound (2 s): the old secret is refused everywhere by then.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while [holder, other]
+        .iter()
+        .any(|p| token_status(&format!("http://127.0.0.1:{p}"), &client_id, &secret) != 401)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the old secret is still accepted somewhere"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let views = [show(holder), show(other)];
+        if views.iter().all(|v| {
+            field_of(v, "status").is_some_and(|s| s.starts_with("unknown"))
+                && v.contains("credentials refreshed at")
+                && v.contains("apply the new client_secret and restart the runner")
+        }) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "what the guide says, on both: {views:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!holds(holder), "the replica holding the session closed it");
+    let log = runner.log();
+    assert!(
+        log.contains("revoked") || log.contains("4401"),
+        "the runner was told its credentials were revoked: {log}"
+    );
+    drop(balancer);
+    drop(replicas);
+}
