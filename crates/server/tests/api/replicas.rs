@@ -119,6 +119,24 @@ async fn accepted_after_bound(
     late
 }
 
+/// Reads the session until it is closed (within 5 s) and checks it was closed for a revoked
+/// credential generation (4401).
+async fn assert_closed_as_revoked(ws: &mut crate::ws::Ws) {
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Err(code) = next(ws).await {
+                return code;
+            }
+        }
+    })
+    .await
+    .expect("B closes the session of the revoked generation");
+    assert_eq!(
+        closed,
+        Some(tether_protocol::session::close_code::CREDENTIALS_REVOKED)
+    );
+}
+
 /// The PostgreSQL backend (pid) of `app`'s events listener.
 async fn listener_pid(p: &Pair, app: &TestApp) -> i32 {
     let replica = app.server().replica_id.clone();
@@ -155,19 +173,7 @@ async fn a_refresh_through_one_replica_cuts_the_session_and_refuses_the_secret_o
     let late = accepted_after_bound(&p.b, &client_id, &old, returned, MAX_LAG * 3).await;
     assert!(late.is_empty(), "B accepted the revoked secret: {late:?}");
     // The session B holds was closed for the revoked generation.
-    let closed = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            if let Err(code) = next(&mut ws).await {
-                return code;
-            }
-        }
-    })
-    .await
-    .expect("B closes the session of the revoked generation");
-    assert_eq!(
-        closed,
-        Some(tether_protocol::session::close_code::CREDENTIALS_REVOKED)
-    );
+    assert_closed_as_revoked(&mut ws).await;
     assert_eq!(p.b.token_basic(&client_id, &new).await.status, 200);
     assert_eq!(p.a.token_basic(&client_id, &new).await.status, 200);
 }
@@ -241,19 +247,7 @@ async fn a_revocation_whose_replica_never_sent_its_event_still_reaches_the_other
 
     let late = accepted_after_bound(&p.b, &client_id, &old, returned, MAX_LAG * 3).await;
     assert!(late.is_empty(), "B accepted the revoked secret: {late:?}");
-    let closed = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            if let Err(code) = next(&mut ws).await {
-                return code;
-            }
-        }
-    })
-    .await
-    .expect("B closes the session of the revoked generation");
-    assert_eq!(
-        closed,
-        Some(tether_protocol::session::close_code::CREDENTIALS_REVOKED)
-    );
+    assert_closed_as_revoked(&mut ws).await;
 }
 
 /// The interleaving that let a stalled replica trust its cache too early, forced: the listener
