@@ -686,7 +686,10 @@ fn the_replica_guide_works_as_written() {
             .replace("127.0.0.1:8081", &format!("127.0.0.1:{}", ports[1]))
             .replace("127.0.0.1:8082", &format!("127.0.0.1:{}", ports[2]))
             .replace("/var/lib/", &format!("{}/", dir.path().display()))
-            .replace("/etc/tether", &dir.path().join("etc").display().to_string())
+            .replace(
+                "/etc/tether",
+                &dir.path().join("keys").display().to_string(),
+            )
             .replace(
                 "/tmp/build-1",
                 &dir.path().join("build-1").display().to_string(),
@@ -696,8 +699,6 @@ fn the_replica_guide_works_as_written() {
     // Step 2: the keys, generated as the guide says, and the environment it exports.
     let keys = &guide_blocks(&doc, "2. Keys")[0];
     assert!(keys.contains("head -c 32 /dev/urandom") && keys.contains("chmod 600"));
-    let etc = dir.path().join("etc");
-    std::fs::create_dir_all(&etc).expect("etc");
     let mut env: Vec<(String, String)> = Vec::new();
     for line in keys.lines().map(localize) {
         let line = line.split('#').next().unwrap_or_default().trim().to_owned();
@@ -710,12 +711,8 @@ fn the_replica_guide_works_as_written() {
             env.push((k.to_owned(), v.to_owned()));
         }
     }
-    for k in ["signing", "pepper", "master"] {
-        let path = etc.join(format!("{k}.key"));
-        std::fs::write(&path, tether_domain::random_bytes::<32>()).expect("key");
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("mode");
-    }
+    // 32 random bytes each, mode 0600, where the guide's paths point.
+    key_files(dir.path());
     let names: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(
         names,
