@@ -119,6 +119,15 @@ pub struct ServerArgs {
     #[arg(long, env = "TETHER_EVENTS_MAX_LAG_SECONDS", default_value_t = 2.0, value_parser = parse_lag)]
     pub events_max_lag_seconds: f64,
 
+    /// On SIGTERM or Ctrl-C, how long to drain before stopping: `/readyz` fails at once and new
+    /// runner sessions are refused (`503`), so the load balancer takes this replica out; after a
+    /// quarter of this time the runner sessions are closed a few at a time, evenly spread over the
+    /// rest, so their runners reconnect to the other replicas gradually instead of all at once.
+    /// `0` closes every session at once. Keep it below the orchestrator's grace period
+    /// (Kubernetes `terminationGracePeriodSeconds`).
+    #[arg(long, env = "TETHER_SHUTDOWN_DRAIN_SECONDS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub shutdown_drain_seconds: u64,
+
     /// Log format on stderr.
     #[arg(long, env = "TETHER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -169,6 +178,8 @@ pub struct ServerConfig {
     pub flush_interval: Duration,
     pub lost_after: Duration,
     pub events_max_lag: Duration,
+    /// How long a shutdown drains runner sessions (`--shutdown-drain-seconds`); zero: no drain.
+    pub shutdown_drain: Duration,
 }
 
 /// 0.1 to 60 seconds.
@@ -201,6 +212,7 @@ impl ServerConfig {
             flush_interval: Duration::from_secs(10),
             lost_after: Duration::from_secs(600),
             events_max_lag: Duration::from_secs(2),
+            shutdown_drain: Duration::ZERO,
         }
     }
 }
@@ -252,6 +264,7 @@ impl ServerArgs {
             flush_interval: Duration::from_secs(self.flush_seconds),
             lost_after: Duration::from_secs(self.lost_after_seconds),
             events_max_lag: Duration::from_secs_f64(self.events_max_lag_seconds),
+            shutdown_drain: Duration::from_secs(self.shutdown_drain_seconds),
         })
     }
 }

@@ -15,6 +15,7 @@ mod command;
 pub mod config;
 mod dev;
 pub mod dispatch;
+pub mod drain;
 pub mod events;
 pub mod http;
 pub mod jwt;

@@ -145,6 +145,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         health,
         started_at: now,
         stopping: shutdown.subscribe(),
+        draining: Default::default(),
         replica_id: replica_id.clone(),
         listener: listener_health.clone(),
     });
@@ -307,8 +308,13 @@ impl RunningServer {
         &self.state
     }
 
-    /// Stops accepting connections, lets in-flight requests finish and writes pending usage data.
+    /// Drains runner sessions (`--shutdown-drain-seconds`, see [`crate::drain`]), stops accepting
+    /// connections, lets in-flight requests finish and writes pending usage data.
     pub async fn shutdown(self) -> anyhow::Result<()> {
+        let window = self.state.config.shutdown_drain;
+        if !window.is_zero() {
+            crate::drain::run(&self.state, window).await;
+        }
         let _ = self.shutdown.send(true);
         // Statuses reached before the shutdown are written; the ones the shutdown itself causes
         // are not, so after a restart the runners read "the control plane restarted".

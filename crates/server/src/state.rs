@@ -39,6 +39,9 @@ pub struct Inner {
     /// Turns true when the server shuts down: long-lived responses (the UI's event stream) end
     /// then, so graceful shutdown does not wait for them forever.
     pub stopping: tokio::sync::watch::Receiver<bool>,
+    /// Turns true when a shutdown starts draining (`--shutdown-drain-seconds`): `/readyz` fails and
+    /// new runner sessions are refused while the ones held are closed a few at a time.
+    pub draining: std::sync::atomic::AtomicBool,
     /// This process among the replicas of its database.
     pub replica_id: String,
     /// The events listener's health, when there are replicas (PostgreSQL); `None` on SQLite.

@@ -263,6 +263,13 @@ impl TestApp {
         }
     }
 
+    /// Starts a graceful shutdown (with its drain, if configured) that goes on in the background
+    /// while the test keeps talking to the server; await the handle for its end.
+    pub fn begin_shutdown(&mut self) -> tokio::task::JoinHandle<()> {
+        let server = self.server.take().expect("server running");
+        tokio::spawn(async move { server.shutdown().await.expect("clean shutdown") })
+    }
+
     /// Stops the server gracefully and starts it again on the same address and data directory.
     pub async fn restart(&mut self) {
         let server = self.server.take().expect("server running");

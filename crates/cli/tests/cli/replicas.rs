@@ -42,16 +42,22 @@ impl Cluster {
     /// `n` replicas named a, b, c…; the balancer sends new sessions to `primary` (the others are
     /// backups).
     fn start(n: usize, primary: &str) -> Self {
-        let db = Arc::new(tether_pgtest::TestDatabase::create_blocking());
-        Self::start_on(n, primary, db.url().to_owned(), Some(db))
+        Self::start_with(n, primary, &[])
     }
 
-    /// Like [`Self::start`], on the database at `url`.
+    /// Like [`Self::start`], with more environment for every replica.
+    fn start_with(n: usize, primary: &str, env: &[(&str, &str)]) -> Self {
+        let db = Arc::new(tether_pgtest::TestDatabase::create_blocking());
+        Self::start_on(n, primary, db.url().to_owned(), Some(db), env)
+    }
+
+    /// Like [`Self::start_with`], on the database at `url`.
     fn start_on(
         n: usize,
         primary: &str,
         url: String,
         db: Option<Arc<tether_pgtest::TestDatabase>>,
+        env: &[(&str, &str)],
     ) -> Self {
         let dir = tempfile::tempdir().expect("dir");
         let keys = key_files(dir.path());
@@ -70,6 +76,7 @@ impl Cluster {
                 name,
                 addr,
                 balancer_port,
+                env,
             ));
         }
         let servers: Vec<(&str, &str, bool)> = names
@@ -96,6 +103,7 @@ impl Cluster {
         name: &str,
         addr: &str,
         balancer_port: u16,
+        env: &[(&str, &str)],
     ) -> ServerProc {
         let data = dir.join(format!("replica-{name}"));
         let public = format!("http://127.0.0.1:{balancer_port}");
@@ -103,20 +111,18 @@ impl Cluster {
         let pepper = keys.join("pepper.key").display().to_string();
         let master = keys.join("master.key").display().to_string();
         let lag = format!("{}", MAX_LAG.as_secs_f64());
-        ServerProc::start_replica(
-            &data,
-            addr,
-            &[
-                ("TETHER_DATABASE_URL", url),
-                ("TETHER_PUBLIC_URL", public.as_str()),
-                ("TETHER_SIGNING_KEY_FILE", signing.as_str()),
-                ("TETHER_PEPPER_FILE", pepper.as_str()),
-                ("TETHER_MASTER_KEY_FILE", master.as_str()),
-                ("TETHER_EVENTS_MAX_LAG_SECONDS", lag.as_str()),
-                // Requests fail fast while PostgreSQL restarts, so replicas see it back sooner.
-                ("TETHER_DATABASE_ACQUIRE_TIMEOUT_SECONDS", "1"),
-            ],
-        )
+        let mut all = vec![
+            ("TETHER_DATABASE_URL", url),
+            ("TETHER_PUBLIC_URL", public.as_str()),
+            ("TETHER_SIGNING_KEY_FILE", signing.as_str()),
+            ("TETHER_PEPPER_FILE", pepper.as_str()),
+            ("TETHER_MASTER_KEY_FILE", master.as_str()),
+            ("TETHER_EVENTS_MAX_LAG_SECONDS", lag.as_str()),
+            // Requests fail fast while PostgreSQL restarts, so replicas see it back sooner.
+            ("TETHER_DATABASE_ACQUIRE_TIMEOUT_SECONDS", "1"),
+        ];
+        all.extend_from_slice(env);
+        ServerProc::start_replica(&data, addr, &all)
     }
 
     fn at(&self, name: &str) -> &ServerProc {
@@ -454,6 +460,138 @@ fn kill_9_of_the_replica_holding_the_session_mid_task_loses_no_result_and_runs_n
     assert_eq!(get_json(&a, "/api/v1/runners/r1")["status"], "running");
 }
 
+/// The replica's own count of the sessions it holds (`tether_sessions` in `/metrics`).
+fn sessions_held(base: &str) -> Option<u64> {
+    let (status, body) = http(base, reqwest::Method::GET, "/metrics", None, None);
+    if status != 200 {
+        return None;
+    }
+    body.lines()
+        .find_map(|l| l.strip_prefix("tether_sessions "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// A rolling update's SIGTERM to the replica holding the sessions, with a 4 s drain window: the
+/// replica fails `/readyz` before it lets go of anything and refuses new sessions; after the
+/// balancer's notice (the first quarter) it closes its runners' sessions one by one over the rest
+/// of the window; they reconnect through the balancer to the other replica; the task that ran
+/// meanwhile reports once and ran once, and the drained replica exits cleanly.
+#[test]
+fn sigterm_with_a_drain_window_moves_the_runners_to_the_other_replica_gradually() {
+    const RUNNERS: usize = 4;
+    let mut c = Cluster::start_with(2, "b", &[("TETHER_SHUTDOWN_DRAIN_SECONDS", "4")]);
+    let mut procs = Vec::new();
+    for i in 1..=RUNNERS {
+        let name = format!("r{i}");
+        let (client_id, secret) = c.create_runner("a", &name);
+        procs.push(c.start_runner(&name, &client_id, &secret));
+    }
+    for i in 1..=RUNNERS {
+        c.wait_everywhere(
+            &format!("r{i}"),
+            "running",
+            Duration::from_secs(20),
+            running,
+        );
+    }
+    let (b_url, a_url) = (c.at("b").url.clone(), c.at("a").url.clone());
+    assert_eq!(
+        sessions_held(&b_url),
+        Some(RUNNERS as u64),
+        "B holds them all"
+    );
+    let marker = c.dir.path().join("ran");
+    let command = format!(
+        "echo started >> {m}; sleep 4; echo finished-once",
+        m = marker.display()
+    );
+    let id = queue_run(&c, "a", "slow", &command, "r1");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while get_json(&a_url, &format!("/api/v1/runs/{id}"))["state"] != "running" {
+        assert!(Instant::now() < deadline, "the run never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let b = c.names.iter().position(|n| *n == "b").expect("b");
+    let signalled = Instant::now();
+    c.replicas[b].signal("TERM");
+    // Not ready at once, while it still holds every session (new sessions are refused: see
+    // `sessions::a_draining_shutdown_…` in the API suite).
+    loop {
+        let (status, body) = http(&b_url, reqwest::Method::GET, "/readyz", None, None);
+        if status == 503 {
+            assert!(body.contains("draining"), "{body}");
+            break;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_millis(800),
+            "B still ready after SIGTERM: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(sessions_held(&b_url), Some(RUNNERS as u64));
+    assert!(
+        signalled.elapsed() < Duration::from_secs(1),
+        "the check above came too late to prove anything"
+    );
+
+    // The sessions arrive on A one by one as B lets them go.
+    let mut arrived = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while arrived.len() < RUNNERS {
+        let held = sessions_held(&a_url).unwrap_or(0) as usize;
+        while arrived.len() < held.min(RUNNERS) {
+            arrived.push(signalled.elapsed());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {} runners reached A: {arrived:?}",
+            arrived.len()
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    // Closes start after the notice (1 s) and the last is due 3.25 s in: all at once would have
+    // put every runner on A well before that.
+    assert!(arrived[0] >= Duration::from_secs(1), "{arrived:?}");
+    assert!(
+        arrived[RUNNERS - 1] >= Duration::from_millis(3250),
+        "the sessions were not spread over the window: {arrived:?}"
+    );
+    assert_eq!(c.replicas[b].wait_exit(Duration::from_secs(15)), Some(0));
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let finished = loop {
+        let r = get_json(&a_url, &format!("/api/v1/runs/{id}"));
+        if r["state"] != "running" && r["state"] != "queued" {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "the run never finished: {r}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        finished["state"],
+        "succeeded",
+        "{finished}\n{}",
+        procs[0].log()
+    );
+    let (_, log) = http(
+        &a_url,
+        reqwest::Method::GET,
+        &format!("/api/v1/runs/{id}/logs"),
+        Some(ADMIN_TOKEN),
+        None,
+    );
+    assert_eq!(log.matches("finished-once").count(), 1, "{log}");
+    let ran = std::fs::read_to_string(&marker).expect("marker");
+    assert_eq!(ran.lines().count(), 1, "the task ran once: {ran}");
+    for i in 1..=RUNNERS {
+        let r = get_json(&a_url, &format!("/api/v1/runners/r{i}"));
+        assert_eq!(r["status"], "running", "{r}");
+        assert_eq!(r["instances"].as_array().map(Vec::len), Some(1), "{r}");
+    }
+    eprintln!("sessions reached A at {arrived:?} after SIGTERM");
+}
+
 /// (5) PostgreSQL restarts under token traffic right after a revocation: while it is down, both
 /// replicas report not ready and never accept the revoked secret (they answer 401 or 503); once it
 /// is back they reconnect, resync and are ready again, and only the new secret works.
@@ -461,7 +599,7 @@ fn kill_9_of_the_replica_holding_the_session_mid_task_loses_no_result_and_runs_n
 fn a_postgresql_restart_mid_traffic_turns_readiness_red_then_green_and_never_accepts_a_revoked_secret(
 ) {
     let pg = tether_pgtest::OwnCluster::start();
-    let c = Cluster::start_on(2, "b", pg.url(), None);
+    let c = Cluster::start_on(2, "b", pg.url(), None, &[]);
     let (client_id, old) = c.create_runner("a", "r1");
     for name in ["a", "b"] {
         assert_eq!(token_status(&c.at(name).url, &client_id, &old), 200);

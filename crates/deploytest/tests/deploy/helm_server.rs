@@ -143,6 +143,41 @@ fn replicas_take_the_database_url_and_the_keys_from_secrets_and_are_ready_only_o
 }
 
 #[test]
+fn a_stopping_pod_drains_its_sessions_within_its_grace_period() {
+    let objs = objects(&helm().template(&with(&[])));
+    let drain: u64 = str_of(
+        at(
+            env(container(&objs), "TETHER_SHUTDOWN_DRAIN_SECONDS"),
+            "value",
+        ),
+        "drain",
+    )
+    .parse()
+    .expect("seconds");
+    assert!(drain > 0, "a rolling update drains sessions gracefully");
+    let grace = at(
+        object(&objs, "Deployment"),
+        "spec.template.spec.terminationGracePeriodSeconds",
+    )
+    .as_u64()
+    .expect("grace period");
+    assert!(grace >= drain + 10, "grace {grace} s, drain {drain} s");
+
+    let out = helm().try_template(&with(&[
+        "--set",
+        "shutdownDrainSeconds=40",
+        "--set",
+        "terminationGracePeriodSeconds=45",
+    ]));
+    assert!(!out.status.success(), "rendered a pod killed mid-drain");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("terminationGracePeriodSeconds (45) must exceed shutdownDrainSeconds (40)"),
+        "{err}"
+    );
+}
+
+#[test]
 fn the_chart_refuses_to_render_without_what_a_replica_needs() {
     for (missing, message) in [
         ("publicUrl", "publicUrl is required"),

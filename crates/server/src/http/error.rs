@@ -51,6 +51,8 @@ pub enum ApiError {
     RouteNotFound,
     /// The database cannot be reached right now (503, with `Retry-After`).
     Unavailable(anyhow::Error),
+    /// This replica is shutting down and takes no new runner session (503, with `Retry-After`).
+    Draining,
     Internal(anyhow::Error),
 }
 
@@ -166,6 +168,13 @@ impl IntoResponse for ApiError {
                     None,
                 )
             }
+            ApiError::Draining => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "draining",
+                "Draining",
+                "this control-plane replica is shutting down; connect again (through the load balancer, to another replica)".to_owned(),
+                None,
+            ),
             ApiError::Internal(e) => {
                 tracing::error!(error = format!("{e:#}"), "request failed");
                 (

@@ -29,7 +29,15 @@ async fn get_health() -> impl IntoResponse {
 
 /// Ready when the database answers and, with replicas, the events listener is in sync (a replica
 /// that is not would serve every token request from the database: take it out of the balancer).
+/// Not ready either while a shutdown drains this replica.
 async fn get_ready(State(state): State<AppState>) -> Response {
+    if state.draining.load(std::sync::atomic::Ordering::Acquire) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "unavailable", "reason": "draining"})),
+        )
+            .into_response();
+    }
     match state.store.ping().await {
         Ok(()) if state.listener.as_ref().is_some_and(|l| !l.trusted()) => {
             tracing::warn!("readiness check failed: events listener not in sync");

@@ -36,6 +36,9 @@ pub async fn connect_runner(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
+    if state.draining.load(std::sync::atomic::Ordering::Acquire) {
+        return ApiError::Draining.into_response();
+    }
     let token = headers
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

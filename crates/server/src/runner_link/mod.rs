@@ -716,6 +716,34 @@ impl RunnerLink {
         }
     }
 
+    /// Closes up to `max` live sessions not in `asked` (a drain's record of the sessions it already
+    /// told to close, which stay registered until their tasks end), adding them to it; returns how
+    /// many it closed.
+    pub fn close_some(
+        &self,
+        max: usize,
+        asked: &mut std::collections::HashSet<u64>,
+        code: u16,
+        reason: &str,
+    ) -> usize {
+        let mut closed = 0;
+        for live in self.lock().values() {
+            for s in live.sessions.values() {
+                if closed == max {
+                    return closed;
+                }
+                if asked.insert(s.session_id) {
+                    let _ = s.tx.send(Outbound::Close {
+                        code,
+                        reason: reason.to_owned(),
+                    });
+                    closed += 1;
+                }
+            }
+        }
+        closed
+    }
+
     /// Closes sessions whose heartbeats stopped for `3 × interval` or whose access token expired.
     pub fn sweep(&self, interval: Duration) -> usize {
         use tether_protocol::session::close_code;

@@ -359,3 +359,55 @@ async fn server_restart_marks_connected_runners_unknown() {
         "{r}"
     );
 }
+
+/// A shutdown with a drain window (`--shutdown-drain-seconds 4`): `/readyz` fails and new
+/// sessions are refused with 503 `draining` at once; the sessions held are closed with 1012 only
+/// after the notice quarter (1 s) and spread over the rest; a session whose upgrade passed before
+/// the drain but whose `hello` registered it during the drain is closed too.
+#[tokio::test]
+async fn a_draining_shutdown_refuses_new_sessions_and_closes_every_held_one_after_the_notice() {
+    let mut app = tether_testkit::spawn_app_with(|c| {
+        // Longer than the window: no heartbeat timeout can close a session before the drain does.
+        c.heartbeat = Duration::from_secs(5);
+        c.shutdown_drain = Duration::from_secs(4);
+    })
+    .await;
+    let (id, secret) = runner(&app, "drain-1").await;
+    let token = app.access_token(&id, &secret).await;
+    let hello = |instance: &str| {
+        json!({"type": "hello", "protocol": 1, "runner_version": "9.9.9", "instance_id": instance,
+               "hostname": "h.local", "platform": "local", "capacity": 1})
+    };
+    let mut held = open(&app, &token).await.expect("upgrade");
+    send(&mut held, hello("i-held")).await;
+    assert_eq!(next(&mut held).await.expect("welcome")["type"], "welcome");
+    // Upgraded before the drain; registers only during it.
+    let mut late = open(&app, &token).await.expect("upgrade");
+
+    let began = std::time::Instant::now();
+    let stopped = app.begin_shutdown();
+    loop {
+        let r = app.get("/readyz", None).await;
+        if r.status == 503 {
+            assert_eq!(r.json()["reason"], "draining");
+            break;
+        }
+        assert!(began.elapsed() < Duration::from_secs(1), "still ready");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(open(&app, &token).await.err(), Some(503), "a new session");
+    send(&mut late, hello("i-late")).await;
+    assert_eq!(next(&mut late).await.expect("welcome")["type"], "welcome");
+
+    let mut closed = Vec::new();
+    for ws in [&mut held, &mut late] {
+        assert_eq!(next(ws).await.err(), Some(Some(1012)));
+        closed.push(began.elapsed());
+    }
+    closed.sort();
+    // Two sessions over the 3 s after the notice: one right after it, the other half-way.
+    assert!(closed[0] >= Duration::from_secs(1), "{closed:?}");
+    assert!(closed[1] >= Duration::from_millis(2500), "{closed:?}");
+    stopped.await.expect("shutdown");
+    assert!(began.elapsed() >= Duration::from_secs(4));
+}
