@@ -16,8 +16,9 @@
 //! **Invariant**: when the drain ends, every session this replica holds has been asked to close,
 //! whenever it registered. A connect that passed the `draining` check just before the flag was set
 //! may register during the drain; each tick closes sessions from the live registry (not from a
-//! list taken at the start), skipping those already asked, so such a late session is closed by a
-//! later tick or, at the latest, by the final [`RunnerLink::close_some`] with no limit.
+//! list taken at the start), skipping those already asked, and counts the ones it has not asked
+//! into the schedule's total, so such a late session is closed by a later tick or, at the latest,
+//! by the final [`RunnerLink::close_some`] with no limit.
 //!
 //! [`RunnerLink::close_some`]: crate::runner_link::RunnerLink::close_some
 
@@ -63,6 +64,8 @@ pub async fn run(state: &AppState, window: Duration) {
     );
     let reason = "this control-plane replica is restarting; reconnect";
     let mut asked = HashSet::new();
+    // Sessions that register during the drain join the schedule.
+    let mut total = total;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -72,13 +75,12 @@ pub async fn run(state: &AppState, window: Duration) {
             break;
         }
         let more = due(total, elapsed, window).saturating_sub(asked.len());
-        if more > 0 {
-            state
-                .link
-                .close_some(more, &mut asked, SERVICE_RESTART, reason);
-        }
+        let (_, left) = state
+            .link
+            .close_some(more, &mut asked, SERVICE_RESTART, reason);
+        total = total.max(asked.len() + left);
     }
-    let late = state
+    let (late, _) = state
         .link
         .close_some(usize::MAX, &mut asked, SERVICE_RESTART, reason);
     tracing::info!(

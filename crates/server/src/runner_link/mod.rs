@@ -717,31 +717,34 @@ impl RunnerLink {
     }
 
     /// Closes up to `max` live sessions not in `asked` (a drain's record of the sessions it already
-    /// told to close, which stay registered until their tasks end), adding them to it; returns how
-    /// many it closed.
+    /// told to close, which stay registered until their tasks end), adding them to it. Returns how
+    /// many it closed and how many live sessions are still not in `asked`.
     pub fn close_some(
         &self,
         max: usize,
         asked: &mut std::collections::HashSet<u64>,
         code: u16,
         reason: &str,
-    ) -> usize {
-        let mut closed = 0;
+    ) -> (usize, usize) {
+        let (mut closed, mut left) = (0, 0);
         for live in self.lock().values() {
             for s in live.sessions.values() {
+                if asked.contains(&s.session_id) {
+                    continue;
+                }
                 if closed == max {
-                    return closed;
+                    left += 1;
+                    continue;
                 }
-                if asked.insert(s.session_id) {
-                    let _ = s.tx.send(Outbound::Close {
-                        code,
-                        reason: reason.to_owned(),
-                    });
-                    closed += 1;
-                }
+                asked.insert(s.session_id);
+                let _ = s.tx.send(Outbound::Close {
+                    code,
+                    reason: reason.to_owned(),
+                });
+                closed += 1;
             }
         }
-        closed
+        (closed, left)
     }
 
     /// Closes sessions whose heartbeats stopped for `3 × interval` or whose access token expired.

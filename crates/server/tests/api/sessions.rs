@@ -411,3 +411,44 @@ async fn a_draining_shutdown_refuses_new_sessions_and_closes_every_held_one_afte
     stopped.await.expect("shutdown");
     assert!(began.elapsed() >= Duration::from_secs(4));
 }
+
+/// Stress for the drain's invariant: 40 sessions upgraded before the drain register at staggered
+/// moments during it, racing the drain's ticks; every one of them is closed by the drain (1012),
+/// none is left for the final close of the shutdown.
+#[tokio::test]
+async fn sessions_registering_all_through_a_drain_are_all_closed_by_it() {
+    let mut app = tether_testkit::spawn_app_with(|c| {
+        c.heartbeat = Duration::from_secs(5);
+        c.shutdown_drain = Duration::from_secs(2);
+    })
+    .await;
+    let (id, secret) = runner(&app, "drain-stress").await;
+    let token = app.access_token(&id, &secret).await;
+    let mut sockets = Vec::new();
+    for _ in 0..40 {
+        sockets.push(open(&app, &token).await.expect("upgrade"));
+    }
+    let stopped = app.begin_shutdown();
+    let sessions: Vec<_> = sockets
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut ws)| {
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(12 * i as u64)).await;
+                send(
+                    &mut ws,
+                    json!({"type": "hello", "protocol": 1, "runner_version": "9.9.9",
+                           "instance_id": format!("i{i}"), "hostname": "h.local",
+                           "platform": "local", "capacity": 1}),
+                )
+                .await;
+                assert_eq!(next(&mut ws).await.expect("welcome")["type"], "welcome");
+                next(&mut ws).await.err()
+            })
+        })
+        .collect();
+    for (i, s) in sessions.into_iter().enumerate() {
+        assert_eq!(s.await.expect("session"), Some(Some(1012)), "session {i}");
+    }
+    stopped.await.expect("shutdown");
+}
