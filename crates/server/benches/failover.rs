@@ -11,27 +11,20 @@
 //!
 //! Needs HAProxy (`/usr/sbin/haproxy`, Debian's package) and an empty database.
 
-use std::io::{BufRead, BufReader, Write};
+mod support;
+
+use std::io::Write;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use tether_domain::ApiToken;
 use tether_runner::metrics::RunnerMetrics;
-use tether_server::ServerConfig;
 use tokio::sync::watch;
 
-const ADMIN: &str = "bench-admin-token-0123456789abcdefghijkl";
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use support::{env_or, free_port, sessions_of, start_replica, ADMIN};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -40,77 +33,9 @@ fn main() {
         .build()
         .expect("runtime");
     if let Some(i) = args.iter().position(|a| a == "--serve") {
-        runtime.block_on(serve(&args[i + 1..]));
+        runtime.block_on(support::serve(&args[i + 1..]));
     } else if args.iter().any(|a| a == "--bench") || !args.iter().any(|a| a.starts_with("--")) {
         runtime.block_on(drive());
-    }
-}
-
-/// Child: one replica. Arguments: listen address, data directory, key directory (`-`: generate in
-/// the data directory), public URL. Prints its address, then serves until killed or stdin closes.
-async fn serve(args: &[String]) {
-    let [listen, data, keys, public] = args else {
-        panic!("--serve LISTEN DATA KEYS PUBLIC_URL");
-    };
-    let mut config = ServerConfig::new(PathBuf::from(data));
-    config.listen = listen.parse().expect("listen");
-    config.public_url = Some(public.parse().expect("public url"));
-    config.bootstrap_token = Some(ApiToken::parse_supplied(ADMIN).expect("token"));
-    config.database_url = Some(
-        tether_server::DatabaseUrl::parse(&std::env::var("BENCH_DATABASE_URL").expect("url"))
-            .expect("BENCH_DATABASE_URL"),
-    );
-    config.database_pool.max_connections = 32;
-    if keys != "-" {
-        let keys = Path::new(keys);
-        config.key_files = tether_server::keys::KeyFiles {
-            signing: Some(keys.join("signing.key")),
-            pepper: Some(keys.join("pepper.key")),
-            master: Some(keys.join("master.key")),
-        };
-    }
-    let server = tether_server::start(config).await.expect("server");
-    println!("{}", server.local_addr);
-    let _ = tokio::task::spawn_blocking(|| {
-        let mut line = String::new();
-        let _ = std::io::stdin().read_line(&mut line);
-    })
-    .await;
-    server.shutdown().await.expect("shutdown");
-}
-
-struct Replica {
-    child: Child,
-    addr: SocketAddr,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("port")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
-fn start_replica(data: &Path, keys: &str, port: u16, public: &str) -> Replica {
-    let mut child = Command::new(std::env::current_exe().expect("exe"))
-        .arg("--serve")
-        .arg(format!("127.0.0.1:{port}"))
-        .arg(data)
-        .arg(keys)
-        .arg(public)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn replica");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("replica address");
-    Replica {
-        child,
-        addr: line.trim().parse().expect("address"),
     }
 }
 
@@ -166,22 +91,6 @@ async fn running_on(http: &reqwest::Client, base: &str) -> usize {
             None => return running,
         }
     }
-}
-
-/// Sessions a replica holds, from its `/metrics`.
-async fn sessions_of(http: &reqwest::Client, addr: SocketAddr) -> u64 {
-    let text = http
-        .get(format!("http://{addr}/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics body");
-    text.lines()
-        .find_map(|l| l.strip_prefix("tether_sessions "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
 }
 
 fn pct(sorted: &[Duration], p: f64) -> f64 {
