@@ -195,12 +195,13 @@ pub trait UserStore: Send + Sync {
 
 /// Replicas (control-plane processes) and the runner sessions each holds, so that replicas on one
 /// database agree on which runners are connected. Liveness is per replica, refreshed in one write
-/// per heartbeat interval; per-session heartbeats are flushed in one statement per replica, never
-/// one write per heartbeat per session.
+/// of one row per heartbeat interval, whatever the number of sessions: an open session is live
+/// while its replica is (the replica itself closes the sessions whose heartbeats stop), so session
+/// rows are written when a session opens, re-authenticates or closes, never per heartbeat.
 #[async_trait]
 pub trait ReplicaStore: Send + Sync {
-    /// Records that `replica` (started at `started_at`) and every session it holds open are alive
-    /// at `now`: one replica row and one statement over its sessions, whatever their number.
+    /// Records that `replica` (started at `started_at`), and with it every session it holds open,
+    /// is alive at `now`: one row, whatever the number of sessions.
     async fn replica_alive(
         &self,
         replica: &str,

@@ -568,12 +568,14 @@ pub(crate) const SESSION_REAUTH_UPDATE: &str =
      WHERE replica_id = $1 AND session_id = $2 AND closed_at IS NULL AND generation <> $3";
 
 /// Open sessions of live replicas other than `$2` (seen at or after `$3`), for the runners
-/// `runner_filter` selects from `$1`, at most `$4` rows.
+/// `runner_filter` selects from `$1`, at most `$4` rows. A session's last heartbeat is its
+/// replica's last liveness record (sessions are not written per heartbeat), or when it opened.
 pub(crate) fn sessions_elsewhere_sql(runner_filter: &str) -> String {
     format!(
         "SELECT s.replica_id, s.runner_id, s.instance_id, s.hostname, s.generation,
                 COALESCE(s.generation_since, s.connected_at) AS generation_since, s.connected_at,
-                s.last_heartbeat_at, s.secret_source, s.hot_reload, s.secret_file,
+                CASE WHEN p.last_seen_at > s.last_heartbeat_at THEN p.last_seen_at
+                     ELSE s.last_heartbeat_at END AS last_heartbeat_at, s.secret_source, s.hot_reload, s.secret_file,
                 (SELECT count(*) FROM run_tasks t JOIN runs r ON r.id = t.run_id
                  WHERE r.runner_id = s.runner_id AND t.instance_id = s.instance_id
                    AND t.state = 'running') AS running_tasks

@@ -513,3 +513,56 @@ async fn changes_the_others_must_not_miss_notify_in_their_own_transaction() {
     assert_eq!(got["runner"], runner.id.to_string());
     assert_eq!(got["client_id"], runner.client_id.as_str());
 }
+
+/// Heartbeats are not per-session writes: a replica's liveness record leaves every one of its
+/// session rows untouched (a row's `xmin` changes with every update of it), however many it holds.
+#[tokio::test]
+async fn a_replica_staying_alive_writes_no_session_row() {
+    let (a, _, mut raw, _db) = replicas().await;
+    let runner = new_runner("busy");
+    a.create_runner(runner.clone(), ev("runner.created", None))
+        .await
+        .expect("runner");
+    let t0 = ms(1_000_000);
+    a.replica_alive("a", t0, t0).await.expect("alive");
+    for i in 0..200u64 {
+        a.session_opened(
+            "a",
+            &tether_store::NewSession {
+                session_id: i,
+                runner_id: runner.id,
+                instance_id: format!("i{i}"),
+                hostname: "h".into(),
+                generation: tether_domain::Generation(1),
+                connected_at: t0,
+                secret_source: None,
+                hot_reload: None,
+                secret_file: None,
+            },
+        )
+        .await
+        .expect("opened");
+    }
+    let versions = "SELECT string_agg(xmin::text, ',' ORDER BY session_id) FROM runner_sessions";
+    let before: String = sqlx::query_scalar(versions)
+        .fetch_one(&mut raw)
+        .await
+        .expect("rows");
+    for beat in 1..=3 {
+        a.replica_alive("a", t0, ms(1_000_000 + beat * 10_000))
+            .await
+            .expect("alive");
+    }
+    let after: String = sqlx::query_scalar(versions)
+        .fetch_one(&mut raw)
+        .await
+        .expect("rows");
+    assert_eq!(before, after, "session rows were rewritten by heartbeats");
+    // What other replicas show as the sessions' last heartbeat moved with the replica's record.
+    let seen = a
+        .sessions_elsewhere(&[runner.id], "b", ms(1_000_000))
+        .await
+        .expect("sessions");
+    assert_eq!(seen.len(), 200);
+    assert!(seen.iter().all(|s| s.last_heartbeat_at == ms(1_030_000)));
+}

@@ -381,6 +381,54 @@ pub fn http(
 }
 
 /// The status of a client-credentials token request with `secret` at `base`.
+/// An access token for the client, from `base`'s token endpoint.
+pub fn access_token(base: &str, client_id: &str, secret: &str) -> String {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let body: serde_json::Value = rt.block_on(async {
+        reqwest::Client::new()
+            .post(format!("{base}/oauth/token"))
+            .basic_auth(client_id, Some(secret))
+            .form(&[("grant_type", "client_credentials")])
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .expect("token request")
+            .json()
+            .await
+            .expect("token json")
+    });
+    body["access_token"]
+        .as_str()
+        .expect("access_token")
+        .to_owned()
+}
+
+/// The HTTP status of a runner-session upgrade to `base` with `token` (101 when accepted); the
+/// connection is dropped right after.
+pub fn connect_status(base: &str, token: &str) -> u16 {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        reqwest::Client::new()
+            .get(format!("{base}/runner/v1/connect"))
+            .bearer_auth(token)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    })
+}
+
 pub fn token_status(base: &str, client_id: &str, secret: &str) -> u16 {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::procs::{
-    free_port, http, stderr, tether, token_status, Haproxy, RunnerProc, ServerProc, ADMIN_TOKEN,
+    access_token, connect_status, free_port, http, stderr, tether, token_status, Haproxy,
+    RunnerProc, ServerProc, ADMIN_TOKEN,
 };
 
 const MAX_LAG: Duration = Duration::from_millis(500);
@@ -617,10 +618,15 @@ fn a_postgresql_restart_mid_traffic_turns_readiness_red_then_green_and_never_acc
         .expect("secret")
         .to_owned();
     std::thread::sleep(MAX_LAG);
+    let valid = access_token(&c.at("a").url, &client_id, &new);
+    assert_eq!(connect_status(&c.at("b").url, &valid), 101);
 
     pg.stop();
     let down = Instant::now();
     let mut red = [false, false];
+    // Once a replica stops trusting its caches, a valid token cannot be checked: 503 (retry),
+    // never 401 (which would send the runner for a new token it cannot get either).
+    let mut uncheckable = [false, false];
     while down.elapsed() < MAX_LAG * 6 {
         for (i, name) in ["a", "b"].iter().enumerate() {
             let s = token_status(&c.at(name).url, &client_id, &old);
@@ -630,9 +636,13 @@ fn a_postgresql_restart_mid_traffic_turns_readiness_red_then_green_and_never_acc
             );
             let (ready, _) = http(&c.at(name).url, reqwest::Method::GET, "/readyz", None, None);
             red[i] |= ready == 503;
+            let s = connect_status(&c.at(name).url, &valid);
+            assert!(s == 101 || s == 503, "{name} answered {s} to a connect");
+            uncheckable[i] |= s == 503;
         }
     }
     assert_eq!(red, [true, true], "both replicas reported not ready");
+    assert_eq!(uncheckable, [true, true], "both answered 503 to a connect");
     pg.start_again();
     for name in ["a", "b"] {
         let deadline = Instant::now() + Duration::from_secs(20);

@@ -44,6 +44,16 @@ impl OAuthReply {
         }
     }
 
+    /// The token could not be checked right now (RFC 6749 §4.1.2.1 `temporarily_unavailable`).
+    fn unavailable(e: crate::services::ServiceError) -> Self {
+        tracing::warn!(error = format!("{e:#}"), "could not check an access token");
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            error: "temporarily_unavailable",
+            description: "the token cannot be checked right now; try again shortly".to_owned(),
+        }
+    }
+
     fn invalid_client(description: impl Into<String>) -> Self {
         Self {
             status: StatusCode::UNAUTHORIZED,
@@ -291,7 +301,10 @@ async fn introspect(
         .get("token")
         .ok_or_else(|| OAuthReply::invalid_request("token is missing"))?;
     let inactive = || no_store(Json(Introspection::default()).into_response());
-    let Some((claims, _)) = oauth::validate_access_token(state, token).await else {
+    let Some((claims, _)) = oauth::validate_access_token(state, token)
+        .await
+        .map_err(OAuthReply::unavailable)?
+    else {
         return Ok(inactive());
     };
     if let Introspector::Client(caller) = &who {
@@ -339,7 +352,10 @@ async fn revoke(
         .get("token")
         .ok_or_else(|| OAuthReply::invalid_request("token is missing"))?;
     // RFC 7009 §2.2: invalid, expired or already revoked tokens are answered with 200 too.
-    if let Some((claims, owner)) = oauth::validate_access_token(state, token).await {
+    if let Some((claims, owner)) = oauth::validate_access_token(state, token)
+        .await
+        .map_err(OAuthReply::unavailable)?
+    {
         if owner.client_id != client.client_id {
             return Err(OAuthReply::invalid_request(
                 "the token was not issued to this client",

@@ -27,6 +27,8 @@ use crate::state::AppState;
 
 /// Largest message a runner may send (task log chunks are bounded well below this).
 const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+/// WebSocket close code 1013 (try again later).
+const TRY_AGAIN_LATER: u16 = 1013;
 /// Time allowed between the upgrade and `hello`.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -46,8 +48,11 @@ pub async fn connect_runner(
     let Some(token) = token else {
         return ApiError::Unauthenticated.into_response();
     };
-    let Some((claims, client)) = oauth::validate_access_token(&state, token.trim()).await else {
-        return ApiError::InvalidToken.into_response();
+    let (claims, client) = match oauth::validate_access_token(&state, token.trim()).await {
+        Ok(Some(valid)) => valid,
+        Ok(None) => return ApiError::InvalidToken.into_response(),
+        // Cannot tell right now: 503, and the runner tries again.
+        Err(e) => return ApiError::from(e).into_response(),
     };
     // Small buffers: an idle session should cost kilobytes, not tungstenite's 128 KiB default.
     ws.read_buffer_size(4 * 1024)
@@ -181,7 +186,22 @@ async fn handle(
         }
         RunnerMessage::Reauth { access_token } => {
             match oauth::validate_access_token(state, &access_token).await {
-                Some((claims, owner)) if owner.client_id == client.client_id => {
+                Err(e) => {
+                    // Neither accepted nor refused: the session ends, the runner reconnects
+                    // with a fresh token once this replica can check it.
+                    tracing::warn!(error = format!("{e:#}"), runner.id = %runner_id,
+                        "could not check a re-authentication; closing the session");
+                    close(
+                        socket,
+                        TRY_AGAIN_LATER,
+                        "cannot check the access token right now; reconnect",
+                    )
+                    .await;
+                    Some(Disconnect::Lost {
+                        reason: "re-authentication could not be checked".into(),
+                    })
+                }
+                Ok(Some((claims, owner))) if owner.client_id == client.client_id => {
                     if let Err(refused) = state
                         .link
                         .reauthenticated(*runner_id, session_id, claims.gen, claims.exp)

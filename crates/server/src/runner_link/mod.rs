@@ -36,10 +36,12 @@ use tether_store::{PersistedStatus, RunnerRecord};
 use time::OffsetDateTime;
 use tokio::sync::{broadcast, mpsc};
 
-/// What a session task is told to do by the rest of the server.
+/// What a session task is told to do by the rest of the server. Kept small (the message is
+/// boxed): every session's channel allocates room for 32 of these up front, so with a 160-byte
+/// message inline an idle session would carry 5 KiB of empty slots.
 #[derive(Debug)]
 pub enum Outbound {
-    Send(ServerMessage),
+    Send(Box<ServerMessage>),
     Close { code: u16, reason: String },
 }
 
@@ -445,11 +447,31 @@ impl RunnerLink {
         self.publish(id, change);
     }
 
+    /// A heartbeat: the hot path of an idle session (tens of thousands per replica every
+    /// interval). The status is re-derived only when the running-task count moved: nothing else a
+    /// heartbeat says can change it.
     pub fn heartbeat(&self, id: RunnerId, session_id: u64, running_tasks: u32) {
-        self.with_session(id, session_id, |s| {
-            s.last_heartbeat_at = OffsetDateTime::now_utc();
+        let now = OffsetDateTime::now_utc();
+        let change = {
+            let mut map = self.lock();
+            let Some(live) = map.get_mut(&id) else { return };
+            let Some(s) = live
+                .sessions
+                .values_mut()
+                .find(|s| s.session_id == session_id)
+            else {
+                return;
+            };
+            s.last_heartbeat_at = now;
+            let moved = s.running_tasks != running_tasks;
             s.running_tasks = running_tasks;
-        });
+            live.last_seen_at = Some(now);
+            if !moved {
+                return;
+            }
+            live.refresh(now)
+        };
+        self.publish(id, change);
     }
 
     /// Moves a session to the token it re-authenticated with. Refused (and the session left as it
@@ -588,9 +610,11 @@ impl RunnerLink {
         live.sessions
             .values()
             .filter(|s| {
-                s.tx.send(Outbound::Send(ServerMessage::CredentialsRotated {
-                    generation: generation.0,
-                }))
+                s.tx.send(Outbound::Send(Box::new(
+                    ServerMessage::CredentialsRotated {
+                        generation: generation.0,
+                    },
+                )))
                 .is_ok()
             })
             .count()
@@ -622,7 +646,7 @@ impl RunnerLink {
         self.lock()
             .get(&id)
             .and_then(|l| l.sessions.get(instance_id))
-            .is_some_and(|s| s.tx.send(Outbound::Send(msg)).is_ok())
+            .is_some_and(|s| s.tx.send(Outbound::Send(Box::new(msg))).is_ok())
     }
 
     pub fn presence(&self, id: RunnerId, instance_id: &str) -> Presence {
@@ -671,9 +695,9 @@ impl RunnerLink {
             for s in live.sessions.values_mut().filter(|s| !s.draining) {
                 s.draining = true;
                 count += 1;
-                let _ = s.tx.send(Outbound::Send(ServerMessage::Drain {
+                let _ = s.tx.send(Outbound::Send(Box::new(ServerMessage::Drain {
                     reason: reason.to_owned(),
-                }));
+                })));
             }
             (count, live.refresh(now))
         };

@@ -14,7 +14,7 @@ use time::OffsetDateTime;
 use super::audit::{self, AuditEventExt};
 use crate::jwt::Claims;
 use crate::memory::clients::CachedClient;
-use crate::services::StoreContext as _;
+use crate::services::{ServiceError, StoreContext as _};
 use crate::state::AppState;
 
 /// Why client authentication failed. The reason is logged and counted, never told to the client
@@ -193,43 +193,53 @@ fn record_first_token(
     });
 }
 
-/// A valid, unrevoked access token whose credential generation is still accepted.
+/// A valid, unrevoked access token whose credential generation is still accepted: `Ok(None)` for
+/// a token that is not, `Err` when this replica cannot tell (it does not trust its caches and the
+/// database does not answer: [`ServiceError::Unavailable`]) — never accepted then, but not
+/// refused either: the caller answers 503 so the client retries.
 pub async fn validate_access_token(
     state: &AppState,
     token: &str,
-) -> Option<(Claims, Arc<CachedClient>)> {
+) -> Result<Option<(Claims, Arc<CachedClient>)>, ServiceError> {
     let now = OffsetDateTime::now_utc().unix_timestamp();
-    let claims = state.signer.verify(token, now).ok()?;
+    let Ok(claims) = state.signer.verify(token, now) else {
+        return Ok(None);
+    };
     if state.revoked.contains(&claims.jti) {
-        return None;
+        return Ok(None);
     }
     if !state.events.trusted() {
         // Another replica may have revoked it while this one was not listening.
         let now = OffsetDateTime::now_utc();
-        if state
+        let revoked = state
             .store
             .access_token_revoked(&claims.jti, now)
             .await
-            .unwrap_or(true)
-        {
-            return None;
+            .op("access_token_revoked")?;
+        if revoked {
+            return Ok(None);
         }
     }
-    let client_id = ClientId::parse(&claims.client_id).ok()?;
+    let Ok(client_id) = ClientId::parse(&claims.client_id) else {
+        return Ok(None);
+    };
     let client = state
         .clients
         .get(&client_id, state.events.trusted(), || {
             state.store.client_by_id(&client_id)
         })
         .await
-        .ok()??;
+        .op("client_by_id")?;
+    let Some(client) = client else {
+        return Ok(None);
+    };
     if client.runner_id.to_string() != claims.sub {
-        return None;
+        return Ok(None);
     }
     let accepted = client
         .generation(claims.gen)
         .is_some_and(|g| g.accepts(now));
-    accepted.then_some((claims, client))
+    Ok(accepted.then_some((claims, client)))
 }
 
 /// Revokes an access token (RFC 7009) until it would have expired.

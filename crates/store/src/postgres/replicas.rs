@@ -117,7 +117,6 @@ impl ReplicaStore for PostgresStore {
         started_at: OffsetDateTime,
         now: OffsetDateTime,
     ) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await.map_err(backend)?;
         sqlx::query(
             "INSERT INTO replicas (id, started_at, last_seen_at) VALUES ($1, $2, $3)
              ON CONFLICT (id) DO UPDATE SET last_seen_at = excluded.last_seen_at",
@@ -125,18 +124,9 @@ impl ReplicaStore for PostgresStore {
         .bind(replica)
         .bind(to_ms(started_at))
         .bind(to_ms(now))
-        .execute(&mut *tx)
+        .execute(&self.pool)
         .await
         .map_err(backend)?;
-        sqlx::query(
-            "UPDATE runner_sessions SET last_heartbeat_at = $2 WHERE replica_id = $1 AND closed_at IS NULL",
-        )
-        .bind(replica)
-        .bind(to_ms(now))
-        .execute(&mut *tx)
-        .await
-        .map_err(backend)?;
-        tx.commit().await.map_err(backend)?;
         Ok(())
     }
 
