@@ -13,6 +13,10 @@ pub enum ApiError {
     Unauthenticated,
     /// Credentials presented but not valid.
     InvalidToken,
+    /// A runner connected without its OAuth access token.
+    AccessTokenMissing,
+    /// A runner's access token is not (or no longer) valid.
+    AccessTokenInvalid,
     Forbidden(String),
     NotFound {
         code: &'static str,
@@ -99,6 +103,20 @@ impl IntoResponse for ApiError {
                 "invalid_token",
                 "Invalid API token",
                 "the API token is malformed, unknown or revoked".to_owned(),
+                None,
+            ),
+            ApiError::AccessTokenMissing => (
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "Access token required",
+                "a runner connects with its OAuth access token as `Authorization: Bearer <token>`: get one from /oauth/token with the runner's client credentials".to_owned(),
+                None,
+            ),
+            ApiError::AccessTokenInvalid => (
+                StatusCode::UNAUTHORIZED,
+                "invalid_token",
+                "Invalid access token",
+                "the access token is malformed, expired or revoked, or the runner's credentials were refreshed: get a new one from /oauth/token with the current client secret".to_owned(),
                 None,
             ),
             ApiError::Forbidden(detail) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden", detail, None),

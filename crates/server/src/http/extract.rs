@@ -32,6 +32,14 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
 }
 
 /// The authenticated human behind a request (`Authorization: Bearer <API token>`).
+/// The credentials of an `Authorization: Bearer <credentials>` header value; the scheme is
+/// case-insensitive (RFC 9110 §11.1), surrounding blanks are ignored.
+pub fn bearer(header: &str) -> Option<&str> {
+    let (scheme, credentials) = header.trim_start().split_once(' ')?;
+    let credentials = credentials.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !credentials.is_empty()).then_some(credentials)
+}
+
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
@@ -45,11 +53,7 @@ impl FromRequestParts<AppState> for Caller {
         let presented = value
             .to_str()
             .ok()
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
+            .and_then(bearer)
             .ok_or(ApiError::InvalidToken)?;
         let (user_id, username, role) = resolve_api_token(state, presented)
             .await?
@@ -219,6 +223,21 @@ impl QueryParams {
                         format!("must be a whole number from 1 to {max}"),
                     )
                 }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for header in ["Bearer abc", "bearer abc", "BEARER abc", "BeArEr   abc  "] {
+            assert_eq!(bearer(header), Some("abc"), "{header}");
+        }
+        for header in ["Basic abc", "Bearer", "Bearer   ", "Bearerabc", ""] {
+            assert_eq!(bearer(header), None, "{header}");
         }
     }
 }

@@ -269,7 +269,7 @@ async fn introspect(
         .headers()
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(super::extract::bearer)
         .map(str::to_owned);
     let (headers, form) = read_form(state, req).await?;
     let who = if let Some(api_token) = bearer {

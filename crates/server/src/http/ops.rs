@@ -98,17 +98,32 @@ fn request_id() -> String {
     format!("{prefix:08x}-{:x}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
+const OTHER: &str = "other";
+
+/// The method as a metrics label and log field: one of the standard ones, else `other` (a client
+/// may send any token as a method).
+fn metric_method(method: &axum::http::Method) -> &'static str {
+    const KNOWN: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+    ];
+    KNOWN
+        .into_iter()
+        .find(|k| *k == method.as_str())
+        .unwrap_or(OTHER)
+}
+
 /// Counts and times every request by its route template (never the raw path, which could carry
 /// a runner name per request and blow up label cardinality), runs it in a `request` span
 /// (method, route, request id) so every log line it causes — an internal error's too — names the
 /// route, and answers the id in `x-request-id`.
 pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let start = Instant::now();
-    let method = req.method().as_str().to_owned();
+    // No label value comes from the client: an unknown method or an unmatched path is `other`.
+    let method = metric_method(req.method()).to_owned();
     let route = req
         .extensions()
         .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+        .map_or_else(|| OTHER.to_owned(), |p| p.as_str().to_owned());
     let id = request_id();
     let span = tracing::info_span!("request", http.method = %method, http.route = %route, request.id = %id);
     let mut response = next.run(req).instrument(span.clone()).await;

@@ -44,13 +44,13 @@ pub async fn connect_runner(
     let token = headers
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(super::extract::bearer);
     let Some(token) = token else {
-        return ApiError::Unauthenticated.into_response();
+        return ApiError::AccessTokenMissing.into_response();
     };
-    let (claims, client) = match oauth::validate_access_token(&state, token.trim()).await {
+    let (claims, client) = match oauth::validate_access_token(&state, token).await {
         Ok(Some(valid)) => valid,
-        Ok(None) => return ApiError::InvalidToken.into_response(),
+        Ok(None) => return ApiError::AccessTokenInvalid.into_response(),
         // Cannot tell right now: 503, and the runner tries again.
         Err(e) => return ApiError::from(e).into_response(),
     };

@@ -412,3 +412,69 @@ async fn discovery_documents() {
     assert_eq!(jwks.status, 200);
     assert_eq!(jwks.json()["keys"][0]["alg"], "EdDSA");
 }
+
+/// RFC 9110 §11.1: the authentication scheme is case-insensitive, on the API, introspection and
+/// the runner connect alike; a runner refused at connect is told about its access token, not
+/// about API tokens.
+#[tokio::test]
+async fn the_bearer_scheme_is_case_insensitive_everywhere() {
+    let app = spawn_app().await;
+    let (id, secret) = runner(&app, "case").await;
+    let token = app.access_token(&id, &secret).await;
+    for scheme in ["bearer", "BEARER", "BeArEr"] {
+        let api = app
+            .http
+            .get(format!("{}/api/v1/runners", app.base_url))
+            .header("authorization", format!("{scheme} {}", app.admin_token))
+            .send()
+            .await
+            .expect("api");
+        assert_eq!(api.status(), 200, "API with {scheme}");
+        let introspected: Value = app
+            .http
+            .post(format!("{}/oauth/introspect", app.base_url))
+            .header("authorization", format!("{scheme} {}", app.admin_token))
+            .form(&[("token", token.as_str())])
+            .send()
+            .await
+            .expect("introspect")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(introspected["active"], true, "introspection with {scheme}");
+        let url = format!(
+            "{}/runner/v1/connect",
+            app.base_url.replace("http://", "ws://")
+        );
+        let mut req =
+            tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)
+                .expect("request");
+        req.headers_mut().insert(
+            "authorization",
+            format!("{scheme} {token}").parse().expect("header"),
+        );
+        assert!(
+            tokio_tungstenite::connect_async(req).await.is_ok(),
+            "connect with {scheme}"
+        );
+    }
+    let refused = app
+        .http
+        .get(format!("{}/runner/v1/connect", app.base_url))
+        .header("authorization", "Bearer not-a-token")
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .expect("connect");
+    assert_eq!(refused.status(), 401);
+    let problem: Value = refused.json().await.expect("problem");
+    let detail = problem["detail"].as_str().expect("detail");
+    assert!(
+        detail.contains("access token") && detail.contains("/oauth/token"),
+        "{detail}"
+    );
+    assert!(!detail.contains("tokens create"), "{detail}");
+}

@@ -130,3 +130,33 @@ async fn every_response_carries_its_own_request_id() {
     assert_ne!(a, b);
     assert!(a.len() >= 10 && a.contains('-'), "{a}");
 }
+
+/// No metrics label comes from the client: requests with made-up methods and to paths no route
+/// matches add no series of their own, so `/metrics` stays the same size however many arrive.
+#[tokio::test]
+async fn made_up_methods_and_unmatched_paths_share_one_label() {
+    let app = spawn_app().await;
+    for i in 0..40 {
+        let method = Method::from_bytes(format!("X{}{i}", "Y".repeat(200)).as_bytes())
+            .expect("a method token");
+        app.http
+            .request(method, format!("{}/api/v1/runners", app.base_url))
+            .send()
+            .await
+            .expect("request");
+        app.get(&format!("/no/such/path/{i}"), None).await;
+    }
+    let text = app.get("/metrics", None).await.body;
+    assert!(!text.contains("YYYY"), "a client's method became a label");
+    assert!(!text.contains("/no/such"), "a client's path became a label");
+    assert!(
+        text.contains(
+            r#"tether_http_requests_total{method="other",route="/api/v1/runners",status="405"} 40"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"tether_http_requests_total{method="GET",route="other",status="404"} 40"#),
+        "{text}"
+    );
+}

@@ -33,6 +33,55 @@ pub struct SqliteStore {
     reader: SqlitePool,
 }
 
+/// The database holds verifiers, sealed secrets and the audit trail: only its owner may read it.
+/// A missing file is created with mode 0600 before SQLite opens it (SQLite gives its `-wal` and
+/// `-shm` files the database file's mode); an existing one that others could read is narrowed to
+/// 0600, with its `-wal` and `-shm` files.
+fn private_files(path: &Path) -> StoreResult<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    if path.as_os_str().is_empty() || path == Path::new(":memory:") {
+        return Ok(());
+    }
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        // Let SQLite report a missing directory or a read-only place in its own words.
+        Err(_) => return Ok(()),
+    }
+    let mut names = vec![path.to_path_buf()];
+    for suffix in ["-wal", "-shm"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        names.push(name.into());
+    }
+    for name in names {
+        let Ok(meta) = std::fs::metadata(&name) else {
+            continue;
+        };
+        let mode = meta.permissions().mode();
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(&name, std::fs::Permissions::from_mode(mode & 0o700))
+                .map_err(|e| {
+                    StoreError::Backend(
+                        format!(
+                            "{} can be read by others (mode {:o}) and could not be narrowed to 0600: {e}",
+                            name.display(),
+                            mode & 0o777
+                        )
+                        .into(),
+                    )
+                })?;
+            tracing::info!(file = %name.display(), "narrowed the database file to mode 0600 (others could read it)");
+        }
+    }
+    Ok(())
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the database file and applies pending migrations.
     pub async fn open(path: &Path) -> StoreResult<Self> {
@@ -51,6 +100,7 @@ impl SqliteStore {
     }
 
     async fn open_with(options: SqliteConnectOptions) -> StoreResult<Self> {
+        private_files(options.get_filename())?;
         let options = options
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
