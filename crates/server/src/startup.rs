@@ -146,6 +146,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         started_at: now,
         stopping: shutdown.subscribe(),
         draining: Default::default(),
+        passwords: crate::services::passwords::Passwords::per_core(),
         replica_id: replica_id.clone(),
         listener: listener_health.clone(),
     });

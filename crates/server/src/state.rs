@@ -42,6 +42,8 @@ pub struct Inner {
     /// Turns true when a shutdown starts draining (`--shutdown-drain-seconds`): `/readyz` fails and
     /// new runner sessions are refused while the ones held are closed a few at a time.
     pub draining: std::sync::atomic::AtomicBool,
+    /// The bound on concurrent password computations (logins, new passwords).
+    pub passwords: crate::services::passwords::Passwords,
     /// This process among the replicas of its database.
     pub replica_id: String,
     /// The events listener's health, when there are replicas (PostgreSQL); `None` on SQLite.

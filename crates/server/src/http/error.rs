@@ -55,6 +55,8 @@ pub enum ApiError {
     RouteNotFound,
     /// The database cannot be reached right now (503, with `Retry-After`).
     Unavailable(anyhow::Error),
+    /// Too many password checks at once (503, with `Retry-After`).
+    Busy(String),
     /// This replica is shutting down and takes no new runner session (503, with `Retry-After`).
     Draining,
     Internal(anyhow::Error),
@@ -82,6 +84,7 @@ impl From<ServiceError> for ApiError {
                 detail,
             },
             ServiceError::Unavailable(e) => ApiError::Unavailable(e),
+            ServiceError::Busy { detail } => ApiError::Busy(detail),
             ServiceError::Internal(e) => ApiError::Internal(e),
         }
     }
@@ -186,6 +189,13 @@ impl IntoResponse for ApiError {
                     None,
                 )
             }
+            ApiError::Busy(detail) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "Busy",
+                detail,
+                None,
+            ),
             ApiError::Draining => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "draining",

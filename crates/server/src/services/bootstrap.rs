@@ -41,7 +41,7 @@ pub async fn ensure_admin(state: &AppState) -> anyhow::Result<Option<Bootstrappe
     let admin = NewUser {
         id: admin_id,
         username: Username::parse(ADMIN_USERNAME)?,
-        password_hash: hash_password(password).await?,
+        password_hash: hash_password(state, password).await?,
         role: Role::Admin,
         created_at: now,
     };

@@ -19,6 +19,7 @@ pub mod auth;
 pub mod bootstrap;
 pub mod credentials;
 pub mod oauth;
+pub mod passwords;
 pub mod pipelines;
 pub mod runners;
 pub mod runs;
@@ -53,6 +54,9 @@ pub enum ServiceError {
     /// The database cannot be reached right now; the caller may retry.
     #[error("temporarily unavailable")]
     Unavailable(anyhow::Error),
+    /// Too many password checks at once (see `passwords`); the caller may retry shortly.
+    #[error("busy")]
+    Busy { detail: String },
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }

@@ -2,7 +2,7 @@
 
 use std::sync::OnceLock;
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{PasswordHasher, SaltString};
 use argon2::Argon2;
 use serde_json::json;
 use tether_domain::{random_bytes, ApiToken, Password, Role, TokenName, UserId, Username};
@@ -15,17 +15,10 @@ use crate::services::auth::Caller;
 use crate::services::StoreContext as _;
 use crate::state::AppState;
 
-/// argon2id with the crate's defaults (19 MiB, 2 passes), off the async runtime.
-pub async fn hash_password(password: Password) -> anyhow::Result<String> {
-    tokio::task::spawn_blocking(move || {
-        let salt = SaltString::encode_b64(&random_bytes::<16>())
-            .map_err(|e| anyhow::anyhow!("encoding salt: {e}"))?;
-        Argon2::default()
-            .hash_password(password.expose().as_bytes(), &salt)
-            .map(|h| h.to_string())
-            .map_err(|e| anyhow::anyhow!("hashing password: {e}"))
-    })
-    .await?
+/// argon2id with the crate's defaults (19 MiB, 2 passes), off the async runtime and within the
+/// bound on concurrent password computations (`passwords`).
+pub async fn hash_password(state: &AppState, password: Password) -> anyhow::Result<String> {
+    state.passwords.hash(password.expose()).await
 }
 
 pub async fn create_user(
@@ -39,7 +32,7 @@ pub async fn create_user(
     let new = NewUser {
         id: UserId::new(),
         username: username.clone(),
-        password_hash: hash_password(password).await?,
+        password_hash: hash_password(state, password).await?,
         role,
         created_at: OffsetDateTime::now_utc(),
     };
@@ -113,18 +106,17 @@ pub async fn authenticate(
         Ok(name) => state.store.user_by_name(&name).await.op("user_by_name")?,
         Err(_) => None,
     };
-    let hash = user.as_ref().map(|u| u.password_hash.clone());
-    let password = password.to_owned();
-    let matches = tokio::task::spawn_blocking(move || {
-        let hash = hash.unwrap_or_else(|| dummy_hash().to_owned());
-        PasswordHash::new(&hash).is_ok_and(|parsed| {
-            Argon2::default()
-                .verify_password(password.as_bytes(), &parsed)
-                .is_ok()
-        })
-    })
-    .await
-    .map_err(|e| ServiceError::Internal(e.into()))?;
+    let hash = user
+        .as_ref()
+        .map_or_else(|| dummy_hash().to_owned(), |u| u.password_hash.clone());
+    let matches =
+        state
+            .passwords
+            .verify(&hash, password)
+            .await
+            .map_err(|_| ServiceError::Busy {
+                detail: "too many logins are being checked at once; try again in a moment".into(),
+            })?;
     Ok(user.filter(|_| matches))
 }
 
@@ -193,7 +185,7 @@ pub async fn reset_password(
 ) -> Result<(), ServiceError> {
     caller.require(Role::Admin)?;
     let name = Username::parse(username).map_err(|_| user_not_found(username))?;
-    let hash = hash_password(password).await?;
+    let hash = hash_password(state, password).await?;
     let ev = audit::event(caller.actor(), "user.password_reset")
         .target(format!("user:{name}"))
         .source_ip(caller.source_ip.clone());

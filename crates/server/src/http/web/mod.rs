@@ -124,6 +124,8 @@ pub enum WebError {
     Conflict(String),
     Gone(String),
     Invalid(String),
+    /// Too many logins checked at once: try again in a moment (503).
+    Busy(String),
     Internal(anyhow::Error),
 }
 
@@ -136,6 +138,7 @@ impl From<ServiceError> for WebError {
             }
             ServiceError::Forbidden { detail } => WebError::Forbidden(detail),
             ServiceError::Gone { detail, .. } => WebError::Gone(detail),
+            ServiceError::Busy { detail } => WebError::Busy(detail),
             ServiceError::Unavailable(e) | ServiceError::Internal(e) => WebError::Internal(e),
         }
     }
@@ -174,6 +177,20 @@ impl IntoResponse for WebError {
             WebError::Conflict(d) => (StatusCode::CONFLICT, "Not possible right now", d, false),
             WebError::Gone(d) => (StatusCode::GONE, "No longer available", d, false),
             WebError::Invalid(d) => (StatusCode::UNPROCESSABLE_ENTITY, "Check the form", d, false),
+            WebError::Busy(d) => {
+                let body = ErrorPage {
+                    title: "Busy",
+                    detail: d,
+                    login: false,
+                };
+                let mut response = page(StatusCode::SERVICE_UNAVAILABLE, &body)
+                    .unwrap_or_else(|_| (StatusCode::SERVICE_UNAVAILABLE, "Busy").into_response());
+                response.headers_mut().insert(
+                    axum::http::header::RETRY_AFTER,
+                    axum::http::HeaderValue::from_static("1"),
+                );
+                return response;
+            }
             WebError::Internal(e) => {
                 tracing::error!(error = format!("{e:#}"), "web request failed");
                 (

@@ -254,3 +254,37 @@ async fn repeated_wrong_passwords_lock_the_user_out_from_that_address_for_a_whil
     other.get("/login").await;
     assert_eq!(other.try_login("quinn", PASSWORD, None).await.status, 303);
 }
+
+/// 64 logins with wrong passwords at once (64 usernames, so no lockout is involved) go through
+/// the bounded password slots: a correct login made during them still succeeds, each bad one is
+/// refused (401) or told to retry (503), and the server keeps at most one argon2 buffer per slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_bad_logins_neither_keeps_a_correct_one_out_nor_grows_memory_with_it() {
+    let app = spawn_app().await;
+    user(&app, "olga", "operator").await;
+    let mut browsers = Vec::new();
+    for _ in 0..64 {
+        let b = Browser::new(&app);
+        b.get("/login").await;
+        browsers.push(b);
+    }
+    let mut good = Browser::new(&app);
+    good.get("/login").await;
+    let bad = futures::future::join_all(browsers.iter_mut().enumerate().map(|(i, b)| async move {
+        b.try_login(&format!("guess-{i}"), "not the password!", None)
+            .await
+            .status
+    }));
+    let (statuses, ok) = tokio::join!(bad, good.try_login("olga", PASSWORD, None));
+    assert_eq!(ok.status, 303, "{}", ok.body);
+    for (i, s) in statuses.into_iter().enumerate() {
+        assert!(s == 401 || s == 503, "bad login {i}: {s}");
+    }
+    let passwords = &app.server().state().passwords;
+    assert!(
+        passwords.buffers() <= passwords.slots(),
+        "{} buffers for {} slots",
+        passwords.buffers(),
+        passwords.slots()
+    );
+}
