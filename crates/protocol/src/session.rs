@@ -23,6 +23,9 @@ pub mod close_code {
     pub const HEARTBEAT_TIMEOUT: u16 = 4408;
     /// Another connection with the same instance id replaced this one.
     pub const SUPERSEDED: u16 = 4409;
+    /// The runner already has as many live sessions on this replica as it may
+    /// (`--max-sessions-per-runner`); a reconnect of one of its instances is still accepted.
+    pub const TOO_MANY_SESSIONS: u16 = 4429;
 }
 
 #[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]

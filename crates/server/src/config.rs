@@ -119,6 +119,11 @@ pub struct ServerArgs {
     #[arg(long, env = "TETHER_EVENTS_MAX_LAG_SECONDS", default_value_t = 2.0, value_parser = parse_lag)]
     pub events_max_lag_seconds: f64,
 
+    /// Live sessions one runner may hold on this replica (one per instance); a new instance beyond
+    /// it is refused with close code 4429, a reconnecting instance replaces its own session.
+    #[arg(long, env = "TETHER_MAX_SESSIONS_PER_RUNNER", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=100000))]
+    pub max_sessions_per_runner: u64,
+
     /// On SIGTERM or Ctrl-C, how long to drain before stopping: `/readyz` fails at once and new
     /// runner sessions are refused (`503`), so the load balancer takes this replica out; after a
     /// quarter of this time the runner sessions are closed a few at a time, evenly spread over the
@@ -180,6 +185,8 @@ pub struct ServerConfig {
     pub events_max_lag: Duration,
     /// How long a shutdown drains runner sessions (`--shutdown-drain-seconds`); zero: no drain.
     pub shutdown_drain: Duration,
+    /// Live sessions one runner may hold on this replica (`--max-sessions-per-runner`).
+    pub max_sessions_per_runner: usize,
 }
 
 /// 0.1 to 60 seconds.
@@ -213,6 +220,7 @@ impl ServerConfig {
             lost_after: Duration::from_secs(600),
             events_max_lag: Duration::from_secs(2),
             shutdown_drain: Duration::ZERO,
+            max_sessions_per_runner: 100,
         }
     }
 }
@@ -265,6 +273,8 @@ impl ServerArgs {
             lost_after: Duration::from_secs(self.lost_after_seconds),
             events_max_lag: Duration::from_secs_f64(self.events_max_lag_seconds),
             shutdown_drain: Duration::from_secs(self.shutdown_drain_seconds),
+            max_sessions_per_runner: usize::try_from(self.max_sessions_per_runner)
+                .unwrap_or(usize::MAX),
         })
     }
 }

@@ -105,7 +105,10 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     let clients = Arc::new(memory::clients::ClientCache::default());
     let revoked = Arc::new(memory::revoked::RevokedTokens::default());
     let health = Arc::new(memory::health::AuthHealthTracker::default());
-    let link = Arc::new(runner_link::RunnerLink::new(persist_tx));
+    let link = Arc::new(runner_link::RunnerLink::new(
+        persist_tx,
+        config.max_sessions_per_runner,
+    ));
     // The client cache first: a revoked secret stops working before its sessions are cut.
     let local = Arc::new(events::InProcess::new(vec![
         clients.clone(),

@@ -44,6 +44,8 @@ pub async fn serve(args: &[String]) {
     }
     config.bootstrap_token = Some(ApiToken::parse_supplied(ADMIN).expect("token"));
     config.heartbeat = Duration::from_secs(env_or("HEARTBEAT_SECONDS", 10));
+    // The sessions bench spreads up to ~20,000 sessions per replica over 100 runners.
+    config.max_sessions_per_runner = 100_000;
     // Sessions that live through a long bench never need to re-authenticate.
     config.access_token_ttl = Duration::from_secs(86_400);
     if let Ok(url) = std::env::var("BENCH_DATABASE_URL") {

@@ -207,7 +207,7 @@ async fn handle(
                         .reauthenticated(*runner_id, session_id, claims.gen, claims.exp)
                     {
                         let (code, why) = refusal(refused);
-                        close(socket, code, why).await;
+                        close(socket, code, &why).await;
                         return Some(Disconnect::Lost {
                             reason: format!("re-authentication refused: {why}"),
                         });
@@ -284,20 +284,30 @@ async fn handle(
 }
 
 /// The close code and reason for a session the registry refused.
-fn refusal(refused: Refused) -> (u16, &'static str) {
+fn refusal(refused: Refused) -> (u16, String) {
     match refused {
-        Refused::CredentialsRevoked => (close_code::CREDENTIALS_REVOKED, "credentials_revoked"),
-        Refused::RunnerDeleted => (close_code::RUNNER_DELETED, "this runner was deleted"),
+        Refused::CredentialsRevoked => (close_code::CREDENTIALS_REVOKED, "credentials_revoked".into()),
+        Refused::RunnerDeleted => (close_code::RUNNER_DELETED, "this runner was deleted".into()),
+        Refused::TooManySessions(max) => (
+            close_code::TOO_MANY_SESSIONS,
+            // A close reason is at most 123 bytes.
+            format!("this runner already has {max} live sessions here, the limit (--max-sessions-per-runner)"),
+        ),
     }
 }
 
 async fn refuse_registration(socket: WebSocket, refused: Refused) {
+    let too_many = matches!(refused, Refused::TooManySessions(_));
     let (code, why) = refusal(refused);
-    tracing::info!(
-        reason = why,
-        "refused a runner session whose credentials changed during its handshake"
-    );
-    refuse(socket, code, why).await
+    if too_many {
+        tracing::warn!(reason = %why, "refused a runner session: too many sessions for one runner");
+    } else {
+        tracing::info!(
+            reason = %why,
+            "refused a runner session whose credentials changed during its handshake"
+        );
+    }
+    refuse(socket, code, &why).await
 }
 
 async fn read_hello(socket: &mut WebSocket) -> Result<Hello, String> {

@@ -219,6 +219,9 @@ pub enum Refused {
     CredentialsRevoked,
     /// The runner was deleted.
     RunnerDeleted,
+    /// The runner already holds this many live sessions here (a new instance; an instance
+    /// reconnecting replaces its own session and is not counted twice).
+    TooManySessions(usize),
 }
 
 /// The live runners, and tombstones of deleted ones.
@@ -303,6 +306,7 @@ pub enum Presence {
 
 #[derive(Debug)]
 pub struct RunnerLink {
+    max_sessions_per_runner: usize,
     runners: Mutex<Registry>,
     next_session: AtomicU64,
     persist: mpsc::UnboundedSender<Persist>,
@@ -311,8 +315,10 @@ pub struct RunnerLink {
 
 impl RunnerLink {
     /// `persist` receives every status change, in order, for writing to the store.
-    pub fn new(persist: mpsc::UnboundedSender<Persist>) -> Self {
+    /// `max_sessions_per_runner`: live sessions one runner may hold here (`--max-sessions-per-runner`).
+    pub fn new(persist: mpsc::UnboundedSender<Persist>, max_sessions_per_runner: usize) -> Self {
         Self {
+            max_sessions_per_runner: max_sessions_per_runner.max(1),
             runners: Mutex::new(Registry::default()),
             next_session: AtomicU64::new(1),
             persist,
@@ -374,6 +380,13 @@ impl RunnerLink {
                 .or_insert_with(|| LiveRunner::from_record(runner));
             if generation < live.accepted_from {
                 return Err(Refused::CredentialsRevoked);
+            }
+            // Checked under the lock that inserts: concurrent connects cannot both take the
+            // last place.
+            if live.sessions.len() >= self.max_sessions_per_runner
+                && !live.sessions.contains_key(&hello.instance_id)
+            {
+                return Err(Refused::TooManySessions(self.max_sessions_per_runner));
             }
             live.ever_connected = true;
             live.last_seen_at = Some(now);
@@ -909,8 +922,8 @@ mod tests {
     use tether_domain::{ClientId, Description, Platform, RunnerName};
 
     fn link() -> RunnerLink {
-        // Status changes are not under test: their receiver is dropped.
-        RunnerLink::new(mpsc::unbounded_channel().0)
+        // Status changes are not under test (their receiver is dropped), nor is the session limit.
+        RunnerLink::new(mpsc::unbounded_channel().0, usize::MAX)
     }
 
     fn record(generation: u32) -> RunnerRecord {

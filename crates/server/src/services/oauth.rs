@@ -41,15 +41,16 @@ impl ClientAuthFailure {
         }
     }
 
-    /// A sentence for the `error_description`; says what to check without confirming which part matched.
+    /// A sentence for the `error_description`; says what to check without confirming which part
+    /// matched: a malformed secret reads the same whether the client id exists or not, so the
+    /// answer does not tell which client ids are real (the runner checks the format itself).
     pub fn description(self) -> &'static str {
         match self {
             ClientAuthFailure::MalformedClientId => "client_id is not a tether client id",
-            ClientAuthFailure::MalformedSecret => {
-                "client_secret is malformed (truncated, altered or not a tether secret)"
-            }
-            ClientAuthFailure::UnknownClient | ClientAuthFailure::WrongSecret => {
-                "client authentication failed: unknown client or wrong, revoked or expired client_secret"
+            ClientAuthFailure::MalformedSecret
+            | ClientAuthFailure::UnknownClient
+            | ClientAuthFailure::WrongSecret => {
+                "client authentication failed: unknown client, or a wrong, malformed, revoked or expired client_secret"
             }
             ClientAuthFailure::Unavailable => {
                 "the control plane cannot check credentials right now; retry shortly"

@@ -478,3 +478,36 @@ async fn the_bearer_scheme_is_case_insensitive_everywhere() {
     );
     assert!(!detail.contains("tokens create"), "{detail}");
 }
+
+/// The token endpoint does not tell which client ids exist: a malformed secret, a wrong one and an
+/// unknown client all get the same answer, word for word.
+#[tokio::test]
+async fn a_malformed_secret_is_answered_alike_for_real_and_unknown_client_ids() {
+    let app = spawn_app().await;
+    let (id, secret) = runner(&app, "probe").await;
+    let unknown = format!("tcid_{}", "A".repeat(22));
+    let wrong = format!("{}x", &secret[..secret.len() - 1]);
+    let app = &app;
+    let answers: Vec<(u16, Value)> = futures::future::join_all(
+        [
+            (id.as_str(), "tcs_short"),
+            (unknown.as_str(), "tcs_short"),
+            (id.as_str(), wrong.as_str()),
+            (unknown.as_str(), secret.as_str()),
+        ]
+        .map(|(client, secret)| async move {
+            let r = app.token_basic(client, secret).await;
+            (r.status, r.json())
+        }),
+    )
+    .await;
+    for (status, body) in &answers {
+        assert_eq!(
+            (*status, body),
+            (answers[0].0, &answers[0].1),
+            "{answers:#?}"
+        );
+    }
+    assert_eq!(answers[0].0, 401);
+    assert_eq!(answers[0].1["error"], "invalid_client");
+}

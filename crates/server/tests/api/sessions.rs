@@ -452,3 +452,111 @@ async fn sessions_registering_all_through_a_drain_are_all_closed_by_it() {
     }
     stopped.await.expect("shutdown");
 }
+
+/// `--max-sessions-per-runner 3`: a fourth instance of one runner is refused with 4429 and a
+/// reason that says what to do; an instance reconnecting still replaces its own session, and a
+/// place freed by a closed session can be taken.
+#[tokio::test]
+async fn a_runner_cannot_hold_more_live_sessions_than_the_limit() {
+    let app = tether_testkit::spawn_app_with(|c| {
+        c.heartbeat = Duration::from_secs(1);
+        c.max_sessions_per_runner = 3;
+    })
+    .await;
+    let (id, secret) = runner(&app, "capped").await;
+    let mut held = Vec::new();
+    for i in 0..3 {
+        held.push(connect(&app, &id, &secret, &format!("i{i}")).await);
+    }
+    let token = app.access_token(&id, &secret).await;
+    let hello = |instance: &str| {
+        json!({"type": "hello", "protocol": 1, "runner_version": "9.9.9", "instance_id": instance,
+               "hostname": "h.local", "platform": "local", "capacity": 1})
+    };
+    let mut extra = open(&app, &token).await.expect("upgrade");
+    send(&mut extra, hello("i3")).await;
+    let refused = loop {
+        match tokio::time::timeout(
+            Duration::from_secs(10),
+            futures::StreamExt::next(&mut extra),
+        )
+        .await
+        .expect("an answer")
+        {
+            Some(Ok(Message::Close(Some(frame)))) => break frame,
+            Some(Ok(Message::Close(None))) | None => panic!("closed without a reason"),
+            _ => continue,
+        }
+    };
+    assert_eq!(u16::from(refused.code), 4429);
+    assert!(
+        refused.reason.contains("3 live sessions")
+            && refused.reason.contains("--max-sessions-per-runner"),
+        "{}",
+        refused.reason
+    );
+    // A reconnect of i0 is not a new instance.
+    let again = connect(&app, &id, &secret, "i0").await;
+    assert_eq!(
+        next(&mut held[0]).await.err(),
+        Some(Some(4409)),
+        "superseded"
+    );
+    held[0] = again;
+    // Once i2 leaves, i3 gets its place.
+    let mut leaving = held.pop().expect("i2");
+    send(
+        &mut leaving,
+        json!({"type": "goodbye", "reason": "scaled down"}),
+    )
+    .await;
+    let _ = next(&mut leaving).await;
+    let runner_view = wait_for(&app, "capped", "two instances", |r| {
+        r["instances"].as_array().is_some_and(|i| i.len() == 2)
+    })
+    .await;
+    assert_eq!(runner_view["instances"].as_array().map(Vec::len), Some(2));
+    held.push(connect(&app, &id, &secret, "i3").await);
+}
+
+/// Stress for the limit's check: 20 new instances of one runner connect at once with a limit of
+/// 5; exactly 5 are welcomed, the others refused with 4429 (the check and the insert share one
+/// lock, so no two connects can take the last place).
+#[tokio::test]
+async fn concurrent_connects_never_exceed_the_session_limit() {
+    let app = tether_testkit::spawn_app_with(|c| {
+        c.heartbeat = Duration::from_secs(5);
+        c.max_sessions_per_runner = 5;
+    })
+    .await;
+    let (id, secret) = runner(&app, "rush").await;
+    let token = app.access_token(&id, &secret).await;
+    let mut sockets = Vec::new();
+    for _ in 0..20 {
+        sockets.push(open(&app, &token).await.expect("upgrade"));
+    }
+    let outcomes =
+        futures::future::join_all(sockets.iter_mut().enumerate().map(|(i, ws)| async move {
+            send(
+                ws,
+                json!({"type": "hello", "protocol": 1, "runner_version": "9.9.9",
+                   "instance_id": format!("i{i}"), "hostname": "h.local",
+                   "platform": "local", "capacity": 1}),
+            )
+            .await;
+            // A refused one is told why in an `error` message, then closed.
+            loop {
+                match next(ws).await {
+                    Ok(m) if m["type"] == "error" => continue,
+                    other => return other.map(|m| m["type"] == "welcome"),
+                }
+            }
+        }))
+        .await;
+    let welcomed = outcomes.iter().filter(|o| matches!(o, Ok(true))).count();
+    let refused = outcomes
+        .iter()
+        .filter(|o| matches!(o, Err(Some(4429))))
+        .count();
+    assert_eq!((welcomed, refused), (5, 15), "{outcomes:?}");
+}
