@@ -7,19 +7,8 @@ server's RSS before, at its peak (VmHWM) and after.
 
     cargo build --release -p tether-cli && python3 scripts/bench/login_burst.py
 """
-import re, sys, threading, time, subprocess, os, urllib.request, urllib.parse, http.cookiejar
-port = 18931
-d = os.path.join(os.environ.get("TMPDIR", "/tmp"), "tether-bench-" + str(port))
-subprocess.run(["rm", "-rf", d])
-env = dict(os.environ, TETHER_ADMIN_PASSWORD="the-right-password-123", RUST_LOG="warn")
-srv = subprocess.Popen([os.environ.get("TETHER_BIN", "target/release/tether"), "server", "--listen", f"127.0.0.1:{port}", "--data-dir", d],
-                       env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-base = f"http://127.0.0.1:{port}"
-for _ in range(100):
-    try:
-        urllib.request.urlopen(base + "/healthz"); break
-    except Exception:
-        time.sleep(0.1)
+import benchserver, re, sys, threading, time, subprocess, os, urllib.request, urllib.parse, http.cookiejar
+srv, base = benchserver.start(18931, {"TETHER_ADMIN_PASSWORD": "the-right-password-123"})
 def rss(field):
     for l in open(f"/proc/{srv.pid}/status"):
         if l.startswith(field): return int(l.split()[1]) / 1024

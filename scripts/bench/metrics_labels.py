@@ -6,20 +6,10 @@ requests with distinct 1,000-character methods to distinct paths, and prints the
 
     cargo build --release -p tether-cli && python3 scripts/bench/metrics_labels.py
 """
-import subprocess, os, time, urllib.request, http.client
-port = 18932
-d = os.path.join(os.environ.get("TMPDIR", "/tmp"), "tether-bench-" + str(port))
-subprocess.run(["rm", "-rf", d])
-srv = subprocess.Popen([os.environ.get("TETHER_BIN", "target/release/tether"), "server", "--listen", f"127.0.0.1:{port}", "--data-dir", d],
-                       env=dict(os.environ, RUST_LOG="warn"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-base = f"http://127.0.0.1:{port}"
-for _ in range(100):
-    try:
-        urllib.request.urlopen(base + "/healthz"); break
-    except Exception:
-        time.sleep(0.1)
+import benchserver, subprocess, os, time, urllib.request, http.client
+srv, base = benchserver.start(18932, None)
 size0 = len(urllib.request.urlopen(base + "/metrics").read())
-c = http.client.HTTPConnection("127.0.0.1", port)
+c = http.client.HTTPConnection("127.0.0.1", 18932)
 for i in range(5000):
     c.request("X" * 990 + f"{i:010d}", f"/api/v1/runners/{i}")
     c.getresponse().read()

@@ -387,23 +387,59 @@ fn queue_run(c: &Cluster, through: &str, pipeline: &str, command: &str, runner: 
 /// (4) kill -9 of the replica holding the session while its task runs: the runner reconnects
 /// through the balancer to the other replica within seconds, keeps running the task, and its
 /// result arrives exactly once.
+/// Queues a run on r1 through A whose task appends to a marker file, sleeps `seconds` and prints
+/// `finished-once`, and waits until it runs; returns the run id and the marker file.
+fn start_slow_run(c: &Cluster, seconds: u64) -> (String, PathBuf) {
+    let marker = c.dir.path().join("ran");
+    let command = format!(
+        "echo started >> {m}; sleep {seconds}; echo finished-once",
+        m = marker.display()
+    );
+    let id = queue_run(c, "a", "slow", &command, "r1");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while get_json(&c.at("a").url, &format!("/api/v1/runs/{id}"))["state"] != "running" {
+        assert!(Instant::now() < deadline, "the run never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (id, marker)
+}
+
+/// The run of [`start_slow_run`] succeeded as `base` reads it, its result arrived once and its
+/// task ran once.
+fn assert_ran_and_reported_once(base: &str, id: &str, marker: &std::path::Path, runner_log: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let finished = loop {
+        let r = get_json(base, &format!("/api/v1/runs/{id}"));
+        if r["state"] != "running" && r["state"] != "queued" {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "the run never finished: {r}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(finished["state"], "succeeded", "{finished}\n{runner_log}");
+    let (_, log) = http(
+        base,
+        reqwest::Method::GET,
+        &format!("/api/v1/runs/{id}/logs"),
+        Some(ADMIN_TOKEN),
+        None,
+    );
+    assert_eq!(
+        log.matches("finished-once").count(),
+        1,
+        "the result arrived once: {log}"
+    );
+    let ran = std::fs::read_to_string(marker).expect("marker");
+    assert_eq!(ran.lines().count(), 1, "the task ran once: {ran}");
+}
+
 #[test]
 fn kill_9_of_the_replica_holding_the_session_mid_task_loses_no_result_and_runs_nothing_twice() {
     let mut c = Cluster::start(2, "b");
     let (client_id, secret) = c.create_runner("a", "r1");
     let runner = c.start_runner("r1", &client_id, &secret);
     c.wait_everywhere("r1", "running", Duration::from_secs(20), running);
-    let marker = c.dir.path().join("ran");
-    let command = format!(
-        "echo started >> {m}; sleep 3; echo finished-once",
-        m = marker.display()
-    );
-    let id = queue_run(&c, "a", "slow", &command, "r1");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while get_json(&c.at("a").url, &format!("/api/v1/runs/{id}"))["state"] != "running" {
-        assert!(Instant::now() < deadline, "the run never started");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (id, marker) = start_slow_run(&c, 3);
     let b = c.names.iter().position(|n| *n == "b").expect("b");
     c.replicas[b].signal("KILL");
     let killed = Instant::now();
@@ -424,34 +460,7 @@ fn kill_9_of_the_replica_holding_the_session_mid_task_loses_no_result_and_runs_n
         );
         std::thread::sleep(Duration::from_millis(100));
     };
-    let finished = loop {
-        let r = get_json(&a, &format!("/api/v1/runs/{id}"));
-        if r["state"] != "running" && r["state"] != "queued" {
-            break r;
-        }
-        assert!(Instant::now() < deadline, "the run never finished: {r}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert_eq!(
-        finished["state"],
-        "succeeded",
-        "{finished}\n{}",
-        runner.log()
-    );
-    let (_, log) = http(
-        &a,
-        reqwest::Method::GET,
-        &format!("/api/v1/runs/{id}/logs"),
-        Some(ADMIN_TOKEN),
-        None,
-    );
-    assert_eq!(
-        log.matches("finished-once").count(),
-        1,
-        "the result arrived once: {log}"
-    );
-    let ran = std::fs::read_to_string(&marker).expect("marker");
-    assert_eq!(ran.lines().count(), 1, "the task ran once: {ran}");
+    assert_ran_and_reported_once(&a, &id, &marker, &runner.log());
     eprintln!(
         "reconnected to the other replica {} ms after kill -9",
         reconnected.as_millis()
@@ -501,17 +510,7 @@ fn sigterm_with_a_drain_window_moves_the_runners_to_the_other_replica_gradually(
         Some(RUNNERS as u64),
         "B holds them all"
     );
-    let marker = c.dir.path().join("ran");
-    let command = format!(
-        "echo started >> {m}; sleep 4; echo finished-once",
-        m = marker.display()
-    );
-    let id = queue_run(&c, "a", "slow", &command, "r1");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while get_json(&a_url, &format!("/api/v1/runs/{id}"))["state"] != "running" {
-        assert!(Instant::now() < deadline, "the run never started");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (id, marker) = start_slow_run(&c, 4);
 
     let b = c.names.iter().position(|n| *n == "b").expect("b");
     let signalled = Instant::now();
@@ -560,31 +559,7 @@ fn sigterm_with_a_drain_window_moves_the_runners_to_the_other_replica_gradually(
     );
     assert_eq!(c.replicas[b].wait_exit(Duration::from_secs(15)), Some(0));
 
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let finished = loop {
-        let r = get_json(&a_url, &format!("/api/v1/runs/{id}"));
-        if r["state"] != "running" && r["state"] != "queued" {
-            break r;
-        }
-        assert!(Instant::now() < deadline, "the run never finished: {r}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert_eq!(
-        finished["state"],
-        "succeeded",
-        "{finished}\n{}",
-        procs[0].log()
-    );
-    let (_, log) = http(
-        &a_url,
-        reqwest::Method::GET,
-        &format!("/api/v1/runs/{id}/logs"),
-        Some(ADMIN_TOKEN),
-        None,
-    );
-    assert_eq!(log.matches("finished-once").count(), 1, "{log}");
-    let ran = std::fs::read_to_string(&marker).expect("marker");
-    assert_eq!(ran.lines().count(), 1, "the task ran once: {ran}");
+    assert_ran_and_reported_once(&a_url, &id, &marker, &procs[0].log());
     for i in 1..=RUNNERS {
         let r = get_json(&a_url, &format!("/api/v1/runners/r{i}"));
         assert_eq!(r["status"], "running", "{r}");

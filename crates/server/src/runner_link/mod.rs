@@ -440,8 +440,14 @@ impl RunnerLink {
         Ok(session_id)
     }
 
-    /// Applies `update` to the session if it is still registered.
-    fn with_session(&self, id: RunnerId, session_id: u64, update: impl FnOnce(&mut LiveSession)) {
+    /// Applies `update` to the session if it is still registered, noting the runner seen now;
+    /// re-derives the status only when `update` says it may have moved.
+    fn with_session(
+        &self,
+        id: RunnerId,
+        session_id: u64,
+        update: impl FnOnce(&mut LiveSession, OffsetDateTime) -> bool,
+    ) {
         let now = OffsetDateTime::now_utc();
         let change = {
             let mut map = self.lock();
@@ -453,8 +459,11 @@ impl RunnerLink {
             else {
                 return;
             };
-            update(s);
+            let moved = update(s, now);
             live.last_seen_at = Some(now);
+            if !moved {
+                return;
+            }
             live.refresh(now)
         };
         self.publish(id, change);
@@ -464,27 +473,10 @@ impl RunnerLink {
     /// interval). The status is re-derived only when the running-task count moved: nothing else a
     /// heartbeat says can change it.
     pub fn heartbeat(&self, id: RunnerId, session_id: u64, running_tasks: u32) {
-        let now = OffsetDateTime::now_utc();
-        let change = {
-            let mut map = self.lock();
-            let Some(live) = map.get_mut(&id) else { return };
-            let Some(s) = live
-                .sessions
-                .values_mut()
-                .find(|s| s.session_id == session_id)
-            else {
-                return;
-            };
+        self.with_session(id, session_id, |s, now| {
             s.last_heartbeat_at = now;
-            let moved = s.running_tasks != running_tasks;
-            s.running_tasks = running_tasks;
-            live.last_seen_at = Some(now);
-            if !moved {
-                return;
-            }
-            live.refresh(now)
-        };
-        self.publish(id, change);
+            std::mem::replace(&mut s.running_tasks, running_tasks) != running_tasks
+        });
     }
 
     /// Moves a session to the token it re-authenticated with. Refused (and the session left as it
@@ -635,7 +627,10 @@ impl RunnerLink {
 
     /// The instance said it is draining (SIGTERM): no new work for it.
     pub fn draining(&self, id: RunnerId, session_id: u64) {
-        self.with_session(id, session_id, |s| s.draining = true);
+        self.with_session(id, session_id, |s, _| {
+            s.draining = true;
+            true
+        });
     }
 
     /// Instances that may take new tasks: connected, not draining, and the runner not paused.
