@@ -133,6 +133,23 @@ pub struct ServerArgs {
     #[arg(long, env = "TETHER_SHUTDOWN_DRAIN_SECONDS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=3600))]
     pub shutdown_drain_seconds: u64,
 
+    /// Connections this replica holds open at most, runner sessions included; at the limit it
+    /// stops accepting (new connections wait in the listen backlog) and logs a warning. `0`: the
+    /// process's open-file limit less 256 kept for the database, logs and files.
+    #[arg(long, env = "TETHER_MAX_CONNECTIONS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=10_000_000))]
+    pub max_connections: u64,
+
+    /// How long a client may take to send a request's headers, counted from when the connection
+    /// is ready for it: a kept-alive connection left unused is closed after this too.
+    #[arg(long, env = "TETHER_HEADER_READ_TIMEOUT_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub header_read_timeout_seconds: u64,
+
+    /// How long a request's connection may move no byte either way (a body that stops arriving,
+    /// a response nobody reads) before it is closed. Runner sessions are exempt: their heartbeat
+    /// decides their lifetime.
+    #[arg(long, env = "TETHER_IDLE_TIMEOUT_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub idle_timeout_seconds: u64,
+
     /// Log format on stderr.
     #[arg(long, env = "TETHER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -187,6 +204,8 @@ pub struct ServerConfig {
     pub shutdown_drain: Duration,
     /// Live sessions one runner may hold on this replica (`--max-sessions-per-runner`).
     pub max_sessions_per_runner: usize,
+    /// The listener's connection limit and timeouts.
+    pub connections: crate::http::serve::ConnectionSettings,
 }
 
 /// 0.1 to 60 seconds.
@@ -221,6 +240,7 @@ impl ServerConfig {
             events_max_lag: Duration::from_secs(2),
             shutdown_drain: Duration::ZERO,
             max_sessions_per_runner: 100,
+            connections: Default::default(),
         }
     }
 }
@@ -275,8 +295,28 @@ impl ServerArgs {
             shutdown_drain: Duration::from_secs(self.shutdown_drain_seconds),
             max_sessions_per_runner: usize::try_from(self.max_sessions_per_runner)
                 .unwrap_or(usize::MAX),
+            connections: crate::http::serve::ConnectionSettings {
+                max_connections: match self.max_connections {
+                    0 => connections_within_file_limit(),
+                    n => usize::try_from(n).unwrap_or(usize::MAX),
+                },
+                header_read_timeout: Duration::from_secs(self.header_read_timeout_seconds),
+                idle_timeout: Duration::from_secs(self.idle_timeout_seconds),
+            },
         })
     }
+}
+
+/// File descriptors kept back from connections when the limit comes from the open-file limit.
+const RESERVED_FILES: u64 = 256;
+
+/// `--max-connections 0`: the soft open-file limit less [`RESERVED_FILES`] (at least 64).
+fn connections_within_file_limit() -> usize {
+    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX);
+    let n = soft.saturating_sub(RESERVED_FILES).max(64);
+    usize::try_from(n).unwrap_or(usize::MAX)
 }
 
 #[cfg(test)]

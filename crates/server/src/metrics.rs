@@ -56,6 +56,13 @@ pub struct Metrics {
     pub events_reconnects: Gauge,
     /// Which replica this is (value 1).
     pub replica: Family<ReplicaLabels, Gauge>,
+    /// Open HTTP connections, upgraded runner sessions included.
+    pub http_connections: Gauge,
+    /// Times the listener found every connection permit taken and stopped accepting.
+    pub http_connection_limit_reached: Counter,
+    /// Connections closed by the header-read timeout (kept-alive ones left unused included) or
+    /// the idle timeout.
+    pub http_connections_timed_out: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -78,6 +85,24 @@ impl Default for Metrics {
         let events_lag_ms = Gauge::default();
         let events_reconnects = Gauge::default();
         let replica = Family::<ReplicaLabels, Gauge>::default();
+        let http_connections = Gauge::default();
+        let http_connection_limit_reached = Counter::default();
+        let http_connections_timed_out = Counter::default();
+        registry.register(
+            "http_connections",
+            "Open HTTP connections, upgraded runner sessions included",
+            http_connections.clone(),
+        );
+        registry.register(
+            "http_connection_limit_reached",
+            "Times every connection permit was taken (--max-connections) and accepting paused",
+            http_connection_limit_reached.clone(),
+        );
+        registry.register(
+            "http_connections_timed_out",
+            "Connections closed by the header-read timeout (kept-alive ones left unused included) or the idle timeout",
+            http_connections_timed_out.clone(),
+        );
         registry.register(
             "sessions",
             "Live runner sessions held by this replica",
@@ -134,6 +159,9 @@ impl Default for Metrics {
             events_lag_ms,
             events_reconnects,
             replica,
+            http_connections,
+            http_connection_limit_reached,
+            http_connections_timed_out,
         }
     }
 }

@@ -34,7 +34,7 @@ pub struct RunningServer {
     /// Keeps this replica's liveness and expires replicas that stopped.
     liveness: JoinHandle<()>,
     shutdown: watch::Sender<bool>,
-    serve: JoinHandle<std::io::Result<()>>,
+    serve: JoinHandle<()>,
     background: JoinHandle<()>,
     sweeper: JoinHandle<()>,
     persister: JoinHandle<()>,
@@ -101,7 +101,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     }
     let (persist_tx, persist_rx) = tokio::sync::mpsc::unbounded_channel();
     let (dispatch, dispatch_rx) = dispatch::Dispatcher::new();
-    let (shutdown, mut stop) = watch::channel(false);
+    let (shutdown, stop) = watch::channel(false);
     let clients = Arc::new(memory::clients::ClientCache::default());
     let revoked = Arc::new(memory::revoked::RevokedTokens::default());
     let health = Arc::new(memory::health::AuthHealthTracker::default());
@@ -209,23 +209,13 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     let bootstrapped = services::bootstrap::ensure_admin(&state).await?;
 
     let app = http::router(state.clone());
-    // Runner sessions exchange small latency-bound frames (assign, update, ack): without
-    // TCP_NODELAY each one can wait up to 40 ms behind the peer's delayed ACK.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "could not set TCP_NODELAY on a connection");
-        }
-    });
-    let serve = tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })
-        .await
-    });
+    let serve = tokio::spawn(http::serve::serve(
+        listener,
+        app,
+        state.config.connections,
+        state.clone(),
+        stop,
+    ));
     let background = tokio::spawn(background::housekeeping(
         state.clone(),
         shutdown.subscribe(),
@@ -331,10 +321,7 @@ impl RunningServer {
         self.state
             .link
             .close_everything(1001, "the control plane is shutting down");
-        self.serve
-            .await
-            .context("server task panicked")?
-            .context("serving HTTP")?;
+        self.serve.await.context("server task panicked")?;
         let _ = self.background.await;
         let _ = self.sweeper.await;
         let _ = self.liveness.await;

@@ -7,6 +7,7 @@ pub mod extract;
 pub mod oauth;
 pub mod ops;
 pub mod runner_session;
+pub mod serve;
 pub mod web;
 pub mod wellknown;
 

@@ -10,6 +10,7 @@ use axum::extract::State;
 use axum::http::header::AUTHORIZATION;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use tether_domain::{Disconnect, RunState, RunnerId, TaskId};
 use tether_protocol::session::{
     close_code, RunnerMessage, ServerMessage, TaskUpdate, TaskUpdateState, PROTOCOL_VERSION,
@@ -19,6 +20,7 @@ use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
 use super::error::ApiError;
+use super::serve::IdleExemption;
 use crate::jwt::Claims;
 use crate::memory::clients::CachedClient;
 use crate::runner_link::{Hello, Outbound, Refused};
@@ -36,6 +38,7 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn connect_runner(
     State(state): State<AppState>,
     headers: HeaderMap,
+    idle: Option<Extension<IdleExemption>>,
     ws: WebSocketUpgrade,
 ) -> Response {
     if state.draining.load(std::sync::atomic::Ordering::Acquire) {
@@ -54,6 +57,10 @@ pub async fn connect_runner(
         // Cannot tell right now: 503, and the runner tries again.
         Err(e) => return ApiError::from(e).into_response(),
     };
+    // From here on the heartbeat decides how long the connection may stay quiet.
+    if let Some(Extension(idle)) = idle {
+        idle.exempt();
+    }
     // Small buffers: an idle session should cost kilobytes, not tungstenite's 128 KiB default.
     ws.read_buffer_size(4 * 1024)
         .write_buffer_size(0)

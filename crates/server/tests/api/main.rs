@@ -2,6 +2,7 @@
 //! database per test, driven over HTTP.
 
 mod audit;
+mod connections;
 mod credentials;
 mod interop;
 mod logs;
