@@ -1,7 +1,7 @@
 //! Browser sessions of the web UI, as the store keeps them: looked up by the verifier of the id
 //! the session cookie carries (the cookie and CSRF handling are the web edge's).
 
-use tether_domain::Verifier;
+use tether_domain::{Username, Verifier};
 use tether_store::{NewWebSession, UserRecord, WebSessionRecord};
 use time::{Duration, OffsetDateTime};
 
@@ -66,20 +66,22 @@ pub async fn close(
 /// [`LOGIN_WINDOW`], further attempts from there are refused (429) until the window has passed,
 /// without checking the password. The real user logging in from another address is not locked
 /// out, and a successful login clears the count. Counted in the database, so a lockout on one
-/// replica holds on every replica.
+/// replica holds on every replica, and nothing evicts a count before its window has passed: no
+/// number of failures with other usernames lifts a lock. Only valid usernames are counted (the
+/// type says so), which bounds what one failure can store.
 pub const MAX_LOGIN_FAILURES: u32 = 5;
 pub const LOGIN_WINDOW: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
 /// How long this pair must wait before it may try again, if it is locked out.
 pub async fn login_locked_for(
     state: &AppState,
-    username: &str,
+    username: &Username,
     ip: Option<&str>,
 ) -> Result<Option<std::time::Duration>, ServiceError> {
     let now = OffsetDateTime::now_utc();
     let Some((failures, first_at)) = state
         .store
-        .login_failures(username, ip.unwrap_or(""), now - LOGIN_WINDOW)
+        .login_failures(username.as_str(), ip.unwrap_or(""), now - LOGIN_WINDOW)
         .await
         .op("login_failures")?
     else {
@@ -92,13 +94,13 @@ pub async fn login_locked_for(
 
 pub async fn login_failed(
     state: &AppState,
-    username: &str,
+    username: &Username,
     ip: Option<&str>,
 ) -> Result<(), ServiceError> {
     let now = OffsetDateTime::now_utc();
     state
         .store
-        .record_login_failure(username, ip.unwrap_or(""), now, now - LOGIN_WINDOW)
+        .record_login_failure(username.as_str(), ip.unwrap_or(""), now, now - LOGIN_WINDOW)
         .await
         .op("record_login_failure")?;
     Ok(())
@@ -106,12 +108,12 @@ pub async fn login_failed(
 
 pub async fn login_succeeded(
     state: &AppState,
-    username: &str,
+    username: &Username,
     ip: Option<&str>,
 ) -> Result<(), ServiceError> {
     state
         .store
-        .clear_login_failures(username, ip.unwrap_or(""))
+        .clear_login_failures(username.as_str(), ip.unwrap_or(""))
         .await
         .op("clear_login_failures")
 }

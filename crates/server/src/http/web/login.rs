@@ -15,6 +15,7 @@ use super::{page, see_other, WebError};
 use crate::http::extract::{ClientIp, QueryParams};
 use crate::services::{users, web_sessions};
 use crate::state::AppState;
+use tether_domain::Username;
 
 const LOGIN_COOKIE: &str = "tether_login";
 
@@ -111,8 +112,23 @@ async fn log_in(
         return Err(WebError::Csrf);
     }
     let next = safe_next(form.get("next"));
-    let username = form.get("username").trim().to_owned();
+    let typed = form.get("username").trim();
     let ip = source_ip.as_deref();
+    // No account can have a name that is not a valid username: refused at once, neither counted
+    // against a lockout nor echoed back nor logged (it may be 60 KB of anything).
+    let Ok(username) = Username::parse(typed) else {
+        tracing::warn!(source_ip = ?source_ip, username_chars = typed.chars().count(),
+            "web login refused: not a valid username");
+        return login_page(
+            &state,
+            StatusCode::UNAUTHORIZED,
+            token.to_owned(),
+            next,
+            String::new(),
+            true,
+            None,
+        );
+    };
     if let Some(left) = web_sessions::login_locked_for(&state, &username, ip).await? {
         tracing::warn!(user = %username, source_ip = ?source_ip, retry_after_s = left.as_secs(),
             "web login refused: too many failed logins; locked out for a while");
@@ -121,7 +137,7 @@ async fn log_in(
             StatusCode::TOO_MANY_REQUESTS,
             token.to_owned(),
             next,
-            username,
+            username.as_str().to_owned(),
             true,
             Some(left.as_secs().div_ceil(60).max(1)),
         )?;
@@ -132,7 +148,8 @@ async fn log_in(
         }
         return Ok(response);
     }
-    let Some(user) = users::authenticate(&state, &username, form.get("password")).await? else {
+    let Some(user) = users::authenticate(&state, username.as_str(), form.get("password")).await?
+    else {
         web_sessions::login_failed(&state, &username, ip).await?;
         tracing::warn!(user = %username, source_ip = ?source_ip, "web login refused: wrong username or password");
         return login_page(
@@ -140,7 +157,7 @@ async fn log_in(
             StatusCode::UNAUTHORIZED,
             token.to_owned(),
             next,
-            username,
+            username.as_str().to_owned(),
             true,
             None,
         );

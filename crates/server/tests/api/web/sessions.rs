@@ -288,3 +288,64 @@ async fn a_burst_of_bad_logins_neither_keeps_a_correct_one_out_nor_grows_memory_
         passwords.slots()
     );
 }
+
+/// The lock of a targeted account holds however many other usernames fail meanwhile: counts live
+/// in the database until their window passes, and nothing evicts them to make room.
+#[tokio::test]
+async fn failures_with_thousands_of_other_usernames_do_not_lift_a_lock() {
+    let app = spawn_app().await;
+    user(&app, "rita", "operator").await;
+    let mut b = Browser::new(&app);
+    b.get("/login").await;
+    for _ in 1..=5 {
+        assert_eq!(
+            b.try_login("rita", "not the password!", None).await.status,
+            401
+        );
+    }
+    // The churn that used to evict the oldest of 10,000 tracked pairs, counted straight into the
+    // store (the same call a refused login makes; 10,050 argon2 checks would take minutes).
+    let store = &app.server().state().store;
+    let now = time::OffsetDateTime::now_utc();
+    for i in 0..10_050 {
+        store
+            .record_login_failure(
+                &format!("churn-{i}"),
+                "127.0.0.1",
+                now,
+                now - time::Duration::minutes(15),
+            )
+            .await
+            .expect("recorded");
+    }
+    let r = b.try_login("rita", PASSWORD, None).await;
+    assert_eq!(r.status, 429, "the lock was lifted: {}", r.body);
+}
+
+/// A 60 KB "username" is refused at once: it is not counted (so it cannot grow the lockout's
+/// table), not echoed into the page and not checked against a password.
+#[tokio::test]
+async fn an_overlong_username_is_refused_without_being_counted_or_echoed() {
+    let app = spawn_app().await;
+    let mut b = Browser::new(&app);
+    b.get("/login").await;
+    let long = "a".repeat(60_000);
+    for _ in 0..3 {
+        let r = b.try_login(&long, "not the password!", None).await;
+        assert_eq!(r.status, 401, "{}", &r.body[..r.body.len().min(300)]);
+        assert!(
+            r.body.len() < 20_000,
+            "the page echoed it: {} bytes",
+            r.body.len()
+        );
+    }
+    let store = &app.server().state().store;
+    let since = time::OffsetDateTime::now_utc() - time::Duration::minutes(15);
+    assert_eq!(
+        store
+            .login_failures(&long, "127.0.0.1", since)
+            .await
+            .expect("read"),
+        None
+    );
+}
