@@ -53,9 +53,10 @@ impl Client {
         self.send(self.request(Method::GET, &path)).await
     }
 
-    /// The run's combined log from byte `offset` on, as raw bytes. The log only grows, so a
-    /// follower passes the number of bytes it has already read; a chunk may end inside a UTF-8
-    /// character, which is why followers should count and write bytes, not decoded text.
+    /// A page of the run's combined log from byte `offset` on (the server's default page, 1 MiB),
+    /// as raw bytes; empty at the end. The log only grows, so a reader passes the number of bytes
+    /// it has already read and asks again until an empty answer; count and write bytes, not
+    /// decoded text.
     pub async fn run_log_bytes(&self, id: &str, offset: u64) -> Result<Vec<u8>, ClientError> {
         let path = Self::segment_path("api/v1/runs", id, "/logs");
         let req = self

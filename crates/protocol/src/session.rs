@@ -17,7 +17,8 @@ pub mod close_code {
     pub const TOKEN_EXPIRED: u16 = 4402;
     /// The runner was deleted in the control plane.
     pub const RUNNER_DELETED: u16 = 4403;
-    /// The runner broke the protocol (bad first message, unsupported version, unparsable frame).
+    /// The runner broke the protocol (bad first message, unsupported version, unparsable frame,
+    /// an update of a task not running on that instance, an update `seq` that is not the next).
     pub const PROTOCOL_ERROR: u16 = 4400;
     /// No heartbeat for three intervals.
     pub const HEARTBEAT_TIMEOUT: u16 = 4408;
@@ -95,9 +96,18 @@ impl TaskUpdateState {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct TaskUpdate {
     pub task_id: String,
-    /// 1, 2, 3, ... per task, in the order the runner produced them.
+    /// 1, 2, 3, ... per task, in the order the runner produced them. The server stores an update
+    /// only if its task is running on the instance that ran it (`instance_id`, else the
+    /// session's) and `seq` is the last stored + 1; a
+    /// `seq` already stored is acknowledged again (a spool replay); anything else ends the
+    /// session with [`close_code::PROTOCOL_ERROR`].
     pub seq: u64,
     pub state: TaskUpdateState,
+    /// The instance that ran the task. A runner process replaying updates a previous process
+    /// left in its spool names that process's instance, which the task is assigned to; absent:
+    /// the instance of this session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
     /// Combined stdout and stderr produced since the previous update.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_chunk: Option<String>,
@@ -248,6 +258,7 @@ mod tests {
                 task_id: "t1".into(),
                 seq: 3,
                 state: TaskUpdateState::Failed,
+                instance_id: None,
                 log_chunk: None,
                 exit_code: Some(2),
                 reason: None,

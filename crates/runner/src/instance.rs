@@ -67,7 +67,7 @@ impl Instance {
         let spool_dir = config.workdir.join("spool");
         let spool = Spool::open(&spool_dir)
             .with_context(|| format!("opening the update spool in {}", spool_dir.display()))?;
-        let outbox = Arc::new(Outbox::new(spool));
+        let outbox = Arc::new(Outbox::new(spool, instance_id.clone()));
         let undelivered = outbox.task_ids().len();
         if undelivered > 0 {
             tracing::info!(

@@ -13,6 +13,9 @@ use crate::spool::Spool;
 #[derive(Debug)]
 pub struct Outbox {
     state: Mutex<State>,
+    /// This process's instance id, written into every update it publishes: a later process
+    /// replaying the spool names the instance the task was assigned to.
+    instance_id: String,
 }
 
 #[derive(Debug)]
@@ -22,9 +25,10 @@ struct State {
 }
 
 impl Outbox {
-    pub fn new(spool: Spool) -> Self {
+    pub fn new(spool: Spool, instance_id: String) -> Self {
         Self {
             state: Mutex::new(State { spool, live: None }),
+            instance_id,
         }
     }
 
@@ -34,7 +38,10 @@ impl Outbox {
 
     /// Spools `update`, then hands it to the attached session, if any. Spool and channel change
     /// under one lock, so a session sees each update exactly once: in its backlog or live.
-    pub fn publish(&self, update: TaskUpdate) {
+    pub fn publish(&self, mut update: TaskUpdate) {
+        if update.instance_id.is_none() {
+            update.instance_id = Some(self.instance_id.clone());
+        }
         let mut state = self.lock();
         if let Err(e) = state.spool.append(&update) {
             // Still deliver it live: a full disk should not also cost the control plane the update.
@@ -93,6 +100,7 @@ mod tests {
             task_id: "t".into(),
             seq,
             state,
+            instance_id: None,
             log_chunk: None,
             exit_code: None,
             reason: None,
@@ -102,11 +110,17 @@ mod tests {
     #[test]
     fn updates_made_while_detached_arrive_as_backlog_then_live() {
         let dir = tempfile::tempdir().expect("dir");
-        let outbox = Outbox::new(Spool::open(dir.path()).expect("open"));
+        let outbox = Outbox::new(Spool::open(dir.path()).expect("open"), "i-test".into());
         let (backlog, mut first) = outbox.attach();
         assert!(backlog.is_empty());
         outbox.publish(update(1, TaskUpdateState::Running));
-        assert_eq!(first.try_recv().expect("live").seq, 1);
+        let live = first.try_recv().expect("live");
+        assert_eq!(live.seq, 1);
+        assert_eq!(
+            live.instance_id.as_deref(),
+            Some("i-test"),
+            "the outbox names its instance"
+        );
         outbox.detach();
         outbox.publish(update(2, TaskUpdateState::Running));
         outbox.ack("t", 1);

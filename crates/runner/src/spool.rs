@@ -30,6 +30,8 @@ enum Line {
 #[derive(Debug)]
 struct Entry {
     path: PathBuf,
+    /// The instance that ran the task, as its updates say.
+    instance_id: Option<String>,
     last_seq: u64,
     acked: u64,
     final_seq: Option<u64>,
@@ -58,18 +60,19 @@ impl Spool {
                 spool.load(path)?;
             }
         }
-        let interrupted: Vec<(String, u64)> = spool
+        let interrupted: Vec<(String, u64, Option<String>)> = spool
             .tasks
             .iter()
             .filter(|(_, e)| e.final_seq.is_none())
-            .map(|(id, e)| (id.clone(), e.last_seq))
+            .map(|(id, e)| (id.clone(), e.last_seq, e.instance_id.clone()))
             .collect();
-        for (task_id, last_seq) in interrupted {
+        for (task_id, last_seq, instance_id) in interrupted {
             tracing::warn!(task.id = %task_id, "a task was still running when the previous runner process stopped; reporting it failed");
             spool.append(&TaskUpdate {
                 task_id,
                 seq: last_seq + 1,
                 state: TaskUpdateState::Failed,
+                instance_id,
                 log_chunk: None,
                 exit_code: None,
                 reason: Some(INTERRUPTED_REASON.to_owned()),
@@ -105,10 +108,12 @@ impl Spool {
         if final_seq.is_some_and(|f| acked >= f) {
             return fs::remove_file(&path);
         }
+        let instance_id = updates.iter().rev().find_map(|u| u.instance_id.clone());
         self.tasks.insert(
             task_id,
             Entry {
                 path,
+                instance_id,
                 last_seq,
                 acked,
                 final_seq,
@@ -126,6 +131,7 @@ impl Spool {
             .entry(update.task_id.clone())
             .or_insert_with(|| Entry {
                 path: dir.join(file_name(&update.task_id)),
+                instance_id: None,
                 last_seq: 0,
                 acked: 0,
                 final_seq: None,
@@ -143,6 +149,9 @@ impl Spool {
             entry.final_seq = Some(update.seq);
         }
         entry.last_seq = entry.last_seq.max(update.seq);
+        if update.instance_id.is_some() {
+            entry.instance_id.clone_from(&update.instance_id);
+        }
         Ok(())
     }
 
@@ -234,6 +243,7 @@ mod tests {
             task_id: task.into(),
             seq,
             state,
+            instance_id: Some("i-old".into()),
             log_chunk: log.map(str::to_owned),
             exit_code: (state == TaskUpdateState::Succeeded).then_some(0),
             reason: None,
@@ -345,6 +355,8 @@ mod tests {
         assert_eq!(pending[0].seq, 2);
         assert_eq!(pending[0].state, TaskUpdateState::Failed);
         assert_eq!(pending[0].reason.as_deref(), Some(INTERRUPTED_REASON));
+        // It names the instance the task ran on, so the control plane takes it from the next one.
+        assert_eq!(pending[0].instance_id.as_deref(), Some("i-old"));
         spool.ack("t", 2).expect("ack");
         assert!(spool.is_empty());
     }

@@ -133,6 +133,11 @@ pub struct ServerArgs {
     #[arg(long, env = "TETHER_SHUTDOWN_DRAIN_SECONDS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=3600))]
     pub shutdown_drain_seconds: u64,
 
+    /// Bytes of output one run's log keeps; the chunk that crosses it is cut, the log ends with a
+    /// line saying so, and the run goes on (its later output is not kept).
+    #[arg(long, env = "TETHER_MAX_LOG_BYTES_PER_RUN", default_value_t = 64 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..=1024 * 1024 * 1024 * 1024))]
+    pub max_log_bytes_per_run: u64,
+
     /// Connections this replica holds open at most, runner sessions included; at the limit it
     /// stops accepting (new connections wait in the listen backlog) and logs a warning. `0`: the
     /// process's open-file limit less 256 kept for the database, logs and files.
@@ -206,6 +211,8 @@ pub struct ServerConfig {
     pub max_sessions_per_runner: usize,
     /// The listener's connection limit and timeouts.
     pub connections: crate::http::serve::ConnectionSettings,
+    /// Bytes of output one run's log keeps (`--max-log-bytes-per-run`).
+    pub max_log_bytes_per_run: u64,
 }
 
 /// 0.1 to 60 seconds.
@@ -241,6 +248,7 @@ impl ServerConfig {
             shutdown_drain: Duration::ZERO,
             max_sessions_per_runner: 100,
             connections: Default::default(),
+            max_log_bytes_per_run: 64 * 1024 * 1024,
         }
     }
 }
@@ -303,6 +311,7 @@ impl ServerArgs {
                 header_read_timeout: Duration::from_secs(self.header_read_timeout_seconds),
                 idle_timeout: Duration::from_secs(self.idle_timeout_seconds),
             },
+            max_log_bytes_per_run: self.max_log_bytes_per_run,
         })
     }
 }

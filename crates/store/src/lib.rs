@@ -17,6 +17,7 @@ pub mod postgres;
 mod records;
 mod rows;
 pub mod sqlite;
+mod task_update;
 mod url;
 
 use async_trait::async_trait;
@@ -28,6 +29,7 @@ use time::OffsetDateTime;
 
 pub use error::{Conflict, StoreError};
 pub use records::*;
+pub use task_update::truncation_note;
 pub use url::{DatabaseUrl, PoolSettings};
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -349,8 +351,9 @@ pub trait RunStore: Send + Sync {
     async fn run_by_id(&self, id: RunId) -> StoreResult<Option<RunRecord>>;
     /// Newest first.
     async fn list_runs(&self, filter: RunFilter) -> StoreResult<Vec<RunRecord>>;
-    /// The run's log from byte `offset` on (empty past the end).
-    async fn run_log(&self, id: RunId, offset: u64) -> StoreResult<String>;
+    /// At most `limit` bytes of the run's log from byte `offset` on (fewer to end on a character
+    /// boundary; empty past the end), and the log's whole length so far.
+    async fn run_log(&self, id: RunId, offset: u64, limit: u64) -> StoreResult<LogPage>;
     /// Cancels a run: queued tasks at once; running ones are returned to be killed. Isolation: the
     /// run row is locked first, so a cancel and the last task's final update serialise (the run
     /// ends once).
@@ -379,14 +382,17 @@ pub trait TaskQueue: Send + Sync {
     ) -> StoreResult<bool>;
     /// Puts a task the instance refused back in the queue, if it has not started.
     async fn requeue_task(&self, task: TaskId, instance_id: &str) -> StoreResult<bool>;
-    /// Applies one update from a runner, idempotently by `seq`; a final update may end the run
-    /// (as [`tether_domain::RunEnd::after_task`] says). Isolation: the task row and its run row
-    /// are locked before `last_seq` and the log offset are read, so two deliveries of one update
-    /// (a resend racing the original) apply it once and log chunks never overlap.
+    /// Applies one update from an instance of a runner, idempotently by `seq`, only if the task
+    /// is running on that instance and `seq` is the next one; a final update may end the run (as
+    /// [`tether_domain::RunEnd::after_task`] says). The run's log keeps at most `max_log_bytes`
+    /// (the rule is in `task_update`). Isolation: the task row and its run row are locked before
+    /// `last_seq` and the log offset are read, so two deliveries of one update (a resend racing
+    /// the original) apply it once and log chunks never overlap.
     async fn apply_task_update(
         &self,
         runner_id: RunnerId,
         update: TaskProgress,
+        max_log_bytes: u64,
     ) -> StoreResult<UpdateOutcome>;
     /// Ends an unfinished task (and its run) without the runner: `Lost`, or `Cancelled` when the
     /// instance is gone. Returns the run if the task was unfinished. Isolation: the task row is

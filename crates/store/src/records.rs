@@ -268,6 +268,8 @@ pub struct AssignedTask {
 #[derive(Debug, Clone)]
 pub struct TaskProgress {
     pub task_id: TaskId,
+    /// The instance whose session sent it.
+    pub instance_id: String,
     pub seq: u64,
     /// `Running`, or the final state reached.
     pub state: RunState,
@@ -286,12 +288,28 @@ pub enum UpdateOutcome {
     Duplicate,
     /// The task had already ended (lost, cancelled); the update is dropped.
     AlreadyFinished(RunState),
+    /// The task is not running on the instance that sent it (still queued, or another
+    /// instance's): refused, nothing changed.
+    NotAssigned,
+    /// `seq` is neither stored already nor the next one (`expected`): refused, nothing changed.
+    OutOfOrder { expected: u64 },
     Applied {
         /// The task reached a final state with this update.
         task_final: bool,
         /// The run reached this final state with this update.
         run_final: Option<RunState>,
+        /// This update's chunk took the run's log to its limit: it was cut, and later output of
+        /// the run is not kept.
+        log_truncated: bool,
     },
+}
+
+/// A page of a run's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogPage {
+    pub text: String,
+    /// Bytes of log stored for the run so far.
+    pub total_bytes: u64,
 }
 
 /// What a cancel request changed.

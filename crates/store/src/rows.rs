@@ -501,6 +501,7 @@ pub(crate) struct UpdateTargetRow {
     pub(crate) run_id: String,
     pub(crate) name: String,
     state: String,
+    pub(crate) instance_id: Option<String>,
     pub(crate) last_seq: i64,
     pub(crate) cancel_requested_by: Option<String>,
     pub(crate) log_bytes: i64,
@@ -512,16 +513,33 @@ impl UpdateTargetRow {
     }
 }
 
-/// Joins a run's log chunks (`(start, chunk)`, in order) from byte `offset` on. An offset inside
-/// a character (a client that counted wrongly) resumes at the next one.
-pub(crate) fn assemble_log(offset: i64, chunks: Vec<(i64, String)>) -> String {
+/// Joins a run's log chunks (`(start, chunk)`, in order) from byte `offset` on, at most `limit`
+/// bytes of them, ending on a character boundary (one character more than `limit` when it is
+/// smaller than the first one, so a reader always moves on). An offset inside a character (a
+/// client that counted wrongly) resumes at the next one.
+pub(crate) fn assemble_log(offset: i64, limit: u64, chunks: Vec<(i64, String)>) -> String {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     let mut out = String::new();
     for (start, chunk) in chunks {
         let skip = usize::try_from(offset.saturating_sub(start)).unwrap_or(0);
         let from = (skip..=chunk.len())
             .find(|&i| chunk.is_char_boundary(i))
             .unwrap_or(chunk.len());
-        out.push_str(&chunk[from..]);
+        let rest = &chunk[from..];
+        let room = limit.saturating_sub(out.len());
+        if rest.len() <= room {
+            out.push_str(rest);
+            continue;
+        }
+        let mut end = room;
+        while !rest.is_char_boundary(end) {
+            end -= 1;
+        }
+        if end == 0 && out.is_empty() {
+            end = rest.chars().next().map_or(0, char::len_utf8);
+        }
+        out.push_str(&rest[..end]);
+        break;
     }
     out
 }
@@ -666,9 +684,20 @@ mod tests {
     #[test]
     fn a_log_offset_inside_a_character_resumes_at_the_next_one() {
         let chunks = vec![(0, "ab".to_owned()), (2, "é!".to_owned())];
-        assert_eq!(assemble_log(0, chunks.clone()), "abé!");
-        assert_eq!(assemble_log(3, chunks.clone()), "!");
-        assert_eq!(assemble_log(2, chunks), "é!");
+        assert_eq!(assemble_log(0, 100, chunks.clone()), "abé!");
+        assert_eq!(assemble_log(3, 100, chunks.clone()), "!");
+        assert_eq!(assemble_log(2, 100, chunks), "é!");
+    }
+
+    #[test]
+    fn a_log_page_stops_at_its_limit_on_a_character_boundary_and_always_moves_on() {
+        let chunks = vec![(0, "ab".to_owned()), (2, "é!".to_owned())];
+        assert_eq!(assemble_log(0, 2, chunks.clone()), "ab");
+        // "abé" is 4 bytes: a limit of 3 stops before the character.
+        assert_eq!(assemble_log(0, 3, chunks.clone()), "ab");
+        assert_eq!(assemble_log(0, 4, chunks.clone()), "abé");
+        // A limit smaller than the first character still returns that character.
+        assert_eq!(assemble_log(2, 1, chunks), "é");
     }
 
     #[test]

@@ -684,11 +684,12 @@ async fn tasks_are_claimed_once_updates_apply_once_and_logs_keep_their_order(
     let applied = UpdateOutcome::Applied {
         task_final: false,
         run_final: None,
+        log_truncated: false,
     };
-    let up = |seq, state, log| progress(one, seq, state, log);
+    let up = |seq, state, log| progress(one, "i1", seq, state, log);
     assert_eq!(
         store
-            .apply_task_update(runner.id, up(1, RunState::Running, None))
+            .apply_task_update(runner.id, up(1, RunState::Running, None), LOG_LIMIT)
             .await
             .expect("u1"),
         applied
@@ -696,32 +697,45 @@ async fn tasks_are_claimed_once_updates_apply_once_and_logs_keep_their_order(
     // A started task can no longer be handed back.
     assert!(!store.requeue_task(one, "i1").await.expect("requeue"));
     store
-        .apply_task_update(runner.id, up(2, RunState::Running, Some("héllo ")))
+        .apply_task_update(
+            runner.id,
+            up(2, RunState::Running, Some("héllo ")),
+            LOG_LIMIT,
+        )
         .await
         .expect("u2");
     assert_eq!(
         store
-            .apply_task_update(runner.id, up(2, RunState::Running, Some("héllo ")))
+            .apply_task_update(
+                runner.id,
+                up(2, RunState::Running, Some("héllo ")),
+                LOG_LIMIT
+            )
             .await
             .expect("dup"),
         UpdateOutcome::Duplicate
     );
     assert_eq!(
         store
-            .apply_task_update(RunnerId::new(), up(3, RunState::Running, None))
+            .apply_task_update(RunnerId::new(), up(3, RunState::Running, None), LOG_LIMIT)
             .await
             .expect("other runner"),
         UpdateOutcome::UnknownTask
     );
     let done = store
-        .apply_task_update(runner.id, up(3, RunState::Succeeded, Some("world\n")))
+        .apply_task_update(
+            runner.id,
+            up(3, RunState::Succeeded, Some("world\n")),
+            LOG_LIMIT,
+        )
         .await
         .expect("final");
     assert_eq!(
         done,
         UpdateOutcome::Applied {
             task_final: true,
-            run_final: None
+            run_final: None,
+            log_truncated: false,
         }
     );
     let ready = store.ready_tasks(runner.id, 10).await.expect("ready");
@@ -730,7 +744,8 @@ async fn tasks_are_claimed_once_updates_apply_once_and_logs_keep_their_order(
     let last = store
         .apply_task_update(
             runner.id,
-            progress(two, 1, RunState::Succeeded, Some("two\n")),
+            progress(two, "i2", 1, RunState::Succeeded, Some("two\n")),
+            LOG_LIMIT,
         )
         .await
         .expect("final");
@@ -738,20 +753,31 @@ async fn tasks_are_claimed_once_updates_apply_once_and_logs_keep_their_order(
         last,
         UpdateOutcome::Applied {
             task_final: true,
-            run_final: Some(RunState::Succeeded)
+            run_final: Some(RunState::Succeeded),
+            log_truncated: false,
         }
     );
     assert_eq!(
-        store.run_log(run.id, 0).await.expect("log"),
+        store.run_log(run.id, 0, LOG_LIMIT).await.expect("log").text,
         "héllo world\ntwo\n"
     );
     // Offsets count bytes; one inside a character resumes at the next character.
-    assert_eq!(store.run_log(run.id, 7).await.expect("log"), "world\ntwo\n");
     assert_eq!(
-        store.run_log(run.id, 2).await.expect("log"),
+        store.run_log(run.id, 7, LOG_LIMIT).await.expect("log").text,
+        "world\ntwo\n"
+    );
+    assert_eq!(
+        store.run_log(run.id, 2, LOG_LIMIT).await.expect("log").text,
         "llo world\ntwo\n"
     );
-    assert_eq!(store.run_log(run.id, 99).await.expect("log"), "");
+    assert_eq!(
+        store
+            .run_log(run.id, 99, LOG_LIMIT)
+            .await
+            .expect("log")
+            .text,
+        ""
+    );
     let finished = store.run_by_id(run.id).await.expect("get").expect("run");
     assert_eq!(finished.state, RunState::Succeeded);
     assert!(
@@ -765,7 +791,11 @@ async fn tasks_are_claimed_once_updates_apply_once_and_logs_keep_their_order(
     assert!(finished.finished_at.is_some());
     assert_eq!(
         store
-            .apply_task_update(runner.id, progress(two, 2, RunState::Running, None))
+            .apply_task_update(
+                runner.id,
+                progress(two, "i2", 2, RunState::Running, None),
+                LOG_LIMIT
+            )
             .await
             .expect("late"),
         UpdateOutcome::AlreadyFinished(RunState::Succeeded)
@@ -820,7 +850,11 @@ async fn cancel_lost_and_runner_deletion_end_runs(store: Arc<dyn Store>) {
         "a cancelled run starts nothing new"
     );
     store
-        .apply_task_update(runner.id, progress(a, 1, RunState::Succeeded, None))
+        .apply_task_update(
+            runner.id,
+            progress(a, "i1", 1, RunState::Succeeded, None),
+            LOG_LIMIT,
+        )
         .await
         .expect("final");
     let r = store
@@ -1293,7 +1327,11 @@ async fn sessions_held_elsewhere_are_listed_with_what_their_instances_said(store
         .await
         .expect("claim"));
     store
-        .apply_task_update(two.id, progress(task, 1, RunState::Running, None))
+        .apply_task_update(
+            two.id,
+            progress(task, "i-c", 1, RunState::Running, None),
+            LOG_LIMIT,
+        )
         .await
         .expect("running");
 
@@ -1639,6 +1677,117 @@ macro_rules! conformance {
     };
 }
 
+async fn only_the_assigned_instance_updates_a_task_in_order_and_a_log_stops_at_its_limit(
+    store: Arc<dyn Store>,
+) {
+    let runner = new_runner("r");
+    store
+        .create_runner(runner.clone(), ev("runner.created", None))
+        .await
+        .expect("runner");
+    let run = queued_run(&store, &runner, &["one", "two"]).await;
+    let (one, two) = (run.tasks[0].id, run.tasks[1].id);
+    // Nothing is assigned yet: no instance may report the queued tasks, started or finished.
+    for task in [one, two] {
+        assert_eq!(
+            store
+                .apply_task_update(
+                    runner.id,
+                    progress(task, "i1", 1, RunState::Succeeded, None),
+                    LOG_LIMIT
+                )
+                .await
+                .expect("refused"),
+            UpdateOutcome::NotAssigned
+        );
+    }
+    assert!(store.claim_task(one, "i1", ms(1)).await.expect("claim"));
+    // Another instance of the same runner may not write to i1's task.
+    assert_eq!(
+        store
+            .apply_task_update(
+                runner.id,
+                progress(one, "i2", 1, RunState::Succeeded, None),
+                LOG_LIMIT
+            )
+            .await
+            .expect("refused"),
+        UpdateOutcome::NotAssigned
+    );
+    // seq must be the next one: not 0, not a gap, not u64::MAX.
+    for seq in [0, 2, u64::MAX] {
+        assert_eq!(
+            store
+                .apply_task_update(
+                    runner.id,
+                    progress(one, "i1", seq, RunState::Running, None),
+                    LOG_LIMIT
+                )
+                .await
+                .expect("refused"),
+            UpdateOutcome::OutOfOrder { expected: 1 },
+            "seq {seq}"
+        );
+    }
+    let r = store.run_by_id(run.id).await.expect("get").expect("run");
+    assert!(
+        r.tasks[0].started_at.is_none() && r.tasks[1].state == RunState::Queued,
+        "a refused update changed the run: {r:?}"
+    );
+    // A 10-byte limit: the chunk that crosses it is cut and says so; later chunks are dropped,
+    // while their updates still apply.
+    let chunk = |seq, text| progress(one, "i1", seq, RunState::Running, Some(text));
+    assert_eq!(
+        store
+            .apply_task_update(runner.id, chunk(1, "12345678"), 10)
+            .await
+            .expect("u1"),
+        UpdateOutcome::Applied {
+            task_final: false,
+            run_final: None,
+            log_truncated: false
+        }
+    );
+    assert_eq!(
+        store
+            .apply_task_update(runner.id, chunk(2, "abcdef"), 10)
+            .await
+            .expect("u2"),
+        UpdateOutcome::Applied {
+            task_final: false,
+            run_final: None,
+            log_truncated: true
+        }
+    );
+    store
+        .apply_task_update(runner.id, chunk(3, "dropped"), 10)
+        .await
+        .expect("u3");
+    let page = store.run_log(run.id, 0, LOG_LIMIT).await.expect("log");
+    assert_eq!(
+        page.text,
+        format!("12345678ab{}", tether_store::truncation_note(10))
+    );
+    assert_eq!(page.total_bytes, page.text.len() as u64);
+    // Pages: a limit, and the length of the whole log.
+    let first = store.run_log(run.id, 0, 4).await.expect("page");
+    assert_eq!(first.text, "1234");
+    assert_eq!(first.total_bytes, page.total_bytes);
+    assert_eq!(
+        store.run_log(run.id, 4, 6).await.expect("page").text,
+        "5678ab"
+    );
+    let seq3 = store
+        .apply_task_update(
+            runner.id,
+            progress(one, "i1", 3, RunState::Running, None),
+            10,
+        )
+        .await
+        .expect("replay");
+    assert_eq!(seq3, UpdateOutcome::Duplicate);
+}
+
 conformance!(
     key_fingerprints_are_recorded_on_first_start_and_kept,
     refresh_revokes_or_retires_bumps_the_version_and_records_who_revoked,
@@ -1654,6 +1803,7 @@ conformance!(
     web_sessions_resolve_to_the_current_user_expire_and_end,
     pipelines_are_replaced_in_place_and_deleted,
     tasks_are_claimed_once_updates_apply_once_and_logs_keep_their_order,
+    only_the_assigned_instance_updates_a_task_in_order_and_a_log_stops_at_its_limit,
     cancel_lost_and_runner_deletion_end_runs,
     revoke_retiring_ends_an_overlap_once_and_keeps_the_version_when_there_is_none,
     the_session_registry_keeps_the_holding_replicas_status_and_expires_dead_replicas,

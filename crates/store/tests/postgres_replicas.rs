@@ -243,7 +243,8 @@ async fn a_resent_update_racing_its_original_on_another_replica_applies_once() {
             store
                 .apply_task_update(
                     runner.id,
-                    progress(task, 1, RunState::Running, Some("hello\n")),
+                    progress(task, "i-1", 1, RunState::Running, Some("hello\n")),
+                    LOG_LIMIT,
                 )
                 .await
                 .expect("update")
@@ -262,7 +263,10 @@ async fn a_resent_update_racing_its_original_on_another_replica_applies_once() {
     assert!(outcomes
         .iter()
         .any(|o| matches!(o, UpdateOutcome::Duplicate)));
-    assert_eq!(a.run_log(run.id, 0).await.expect("log"), "hello\n");
+    assert_eq!(
+        a.run_log(run.id, 0, LOG_LIMIT).await.expect("log").text,
+        "hello\n"
+    );
 }
 
 #[tokio::test]

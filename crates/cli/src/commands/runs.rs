@@ -26,10 +26,9 @@ pub async fn run(client: &Client, out: Output, command: RunsCommand) -> anyhow::
         RunsCommand::Logs { id, follow: true } => {
             follow(client, &id, LogTo::Stdout).await.map(|_| ())
         }
-        RunsCommand::Logs { id, follow: false } => {
-            let log = client.run_log_bytes(&id, 0).await?;
-            write_log(LogTo::Stdout, &log)
-        }
+        RunsCommand::Logs { id, follow: false } => write_log_from(client, &id, 0, LogTo::Stdout)
+            .await
+            .map(|_| ()),
         RunsCommand::Cancel { id } => {
             let r = client.cancel_run(&id).await?;
             if out == Output::Json {
@@ -97,21 +96,32 @@ pub async fn follow(client: &Client, id: &str, to: LogTo) -> anyhow::Result<Run>
             .await
             .with_context(|| format!("following run {id}"))?;
         let done = is_final(&r.state);
-        loop {
-            let chunk = client
-                .run_log_bytes(id, offset)
-                .await
-                .with_context(|| format!("reading the log of run {id}"))?;
-            if chunk.is_empty() {
-                break;
-            }
-            write_log(to, &chunk)?;
-            offset += chunk.len() as u64;
-        }
+        offset = write_log_from(client, id, offset, to).await?;
         if done {
             return Ok(r);
         }
         tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Writes the run's log from byte `offset` on, page by page until an empty answer; returns the
+/// offset after the last byte written.
+async fn write_log_from(
+    client: &Client,
+    id: &str,
+    mut offset: u64,
+    to: LogTo,
+) -> anyhow::Result<u64> {
+    loop {
+        let chunk = client
+            .run_log_bytes(id, offset)
+            .await
+            .with_context(|| format!("reading the log of run {id}"))?;
+        if chunk.is_empty() {
+            return Ok(offset);
+        }
+        write_log(to, &chunk)?;
+        offset += chunk.len() as u64;
     }
 }
 

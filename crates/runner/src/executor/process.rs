@@ -88,6 +88,8 @@ impl Reporter<'_> {
             task_id: self.task_id.clone(),
             seq: self.seq,
             state,
+            // The outbox names this instance.
+            instance_id: None,
             log_chunk,
             exit_code: outcome.and_then(|o| o.exit_code),
             reason: outcome.and_then(|o| o.reason.clone()),

@@ -27,6 +27,7 @@ fn harness(max_tasks: u32) -> Harness {
     let workdir = dir.path().join("work").join("nested");
     let outbox = Arc::new(Outbox::new(
         Spool::open(dir.path().join("spool")).expect("spool"),
+        "i-test".into(),
     ));
     let (_, live) = outbox.attach();
     let metrics = Arc::new(RunnerMetrics::default());

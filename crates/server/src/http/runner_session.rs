@@ -27,8 +27,11 @@ use crate::runner_link::{Hello, Outbound, Refused};
 use crate::services::{oauth, runs};
 use crate::state::AppState;
 
-/// Largest message a runner may send (task log chunks are bounded well below this).
-const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+/// Largest message a runner may send (the runner sends log chunks of 16–32 KiB); a larger one is
+/// answered with close code 1009 (message too big).
+const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+/// WebSocket close code 1009 (message too big).
+const MESSAGE_TOO_BIG: u16 = 1009;
 /// WebSocket close code 1013 (try again later).
 const TRY_AGAIN_LATER: u16 = 1013;
 /// Time allowed between the upgrade and `hello`.
@@ -133,6 +136,12 @@ async fn run_session(
                     }
                     Some(Ok(Message::Close(_))) | None => Some(Disconnect::Lost { reason: "connection closed without goodbye".into() }),
                     Some(Ok(_)) => None, // pings are answered by the library; binary frames are ignored
+                    Some(Err(e)) if too_big(&e) => {
+                        tracing::warn!(runner.id = %runner.id, instance.id = %instance_id,
+                            "protocol error: a message over {MAX_MESSAGE_BYTES} bytes; closing the session");
+                        close(&mut socket, MESSAGE_TOO_BIG, "message larger than 256 KiB").await;
+                        Some(Disconnect::Lost { reason: "protocol error: message too big".into() })
+                    }
                     Some(Err(e)) => Some(Disconnect::Lost { reason: format!("connection lost without goodbye ({e})") }),
                 };
             }
@@ -155,6 +164,13 @@ async fn run_session(
     });
     tracing::info!(runner.id = %runner.id, instance.id = %instance_id, session.id = session_id, ended = ?how, "runner session closed");
     state.link.unregister(runner.id, session_id, how);
+}
+
+/// Whether a read failed because the message or frame exceeded [`MAX_MESSAGE_BYTES`].
+fn too_big(e: &axum::Error) -> bool {
+    std::error::Error::source(e)
+        .and_then(|inner| inner.downcast_ref::<tungstenite::Error>())
+        .is_some_and(|inner| matches!(inner, tungstenite::Error::Capacity(_)))
 }
 
 /// Who is on the other end of a session.
@@ -246,12 +262,26 @@ async fn handle(
             }
         }
         RunnerMessage::TaskUpdate(update) => {
-            let replies = match task_update(state, *runner_id, update).await {
-                Ok(replies) => replies,
-                // Not acknowledged: the runner keeps the update spooled and sends it again.
+            let replies = match task_update(state, *runner_id, me.instance_id, update).await {
+                Ok(UpdateReply::Send(replies)) => replies,
+                Ok(UpdateReply::ProtocolError(why)) => {
+                    tracing::warn!(runner.id = %runner_id, instance.id = %me.instance_id,
+                        why = %why, "protocol error: refused a task update; closing the session");
+                    return Some(protocol_error(socket, &why).await);
+                }
+                // Not acknowledged: the runner keeps the update spooled and sends it again after
+                // reconnecting. Ending the session now makes that happen at once, in order.
                 Err(e) => {
-                    tracing::error!(error = format!("{e:#}"), runner.id = %runner_id, "storing a task update failed");
-                    return None;
+                    tracing::error!(error = format!("{e:#}"), runner.id = %runner_id, "storing a task update failed; closing the session so the runner sends it again");
+                    close(
+                        socket,
+                        TRY_AGAIN_LATER,
+                        "could not store a task update; reconnect and send it again",
+                    )
+                    .await;
+                    return Some(Disconnect::Lost {
+                        reason: "a task update could not be stored".into(),
+                    });
                 }
             };
             for reply in replies {
@@ -398,23 +428,59 @@ async fn refuse(mut socket: WebSocket, code: u16, reason: &str) {
     close(&mut socket, code, reason).await;
 }
 
-/// Hands a task update to the services and says what to answer: `ack` once it is stored (or
-/// known, or cannot be stored: a malformed task id), plus `cancel` when the task was given up on.
+/// What to answer a task update.
+enum UpdateReply {
+    Send(Vec<ServerMessage>),
+    /// Refused: the session ends with a protocol error saying this.
+    ProtocolError(String),
+}
+
+/// Sends an `error` message and closes with 4400 (protocol error).
+async fn protocol_error(socket: &mut WebSocket, why: &str) -> Disconnect {
+    let error = ServerMessage::Error {
+        code: "protocol_error".into(),
+        message: why.to_owned(),
+    };
+    let _ = send(socket, &error).await;
+    // A close reason is at most 123 bytes.
+    let mut reason = why;
+    while reason.len() > 120 {
+        let mut end = 120;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason = &reason[..end];
+    }
+    close(socket, close_code::PROTOCOL_ERROR, reason).await;
+    Disconnect::Lost {
+        reason: format!("protocol error: {why}"),
+    }
+}
+
+/// Hands a task update from `instance` to the services and says what to answer: `ack` once it
+/// is stored (or known, or cannot be stored: a malformed task id), plus `cancel` when the task
+/// was given up on; a protocol error when it is not this instance's to update or out of order.
 async fn task_update(
     state: &AppState,
     runner: RunnerId,
+    instance: &str,
     update: TaskUpdate,
-) -> anyhow::Result<Vec<ServerMessage>> {
+) -> anyhow::Result<UpdateReply> {
     let ack = ServerMessage::Ack {
         task_id: update.task_id.clone(),
         seq: update.seq,
     };
     let Ok(task_id) = update.task_id.parse::<TaskId>() else {
         tracing::warn!(runner.id = %runner, "dropping an update for a malformed task id");
-        return Ok(vec![ack]);
+        return Ok(UpdateReply::Send(vec![ack]));
     };
     let progress = TaskProgress {
         task_id,
+        // A replay from an earlier process's spool names the instance the task is assigned to.
+        instance_id: update
+            .instance_id
+            .clone()
+            .unwrap_or_else(|| instance.to_owned()),
         seq: update.seq,
         state: match update.state {
             TaskUpdateState::Running => RunState::Running,
@@ -428,12 +494,13 @@ async fn task_update(
         at: OffsetDateTime::now_utc(),
     };
     Ok(match runs::apply_update(state, runner, progress).await? {
-        runs::AfterUpdate::Continue => vec![ack],
-        runs::AfterUpdate::Stop => vec![
+        runs::AfterUpdate::Continue => UpdateReply::Send(vec![ack]),
+        runs::AfterUpdate::Stop => UpdateReply::Send(vec![
             ack,
             ServerMessage::Cancel {
                 task_id: update.task_id,
             },
-        ],
+        ]),
+        runs::AfterUpdate::Refuse(why) => UpdateReply::ProtocolError(why),
     })
 }

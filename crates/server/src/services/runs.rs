@@ -85,9 +85,19 @@ pub async fn list_for_runner(
         .op("list_runs")
 }
 
-pub async fn log(state: &AppState, key: &str, offset: u64) -> Result<String, ServiceError> {
+/// At most `limit` bytes of a run's log from byte `offset` on, and its whole length so far.
+pub async fn log(
+    state: &AppState,
+    key: &str,
+    offset: u64,
+    limit: u64,
+) -> Result<tether_store::LogPage, ServiceError> {
     let run = find(state, key).await?;
-    state.store.run_log(run.id, offset).await.op("run_log")
+    state
+        .store
+        .run_log(run.id, offset, limit)
+        .await
+        .op("run_log")
 }
 
 /// Cancels a run: queued tasks at once; a running task's process group is killed by its instance,
@@ -144,12 +154,15 @@ pub async fn cancel(
 }
 
 /// What the instance that sent a task update should do next with the task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AfterUpdate {
     /// Go on (or, for a final update, nothing more): the update is stored, or was already.
     Continue,
     /// Stop running it: the control plane gave up on it (cancelled while disconnected, or lost).
     Stop,
+    /// A protocol error: the update is refused (not stored, not acknowledged) and the session
+    /// ends, saying why.
+    Refuse(String),
 }
 
 /// Applies one task update from an instance of `runner`. Once this returns the update is stored
@@ -160,17 +173,24 @@ pub async fn apply_update(
     mut update: TaskProgress,
 ) -> anyhow::Result<AfterUpdate> {
     let (task_id, reported, exit_code) = (update.task_id, update.state, update.exit_code);
+    let instance = update.instance_id.clone();
     update.reason = update.reason.map(|r| r.chars().take(1000).collect());
     match state
         .store
-        .apply_task_update(runner, update)
+        .apply_task_update(runner, update, state.config.max_log_bytes_per_run)
         .await
         .op("apply_task_update")?
     {
         UpdateOutcome::Applied {
             task_final,
             run_final,
+            log_truncated,
         } => {
+            if log_truncated {
+                tracing::info!(runner.id = %runner, task.id = %task_id,
+                    max_bytes = state.config.max_log_bytes_per_run,
+                    "a run's log reached its limit; its later output is not kept");
+            }
             if task_final {
                 tracing::info!(runner.id = %runner, task.id = %task_id, state = reported.as_str(),
                     exit_code = ?exit_code, "task finished");
@@ -190,6 +210,13 @@ pub async fn apply_update(
             tracing::warn!(runner.id = %runner, task.id = %task_id, "dropping an update for a task this runner does not have");
             Ok(AfterUpdate::Continue)
         }
+        UpdateOutcome::NotAssigned => Ok(AfterUpdate::Refuse(format!(
+            "task {task_id} is not running on instance {}",
+            instance.chars().take(64).collect::<String>()
+        ))),
+        UpdateOutcome::OutOfOrder { expected } => Ok(AfterUpdate::Refuse(format!(
+            "task {task_id}: expected update seq {expected}"
+        ))),
         UpdateOutcome::AlreadyFinished(_) | UpdateOutcome::Duplicate => Ok(AfterUpdate::Continue),
     }
 }

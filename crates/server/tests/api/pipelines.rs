@@ -586,3 +586,198 @@ async fn deleting_a_runner_cancels_its_active_runs() {
     assert_eq!(r["state"], "cancelled");
     assert_eq!(r["reason"], "the runner was deleted");
 }
+
+/// Connects instance `instance` of a runner with capacity 0: it is given nothing.
+async fn connect_idle(app: &TestApp, id: &str, secret: &str, instance: &str) -> Ws {
+    let token = app.access_token(id, secret).await;
+    let mut ws = crate::ws::open(app, &token).await.expect("upgrade");
+    send(
+        &mut ws,
+        json!({"type": "hello", "protocol": 1, "runner_version": "9.9.9", "instance_id": instance,
+               "hostname": "h", "platform": "local", "capacity": 0}),
+    )
+    .await;
+    assert_eq!(next(&mut ws).await.expect("welcome")["type"], "welcome");
+    ws
+}
+
+/// The close code the server ends the session with, skipping its `error` message.
+async fn closed_with(ws: &mut Ws) -> (Option<u16>, Vec<Value>) {
+    let mut said = Vec::new();
+    loop {
+        match next(ws).await {
+            Ok(m) => said.push(m),
+            Err(code) => return (code, said),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_runner_cannot_report_tasks_it_was_never_given() {
+    let app = app().await;
+    put(&app, "p", three_tasks()).await;
+    let (id, secret) = runner(&app, "sly").await;
+    let run_id = start_run(&app, "p", "sly").await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    // The API does not show task ids; the attacker of the issue had them (a guess, a leak).
+    let stored = app
+        .server()
+        .state()
+        .store
+        .run_by_id(run_id.parse().expect("run id"))
+        .await
+        .expect("read")
+        .expect("run");
+    let task = stored.tasks[0].id.to_string();
+    // Capacity 0: nothing is dispatched, yet it claims the queued task succeeded.
+    let mut ws = connect_idle(&app, &id, &secret, "i-sly").await;
+    send(
+        &mut ws,
+        json!({"type": "task_update", "task_id": task, "seq": 1, "state": "succeeded", "exit_code": 0}),
+    )
+    .await;
+    let (code, said) = closed_with(&mut ws).await;
+    assert_eq!(code, Some(4400), "{said:?}");
+    assert!(
+        said.iter().any(|m| m["type"] == "error"
+            && m["message"]
+                .as_str()
+                .is_some_and(|t| t.contains("is not running on instance i-sly"))),
+        "{said:?}"
+    );
+    assert!(!said.iter().any(|m| m["type"] == "ack"), "{said:?}");
+    let r = run(&app, &run_id).await;
+    assert_eq!(r["state"], "queued", "{r}");
+    assert!(r["tasks"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .all(|t| t["state"] == "queued"));
+}
+
+#[tokio::test]
+async fn an_update_out_of_order_or_with_a_huge_seq_is_refused() {
+    let app = app().await;
+    for (name, seq) in [("gap", 3u64), ("huge", u64::MAX)] {
+        let mut s = started_task(&app, name).await;
+        send(
+            &mut s.ws,
+            json!({"type": "task_update", "task_id": s.task, "seq": seq, "state": "succeeded", "exit_code": 0}),
+        )
+        .await;
+        let (code, said) = closed_with(&mut s.ws).await;
+        assert_eq!(code, Some(4400), "seq {seq}: {said:?}");
+        assert!(
+            said.iter().any(|m| m["message"]
+                .as_str()
+                .is_some_and(|t| t.contains("expected update seq 2"))),
+            "{said:?}"
+        );
+        // Still running, and the next update in order from a new session applies.
+        assert_eq!(run(&app, &s.run_id).await["tasks"][0]["state"], "running");
+        let mut ws = connect(&app, &s.client.0, &s.client.1, "i1").await;
+        update(&mut ws, &s.task, 2, "succeeded", json!({"exit_code": 0})).await;
+        assert_eq!(run(&app, &s.run_id).await["tasks"][0]["state"], "succeeded");
+        // A new pipeline run per iteration: the next one is on a new runner.
+    }
+}
+
+#[tokio::test]
+async fn a_message_over_the_frame_limit_gets_a_close_frame_not_a_dropped_connection() {
+    let app = app().await;
+    let (id, secret) = runner(&app, "big").await;
+    let mut ws = connect(&app, &id, &secret, "i-big").await;
+    let chunk = "x".repeat(2 * 1024 * 1024);
+    let msg = json!({"type": "task_update", "task_id": "t", "seq": 1, "state": "running", "log_chunk": chunk});
+    // The server may close while the frame is still being written.
+    let _ = futures::SinkExt::send(
+        &mut ws,
+        tokio_tungstenite::tungstenite::Message::Text(msg.to_string().into()),
+    )
+    .await;
+    let (code, _) = closed_with(&mut ws).await;
+    assert_eq!(code, Some(1009));
+}
+
+#[tokio::test]
+async fn a_run_log_stops_at_its_limit_says_so_and_the_run_goes_on() {
+    let app = spawn_app_with(|c| {
+        c.heartbeat = Duration::from_secs(1);
+        c.max_log_bytes_per_run = 1024;
+    })
+    .await;
+    put(&app, "p", json!([{"name": "loud", "run": "yes"}])).await;
+    let (id, secret) = runner(&app, "loud").await;
+    let mut ws = connect(&app, &id, &secret, "i1").await;
+    let run_id = start_run(&app, "p", "loud").await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let task = expect(&mut ws, "assign").await["task"]["task_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let line = "y\n".repeat(200); // 400 bytes
+    for seq in 1..=5 {
+        update(&mut ws, &task, seq, "running", json!({"log_chunk": line})).await;
+    }
+    update(
+        &mut ws,
+        &task,
+        6,
+        "succeeded",
+        json!({"exit_code": 0, "log_chunk": "end\n"}),
+    )
+    .await;
+    wait_run(&app, &run_id, "succeeded").await;
+    let log = logs(&app, &run_id, 0).await;
+    assert!(log.starts_with(&"y\n".repeat(512)), "{log}");
+    assert!(
+        log.ends_with(
+            "[tether: this run's log reached its limit of 1024 bytes; later output is not kept]\n"
+        ),
+        "{log}"
+    );
+    assert!(!log.contains("end"));
+}
+
+#[tokio::test]
+async fn the_log_endpoint_pages_by_offset_and_limit() {
+    let app = app().await;
+    let mut s = started_task(&app, "pages").await;
+    update(
+        &mut s.ws,
+        &s.task,
+        2,
+        "running",
+        json!({"log_chunk": "0123456789"}),
+    )
+    .await;
+    let page = |offset: u64, limit: &str| {
+        let (app, run_id) = (&app, s.run_id.clone());
+        let limit = limit.to_owned();
+        async move {
+            app.get(
+                &format!("/api/v1/runs/{run_id}/logs?offset={offset}&limit={limit}"),
+                Some(&app.admin_token),
+            )
+            .await
+        }
+    };
+    let first = page(0, "4").await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(first.body, "0123");
+    assert_eq!(first.header("x-log-next-offset"), Some("4"));
+    assert_eq!(first.header("x-log-total-bytes"), Some("10"));
+    let rest = page(4, "100").await;
+    assert_eq!(rest.body, "456789");
+    assert_eq!(rest.header("x-log-next-offset"), Some("10"));
+    // Without a limit: the default page (1 MiB) holds it all.
+    assert_eq!(logs(&app, &s.run_id, 0).await, "0123456789");
+    for bad in ["0", "-1", "x", "99999999999"] {
+        let p = page(0, bad).await.assert_problem(422, "invalid_field");
+        assert_eq!(p["field"], "limit", "{bad}");
+    }
+}

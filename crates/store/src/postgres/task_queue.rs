@@ -10,6 +10,7 @@ use time::OffsetDateTime;
 use super::runs::{finish_run, lock_run, run_in_tx};
 use super::{backend, limit, PostgresStore};
 use crate::rows::{self, AssignedRow, ReadyRow, UpdateTargetRow, ASSIGNED_SELECT, READY_SELECT};
+use crate::task_update::{self, Judgement};
 use crate::{
     to_ms, AssignedTask, ReadyTask, RunRecord, StoreResult, TaskProgress, TaskQueue, UpdateOutcome,
 };
@@ -161,6 +162,7 @@ impl TaskQueue for PostgresStore {
         &self,
         runner: RunnerId,
         u: TaskProgress,
+        max_log_bytes: u64,
     ) -> StoreResult<UpdateOutcome> {
         let task_id = u.task_id.to_string();
         let mut tx = self.pool.begin().await.map_err(backend)?;
@@ -170,7 +172,7 @@ impl TaskQueue for PostgresStore {
         lock_run(&mut tx, &run).await?;
         // Read after the lock: the latest committed last_seq and log offset.
         let row: Option<UpdateTargetRow> = sqlx::query_as(
-            "SELECT t.run_id, t.name, t.state, t.last_seq, r.cancel_requested_by, r.log_bytes
+            "SELECT t.run_id, t.name, t.state, t.instance_id, t.last_seq, r.cancel_requested_by, r.log_bytes
              FROM run_tasks t JOIN runs r ON r.id = t.run_id WHERE t.id = $1 AND r.runner_id = $2",
         )
         .bind(&task_id)
@@ -179,26 +181,30 @@ impl TaskQueue for PostgresStore {
         .await
         .map_err(backend)?;
         let Some(row) = row else {
+            tx.rollback().await.map_err(backend)?;
             return Ok(UpdateOutcome::UnknownTask);
         };
-        let current = row.state()?;
+        let (seq, log, log_truncated) = match task_update::judge(&row, &u, max_log_bytes)? {
+            Judgement::Refuse(outcome) => {
+                // At once, not when the connection is next used: a claim skips a locked run.
+                tx.rollback().await.map_err(backend)?;
+                return Ok(outcome);
+            }
+            Judgement::Apply {
+                seq,
+                log,
+                log_truncated,
+            } => (seq, log, log_truncated),
+        };
         let UpdateTargetRow {
             run_id,
             name,
-            last_seq,
             cancel_requested_by: cancel_by,
             log_bytes,
             ..
         } = row;
-        if current.is_final() {
-            return Ok(UpdateOutcome::AlreadyFinished(current));
-        }
-        let seq = i64::try_from(u.seq).unwrap_or(i64::MAX);
-        if seq <= last_seq {
-            return Ok(UpdateOutcome::Duplicate);
-        }
         let at = to_ms(u.at);
-        if let Some(chunk) = u.log_chunk.as_deref().filter(|c| !c.is_empty()) {
+        if let Some(chunk) = log.as_deref() {
             let bytes = chunk.len() as i64;
             sqlx::query(
                 "INSERT INTO run_logs (run_id, start, bytes, task_id, seq, chunk) VALUES ($1, $2, $3, $4, $5, $6)",
@@ -265,6 +271,7 @@ impl TaskQueue for PostgresStore {
         Ok(UpdateOutcome::Applied {
             task_final,
             run_final,
+            log_truncated,
         })
     }
 

@@ -9,8 +9,8 @@ use tether_domain::{RunEnd, RunId, RunState, RunnerId};
 use super::{backend, insert_audit, SqliteStore};
 use crate::rows::{self, AssignedRow, RunRow, TaskRow, ASSIGNED_SELECT, RUN_COLUMNS, TASKS_SELECT};
 use crate::{
-    to_ms, AssignedTask, CancelOutcome, NewAuditEvent, NewRun, RunFilter, RunRecord, RunStore,
-    RunTaskRecord, StoreResult,
+    to_ms, AssignedTask, CancelOutcome, LogPage, NewAuditEvent, NewRun, RunFilter, RunRecord,
+    RunStore, RunTaskRecord, StoreResult,
 };
 
 impl SqliteStore {
@@ -188,17 +188,28 @@ impl RunStore for SqliteStore {
         self.runs_with_tasks(rows).await
     }
 
-    async fn run_log(&self, run: RunId, offset: u64) -> StoreResult<String> {
+    async fn run_log(&self, run: RunId, offset: u64, limit: u64) -> StoreResult<LogPage> {
         let offset = i64::try_from(offset).unwrap_or(i64::MAX);
+        let end = offset.saturating_add(i64::try_from(limit).unwrap_or(i64::MAX));
         let chunks: Vec<(i64, String)> = sqlx::query_as(
-            "SELECT start, chunk FROM run_logs WHERE run_id = ? AND start + bytes > ? ORDER BY start",
+            "SELECT start, chunk FROM run_logs WHERE run_id = ? AND start + bytes > ? AND start < ? ORDER BY start",
         )
         .bind(run.to_string())
         .bind(offset)
+        .bind(end)
         .fetch_all(&self.reader)
         .await
         .map_err(backend)?;
-        Ok(rows::assemble_log(offset, chunks))
+        // Read after the chunks: a log only grows, so the length covers every byte returned.
+        let total: Option<i64> = sqlx::query_scalar("SELECT log_bytes FROM runs WHERE id = ?")
+            .bind(run.to_string())
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(backend)?;
+        Ok(LogPage {
+            text: rows::assemble_log(offset, limit, chunks),
+            total_bytes: total.and_then(|t| u64::try_from(t).ok()).unwrap_or(0),
+        })
     }
 
     async fn cancel_run(&self, run: RunId, audit: NewAuditEvent) -> StoreResult<CancelOutcome> {

@@ -77,9 +77,20 @@ pub async fn queued_run(store: &Arc<dyn Store>, runner: &NewRunner, names: &[&st
         .expect("run")
 }
 
-pub fn progress(task: TaskId, seq: u64, state: RunState, log: Option<&str>) -> TaskProgress {
+/// What apply_task_update keeps of a run's log in these tests (far above what they write).
+pub const LOG_LIMIT: u64 = 1024 * 1024;
+
+/// An update of `task` from `instance`.
+pub fn progress(
+    task: TaskId,
+    instance: &str,
+    seq: u64,
+    state: RunState,
+    log: Option<&str>,
+) -> TaskProgress {
     TaskProgress {
         task_id: task,
+        instance_id: instance.to_owned(),
         seq,
         state,
         log_chunk: log.map(str::to_owned),

@@ -2,7 +2,7 @@
 
 use axum::extract::{Path, State};
 use axum::http::header::CONTENT_TYPE;
-use axum::http::StatusCode;
+use axum::http::{HeaderName, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -34,6 +34,15 @@ async fn get_run(
     Ok(Json(view(&state, runs::find(&state, &id).await?)))
 }
 
+/// A log page's size when the request gives no `limit`, and the largest it may ask for.
+pub const DEFAULT_LOG_PAGE_BYTES: u64 = 1024 * 1024;
+pub const MAX_LOG_PAGE_BYTES: u64 = 8 * 1024 * 1024;
+/// Where the next page starts (`offset` + the bytes returned).
+static LOG_NEXT_OFFSET: HeaderName = HeaderName::from_static("x-log-next-offset");
+/// Bytes of log stored for the run so far: a reader is at the end when the next offset is it.
+static LOG_TOTAL_BYTES: HeaderName = HeaderName::from_static("x-log-total-bytes");
+
+/// `GET /api/v1/runs/{id}/logs?offset=&limit=`: a page of the run's log as text.
 async fn get_run_logs(
     State(state): State<AppState>,
     caller: Caller,
@@ -47,8 +56,27 @@ async fn get_run_logs(
             ApiError::invalid_field("offset", "must be a whole number of bytes, 0 or more")
         })?,
     };
-    let text = runs::log(&state, &id, offset).await?;
-    Ok(([(CONTENT_TYPE, "text/plain; charset=utf-8")], text))
+    let limit = match query.get("limit") {
+        None => DEFAULT_LOG_PAGE_BYTES,
+        Some(v) => v
+            .parse::<u64>()
+            .ok()
+            .filter(|n| (1..=MAX_LOG_PAGE_BYTES).contains(n))
+            .ok_or_else(|| {
+                ApiError::invalid_field(
+                    "limit",
+                    format!("must be a number of bytes from 1 to {MAX_LOG_PAGE_BYTES}"),
+                )
+            })?,
+    };
+    let page = runs::log(&state, &id, offset, limit).await?;
+    let next = offset.saturating_add(page.text.len() as u64);
+    let headers = [
+        (CONTENT_TYPE, "text/plain; charset=utf-8".to_owned()),
+        (LOG_NEXT_OFFSET.clone(), next.to_string()),
+        (LOG_TOTAL_BYTES.clone(), page.total_bytes.to_string()),
+    ];
+    Ok((headers, page.text))
 }
 
 async fn cancel_run(
