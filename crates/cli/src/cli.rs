@@ -57,13 +57,21 @@ pub enum Command {
         echo \"$TOKEN\" | tether login --url https://tether.example.com"
     )]
     Login(LoginArgs),
+    /// Revoke the API token this CLI uses and forget the saved login.
+    #[command(
+        long_about = "Revoke the API token this CLI uses (the saved one, or --token / TETHER_TOKEN) on \
+        the control plane, so it stops working everywhere at once, and delete the file `tether login` \
+        saved. The file is deleted even when the control plane cannot be reached; the command then \
+        fails saying the token may still work."
+    )]
+    Logout,
     /// Register, inspect, pause, restart and delete runners; refresh and reveal their credentials.
     #[command(subcommand)]
     Runners(RunnersCommand),
-    /// Manage users (admins only).
+    /// List, create and delete users (admins only).
     #[command(subcommand)]
     Users(UsersCommand),
-    /// Create personal API tokens.
+    /// Create, list and revoke personal API tokens.
     #[command(subcommand)]
     Tokens(TokensCommand),
     /// Define pipelines (named lists of shell tasks) and run them on a runner.
@@ -546,6 +554,8 @@ pub enum RunsCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum UsersCommand {
+    /// List users and their roles.
+    List,
     /// Create a user; the password is read from standard input.
     Create {
         username: String,
@@ -553,16 +563,48 @@ pub enum UsersCommand {
         #[arg(long)]
         role: String,
     },
+    /// Delete a user with their API tokens and web sessions (never the last admin).
+    #[command(
+        after_help = "Examples:\n  tether users delete alice          # asks you to type 'alice'\n  \
+        tether users delete alice --yes"
+    )]
+    Delete {
+        username: String,
+        /// Do not ask to type the username.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum TokensCommand {
     /// Create a personal API token (printed once).
+    #[command(after_help = "Examples:\n  tether tokens create --name laptop\n  \
+        tether tokens create --name ci --expires-in 30d\n  \
+        tether tokens create --name deploy-bot --user bot      # admins, for another user")]
     Create {
         /// A label to tell tokens apart, e.g. "laptop" or "ci".
         #[arg(long)]
         name: String,
         /// Whose token (admins only; default: yourself).
+        #[arg(long)]
+        user: Option<String>,
+        /// Stop working after this long (`90m`, `12h`, `30d`; at most a year); default: until
+        /// revoked.
+        #[arg(long, value_parser = crate::duration::parse_seconds)]
+        expires_in: Option<u64>,
+    },
+    /// List API tokens: id, name, when created, when they expire and when they were last used.
+    List {
+        /// Whose tokens (admins only; default: yours).
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Revoke an API token by id (see `tether tokens list`): it stops working at once.
+    Revoke {
+        /// The token's id.
+        id: String,
+        /// Whose token (admins only; default: yours).
         #[arg(long)]
         user: Option<String>,
     },

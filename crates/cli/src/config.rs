@@ -58,3 +58,13 @@ pub fn save(saved: &Saved) -> anyhow::Result<PathBuf> {
     fs::rename(&tmp, &path).with_context(|| format!("saving {}", path.display()))?;
     Ok(path)
 }
+
+/// Deletes the saved login; its path if there was one.
+pub fn forget() -> anyhow::Result<Option<PathBuf>> {
+    let path = dir()?.join("config.json");
+    match fs::remove_file(&path) {
+        Ok(()) => Ok(Some(path)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("deleting {}", path.display())),
+    }
+}

@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tether_protocol::api::{
     AuditList, CreateRunnerRequest, CreateTokenRequest, CreateUserRequest, CreatedRunner,
-    CreatedToken, Me, Runner, RunnerList, User,
+    CreatedToken, Me, Runner, RunnerList, TokenList, User, UserList,
 };
 use tether_protocol::oauth::{OAuthError, TokenResponse};
 use tether_protocol::Problem;
@@ -247,19 +247,48 @@ impl Client {
         self.post("api/v1/users", req).await
     }
 
+    /// A new API token for `username`; `expires_in` seconds from now, or until revoked.
     pub async fn create_token(
         &self,
         username: &str,
         name: &str,
+        expires_in: Option<u64>,
     ) -> Result<CreatedToken, ClientError> {
         let path = Self::segment_path("api/v1/users", username, "/tokens");
         self.post(
             &path,
             &CreateTokenRequest {
                 name: name.to_owned(),
+                expires_in,
             },
         )
         .await
+    }
+
+    pub async fn list_tokens(&self, username: &str) -> Result<TokenList, ClientError> {
+        let path = Self::segment_path("api/v1/users", username, "/tokens");
+        self.send(self.request(Method::GET, &path)).await
+    }
+
+    /// Revokes `username`'s token `id`: it stops working at once.
+    pub async fn revoke_token(&self, username: &str, id: &str) -> Result<(), ClientError> {
+        let base = Self::segment_path("api/v1/users", username, "/tokens");
+        let path = Self::segment_path(&base, id, "");
+        self.execute(self.request(Method::DELETE, &path))
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn list_users(&self) -> Result<UserList, ClientError> {
+        self.send(self.request(Method::GET, "api/v1/users")).await
+    }
+
+    /// Deletes a user with their tokens and web sessions (never the last admin).
+    pub async fn delete_user(&self, username: &str) -> Result<(), ClientError> {
+        let path = Self::segment_path("api/v1/users", username, "");
+        self.execute(self.request(Method::DELETE, &path))
+            .await
+            .map(|_| ())
     }
 
     pub async fn list_audit(

@@ -54,6 +54,7 @@ uuid_id!(RunnerId, "runner");
 uuid_id!(UserId, "user");
 uuid_id!(RunId, "run");
 uuid_id!(TaskId, "task");
+uuid_id!(ApiTokenId, "API token");
 
 /// A runner as a request names it: by id, or by name (names are unique).
 #[derive(Debug, Clone, PartialEq, Eq)]

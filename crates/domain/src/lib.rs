@@ -17,7 +17,7 @@ pub use credential::{
     CredentialState, CredentialsVersion, Generation, RefreshMode, Rollout, RolloutState,
     REFRESH_CONFIRMATION,
 };
-pub use ids::{RotationId, RunId, RunnerId, RunnerRef, TaskId, UserId};
+pub use ids::{ApiTokenId, RotationId, RunId, RunnerId, RunnerRef, TaskId, UserId};
 pub use names::{Description, Password, RunnerName, TokenName, Username};
 pub use pipeline::{PipelineName, RunEnd, RunState, TaskEnd, TaskName, TaskSpec};
 pub use platform::Platform;

@@ -165,19 +165,53 @@ pub struct User {
     pub created_at: OffsetDateTime,
 }
 
+/// Every user (`GET /api/v1/users`, admins only).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserList {
+    pub users: Vec<User>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CreateTokenRequest {
     pub name: String,
+    /// Seconds until the token stops working (60 to 31,622,400, a year); absent: until revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in: Option<u64>,
 }
 
 /// A personal API token, shown once when created.
 #[derive(Clone, Serialize, Deserialize)]
 pub struct CreatedToken {
     pub token: String,
+    /// Names the token to revoke it (`DELETE /api/v1/users/{username}/tokens/{id}`).
+    pub id: String,
     pub name: String,
     pub username: String,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub expires_at: Option<OffsetDateTime>,
+}
+
+/// An API token as listed (its value is never shown again).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiTokenInfo {
+    pub id: String,
+    pub name: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub expires_at: Option<OffsetDateTime>,
+    /// When it last authenticated a call (written in batches, so up to the server's flush
+    /// interval late); `null`: never.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_used_at: Option<OffsetDateTime>,
+}
+
+/// A user's API tokens, oldest first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenList {
+    pub tokens: Vec<ApiTokenInfo>,
 }
 
 impl std::fmt::Debug for CreatedToken {
@@ -195,6 +229,9 @@ impl std::fmt::Debug for CreatedToken {
 pub struct Me {
     pub username: String,
     pub role: String,
+    /// The id of the API token this call came with (`tether logout` revokes it).
+    #[serde(default)]
+    pub token_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -22,8 +22,8 @@ mod url;
 
 use async_trait::async_trait;
 use tether_domain::{
-    ClientId, Generation, PipelineName, Role, RunId, RunState, RunnerId, RunnerName, TaskId,
-    Username, Verifier,
+    ApiTokenId, ClientId, Generation, PipelineName, Role, RunId, RunState, RunnerId, RunnerName,
+    TaskId, UserId, Username, Verifier,
 };
 use time::OffsetDateTime;
 
@@ -174,8 +174,34 @@ pub trait UserStore: Send + Sync {
     async fn create_user(&self, new: NewUser, audit: NewAuditEvent) -> StoreResult<UserRecord>;
     async fn user_by_name(&self, username: &Username) -> StoreResult<Option<UserRecord>>;
     async fn create_api_token(&self, new: NewApiToken, audit: NewAuditEvent) -> StoreResult<()>;
-    /// The owner of the API token with this verifier.
-    async fn user_by_token(&self, verifier: &Verifier) -> StoreResult<Option<UserRecord>>;
+    /// The owner of the API token with this verifier, and the token's id, unless it expired at
+    /// or before `now`.
+    async fn user_by_token(
+        &self,
+        verifier: &Verifier,
+        now: OffsetDateTime,
+    ) -> StoreResult<Option<(UserRecord, ApiTokenId)>>;
+    /// A user's API tokens, oldest first (expired ones included, until revoked).
+    async fn list_api_tokens(&self, user: UserId) -> StoreResult<Vec<ApiTokenRecord>>;
+    /// Deletes one of a user's API tokens. False (and no audit event) if the user has no such
+    /// token.
+    async fn revoke_api_token(
+        &self,
+        user: UserId,
+        token: ApiTokenId,
+        audit: NewAuditEvent,
+    ) -> StoreResult<bool>;
+    /// Records when tokens were last used (batched by the caller); a time older than the one
+    /// stored is ignored, a token revoked meanwhile is skipped.
+    async fn record_api_token_use(&self, uses: &[(ApiTokenId, OffsetDateTime)]) -> StoreResult<()>;
+    /// Deletes a user with their API tokens and web sessions, refusing to delete the last admin.
+    /// Isolation: as [`UserStore::set_user_role`], the admin rows are locked before they are
+    /// counted.
+    async fn delete_user(
+        &self,
+        username: &Username,
+        audit: NewAuditEvent,
+    ) -> StoreResult<UserDeletion>;
     /// Every user, by username.
     async fn list_users(&self) -> StoreResult<Vec<UserRecord>>;
     /// Changes a user's role, refusing to demote the last admin. Isolation: the admin rows are
@@ -186,7 +212,8 @@ pub trait UserStore: Send + Sync {
         role: Role,
         audit: NewAuditEvent,
     ) -> StoreResult<RoleChange>;
-    /// Replaces a user's password hash and ends their web sessions. False if no such user.
+    /// Replaces a user's password hash and ends their web sessions and API tokens. False if no
+    /// such user.
     async fn set_user_password(
         &self,
         username: &Username,

@@ -1,9 +1,9 @@
 //! Rows as the store hands them out and takes them in. Not wire types: the server maps them.
 
 use tether_domain::{
-    ClientId, CredentialState, CredentialsVersion, Description, Generation, PipelineName, Platform,
-    Role, RunId, RunState, RunnerId, RunnerName, RunnerStatus, TaskId, TaskSpec, UserId, Username,
-    Verifier,
+    ApiTokenId, ClientId, CredentialState, CredentialsVersion, Description, Generation,
+    PipelineName, Platform, Role, RunId, RunState, RunnerId, RunnerName, RunnerStatus, TaskId,
+    TaskSpec, UserId, Username, Verifier,
 };
 use time::OffsetDateTime;
 
@@ -136,10 +136,33 @@ pub struct WebSessionRecord {
 
 #[derive(Debug, Clone)]
 pub struct NewApiToken {
+    pub id: ApiTokenId,
     pub user_id: UserId,
     pub name: String,
     pub verifier: Verifier,
     pub created_at: OffsetDateTime,
+    /// `None`: valid until revoked.
+    pub expires_at: Option<OffsetDateTime>,
+}
+
+/// An API token as its owner sees it (never its value or verifier).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiTokenRecord {
+    pub id: ApiTokenId,
+    pub name: String,
+    pub created_at: OffsetDateTime,
+    pub expires_at: Option<OffsetDateTime>,
+    /// Kept to within the flush interval (uses are written in batches).
+    pub last_used_at: Option<OffsetDateTime>,
+}
+
+/// What deleting a user did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserDeletion {
+    Deleted,
+    NoSuchUser,
+    /// Refused: the user is the only admin.
+    LastAdmin,
 }
 
 #[derive(Debug, Clone)]

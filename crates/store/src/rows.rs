@@ -214,6 +214,57 @@ impl TryFrom<UserRow> for UserRecord {
     }
 }
 
+/// The query of [`TokenUserRow`]: `$1` the token's verifier, `$2` now (ms).
+pub(crate) const TOKEN_USER_SELECT: &str =
+    "SELECT u.id, u.username, u.password_hash, u.role, u.created_at, t.id AS token_id
+     FROM api_tokens t JOIN users u ON u.id = t.user_id
+     WHERE t.verifier = $1 AND (t.expires_at IS NULL OR t.expires_at > $2)";
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct TokenUserRow {
+    #[sqlx(flatten)]
+    user: UserRow,
+    token_id: String,
+}
+
+impl TryFrom<TokenUserRow> for (UserRecord, tether_domain::ApiTokenId) {
+    type Error = StoreError;
+    fn try_from(r: TokenUserRow) -> StoreResult<Self> {
+        Ok((r.user.try_into()?, parse("api_tokens.id", &r.token_id)?))
+    }
+}
+
+/// A user's tokens: `$1` the user id.
+pub(crate) const API_TOKENS_SELECT: &str =
+    "SELECT id, name, created_at, expires_at, last_used_at FROM api_tokens
+     WHERE user_id = $1 ORDER BY created_at, id";
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct ApiTokenRow {
+    id: String,
+    name: String,
+    created_at: i64,
+    expires_at: Option<i64>,
+    last_used_at: Option<i64>,
+}
+
+impl TryFrom<ApiTokenRow> for crate::ApiTokenRecord {
+    type Error = StoreError;
+    fn try_from(r: ApiTokenRow) -> StoreResult<Self> {
+        Ok(crate::ApiTokenRecord {
+            id: parse("api_tokens.id", &r.id)?,
+            name: r.name,
+            created_at: from_ms(r.created_at),
+            expires_at: r.expires_at.map(from_ms),
+            last_used_at: r.last_used_at.map(from_ms),
+        })
+    }
+}
+
+/// Records one use of a token: `$1` the time (ms), `$2` the token id.
+pub(crate) const API_TOKEN_USED: &str = "UPDATE api_tokens SET last_used_at = $1
+     WHERE id = $2 AND (last_used_at IS NULL OR last_used_at < $1)";
+
 /// The query of [`WebSessionRow`]: `$1` the session id's verifier, `$2` now (ms).
 pub(crate) const WEB_SESSION_SELECT: &str =
     "SELECT u.id, u.username, u.password_hash, u.role, u.created_at,

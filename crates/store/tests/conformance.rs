@@ -8,14 +8,14 @@ use std::sync::Arc;
 
 use serde_json::json;
 use tether_domain::{
-    ApiToken, CredentialState, Generation, Pepper, PipelineName, Platform, Role, RunId, RunState,
-    RunnerId, RunnerName, TaskId, UserId, Username,
+    ApiToken, ApiTokenId, CredentialState, Generation, Pepper, PipelineName, Platform, Role, RunId,
+    RunState, RunnerId, RunnerName, TaskId, UserId, Username,
 };
 use tether_store::sqlite::SqliteStore;
 use tether_store::{
     to_ms, AuditFilter, AuditStore, CancelOutcome, Conflict, CredentialUse, NewApiToken,
     NewAuditEvent, NewRun, NewRunner, NewUser, NewWebSession, PipelineRecord, RoleChange,
-    RunFilter, RunnerStore, Store, StoreError, UpdateOutcome,
+    RunFilter, RunnerStore, Store, StoreError, UpdateOutcome, UserDeletion,
 };
 use time::OffsetDateTime;
 
@@ -253,10 +253,12 @@ async fn users_tokens_and_bootstrap_once(store: Arc<dyn Store>) {
     };
     let token = ApiToken::generate();
     let api = |uid, t: &ApiToken| NewApiToken {
+        id: ApiTokenId::new(),
         user_id: uid,
         name: "t".into(),
         verifier: pepper.verifier(t.expose()),
         created_at: OffsetDateTime::now_utc(),
+        expires_at: None,
     };
     assert!(store
         .bootstrap_admin(
@@ -276,16 +278,17 @@ async fn users_tokens_and_bootstrap_once(store: Arc<dyn Store>) {
         .await
         .expect("bootstrap"));
     let found = store
-        .user_by_token(&pepper.verifier(token.expose()))
+        .user_by_token(&pepper.verifier(token.expose()), OffsetDateTime::now_utc())
         .await
         .expect("lookup")
-        .expect("found");
+        .expect("found")
+        .0;
     assert_eq!(
         (found.username.as_str(), found.role),
         ("admin", Role::Admin)
     );
     assert!(store
-        .user_by_token(&pepper.verifier(other.expose()))
+        .user_by_token(&pepper.verifier(other.expose()), OffsetDateTime::now_utc())
         .await
         .expect("lookup")
         .is_none());
@@ -308,11 +311,11 @@ async fn users_tokens_and_bootstrap_once(store: Arc<dyn Store>) {
         .await
         .expect("token");
     let found = store
-        .user_by_token(&pepper.verifier(bobs.expose()))
+        .user_by_token(&pepper.verifier(bobs.expose()), OffsetDateTime::now_utc())
         .await
         .expect("lookup")
         .expect("found");
-    assert_eq!(found.role, Role::Viewer);
+    assert_eq!(found.0.role, Role::Viewer);
     let ghost = store
         .create_api_token(
             api(UserId::new(), &ApiToken::generate()),
@@ -1788,6 +1791,162 @@ async fn only_the_assigned_instance_updates_a_task_in_order_and_a_log_stops_at_i
     assert_eq!(seq3, UpdateOutcome::Duplicate);
 }
 
+async fn tokens_expire_are_listed_revoked_and_die_with_a_password_reset_or_their_user(
+    store: Arc<dyn Store>,
+) {
+    let pepper = Pepper::from_bytes([3; 32]);
+    let user = |name: &str, role| NewUser {
+        id: UserId::new(),
+        username: Username::parse(name).expect("name"),
+        password_hash: "$argon2id$fake".into(),
+        role,
+        created_at: OffsetDateTime::now_utc(),
+    };
+    let admin = user("root", Role::Admin);
+    let first = ApiToken::generate();
+    let token = |owner: UserId, t: &ApiToken, name: &str, expires_at| NewApiToken {
+        id: ApiTokenId::new(),
+        user_id: owner,
+        name: name.into(),
+        verifier: pepper.verifier(t.expose()),
+        created_at: OffsetDateTime::now_utc(),
+        expires_at,
+    };
+    store
+        .bootstrap_admin(
+            admin.clone(),
+            token(admin.id, &first, "bootstrap", None),
+            ev("admin.bootstrapped", None),
+        )
+        .await
+        .expect("bootstrap");
+    let eve = user("eve", Role::Operator);
+    store
+        .create_user(eve.clone(), ev("user.created", None))
+        .await
+        .expect("eve");
+    let now = OffsetDateTime::now_utc();
+    let (laptop, ci) = (ApiToken::generate(), ApiToken::generate());
+    let laptop_token = token(eve.id, &laptop, "laptop", None);
+    let laptop_id = laptop_token.id;
+    store
+        .create_api_token(laptop_token, ev("token.created", None))
+        .await
+        .expect("laptop");
+    store
+        .create_api_token(
+            token(eve.id, &ci, "ci", Some(now + time::Duration::hours(1))),
+            ev("token.created", None),
+        )
+        .await
+        .expect("ci");
+    let lookup = |t: &ApiToken, at| {
+        let store = store.clone();
+        let verifier = pepper.verifier(t.expose());
+        async move { store.user_by_token(&verifier, at).await.expect("lookup") }
+    };
+    // An expiring token works until its time, not after.
+    assert!(lookup(&ci, now).await.is_some());
+    assert!(lookup(&ci, now + time::Duration::hours(2)).await.is_none());
+    let (owner, id) = lookup(&laptop, now).await.expect("laptop works");
+    assert_eq!((owner.username.as_str(), id), ("eve", laptop_id));
+
+    let listed = store.list_api_tokens(eve.id).await.expect("list");
+    assert_eq!(
+        listed.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
+        ["laptop", "ci"]
+    );
+    assert_eq!(listed[0].last_used_at, None);
+    assert!(listed[1].expires_at.is_some());
+    // Uses are recorded in batches; an older time never overwrites a newer one.
+    let used = ms(5_000_000);
+    store
+        .record_api_token_use(&[(laptop_id, used), (laptop_id, ms(4_000_000))])
+        .await
+        .expect("use");
+    store
+        .record_api_token_use(&[(ApiTokenId::new(), used)])
+        .await
+        .expect("a revoked token's use is skipped");
+    assert_eq!(
+        store.list_api_tokens(eve.id).await.expect("list")[0].last_used_at,
+        Some(used)
+    );
+
+    // Revoking: only the owner's own token, once.
+    assert!(!store
+        .revoke_api_token(admin.id, laptop_id, ev("token.revoked", None))
+        .await
+        .expect("not admin's"));
+    assert!(store
+        .revoke_api_token(eve.id, laptop_id, ev("token.revoked", None))
+        .await
+        .expect("revoke"));
+    assert!(!store
+        .revoke_api_token(eve.id, laptop_id, ev("token.revoked", None))
+        .await
+        .expect("twice"));
+    assert!(lookup(&laptop, now).await.is_none());
+    assert_eq!(store.list_api_tokens(eve.id).await.expect("list").len(), 1);
+
+    // A password reset ends every token of the user.
+    assert!(store
+        .set_user_password(
+            &eve.username,
+            "$argon2id$new",
+            ev("user.password_reset", None)
+        )
+        .await
+        .expect("reset"));
+    assert!(lookup(&ci, now).await.is_none());
+    assert!(store
+        .list_api_tokens(eve.id)
+        .await
+        .expect("list")
+        .is_empty());
+
+    // Deleting: never the last admin; a deleted user's tokens are gone with them.
+    assert_eq!(
+        store
+            .delete_user(&admin.username, ev("user.deleted", None))
+            .await
+            .expect("refused"),
+        UserDeletion::LastAdmin
+    );
+    let again = ApiToken::generate();
+    store
+        .create_api_token(
+            token(eve.id, &again, "again", None),
+            ev("token.created", None),
+        )
+        .await
+        .expect("again");
+    assert_eq!(
+        store
+            .delete_user(&eve.username, ev("user.deleted", None))
+            .await
+            .expect("delete"),
+        UserDeletion::Deleted
+    );
+    assert!(lookup(&again, now).await.is_none());
+    assert!(store
+        .user_by_name(&eve.username)
+        .await
+        .expect("get")
+        .is_none());
+    assert_eq!(
+        store
+            .delete_user(&eve.username, ev("user.deleted", None))
+            .await
+            .expect("gone"),
+        UserDeletion::NoSuchUser
+    );
+    assert!(
+        lookup(&first, now).await.is_some(),
+        "the admin's token is untouched"
+    );
+}
+
 conformance!(
     key_fingerprints_are_recorded_on_first_start_and_kept,
     refresh_revokes_or_retires_bumps_the_version_and_records_who_revoked,
@@ -1799,6 +1958,7 @@ conformance!(
     credentials_usage_and_first_token,
     revoked_tokens_expire,
     users_tokens_and_bootstrap_once,
+    tokens_expire_are_listed_revoked_and_die_with_a_password_reset_or_their_user,
     roles_change_passwords_reset_and_the_last_admin_stays,
     web_sessions_resolve_to_the_current_user_expire_and_end,
     pipelines_are_replaced_in_place_and_deleted,

@@ -157,10 +157,12 @@ async fn two_replicas_starting_on_an_empty_database_create_one_admin() {
         tokio::spawn(async move {
             let admin = person(name, Role::Admin);
             let token = tether_store::NewApiToken {
+                id: tether_domain::ApiTokenId::new(),
                 user_id: admin.id,
                 name: "bootstrap".into(),
                 verifier: tether_domain::Pepper::from_bytes([2; 32]).verifier(name),
                 created_at: OffsetDateTime::now_utc(),
+                expires_at: None,
             };
             store
                 .bootstrap_admin(admin, token, ev("user.bootstrapped", None))
@@ -209,6 +211,63 @@ async fn two_demotions_at_once_on_two_replicas_keep_one_admin() {
     let mut outcomes = [on_a.await.expect("join"), on_b.await.expect("join")];
     outcomes.sort_by_key(|o| *o != RoleChange::Changed);
     assert_eq!(outcomes, [RoleChange::Changed, RoleChange::LastAdmin]);
+    let admins = a
+        .list_users()
+        .await
+        .expect("users")
+        .into_iter()
+        .filter(|u| u.role == Role::Admin)
+        .count();
+    assert_eq!(admins, 1);
+}
+
+/// The interleaving forced: both wait on the admin rows, then run at once; one must see the
+/// other's change and refuse.
+#[tokio::test]
+async fn a_deletion_racing_a_demotion_on_another_replica_keeps_one_admin() {
+    let (a, b, mut raw, db) = replicas().await;
+    for name in ["ann", "bob"] {
+        a.create_user(person(name, Role::Admin), ev("user.created", None))
+            .await
+            .expect("user");
+    }
+    let mut lock = raw.begin().await.expect("begin");
+    sqlx::query("SELECT id FROM users WHERE role = 'admin' FOR UPDATE")
+        .execute(&mut *lock)
+        .await
+        .expect("lock");
+    let delete = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            a.delete_user(
+                &tether_domain::Username::parse("ann").expect("name"),
+                ev("user.deleted", None),
+            )
+            .await
+            .expect("delete")
+        })
+    };
+    let demote = {
+        let b = b.clone();
+        tokio::spawn(async move {
+            b.set_user_role(
+                &tether_domain::Username::parse("bob").expect("name"),
+                Role::Viewer,
+                ev("user.role_changed", None),
+            )
+            .await
+            .expect("set role")
+        })
+    };
+    let mut watcher = PgConnection::connect(db.url()).await.expect("watcher");
+    until_waiting(&mut watcher, 2).await;
+    lock.rollback().await.expect("release");
+    let deleted = delete.await.expect("join");
+    let demoted = demote.await.expect("join");
+    assert!(
+        (deleted == tether_store::UserDeletion::Deleted) != (demoted == RoleChange::Changed),
+        "exactly one may go through: {deleted:?}, {demoted:?}"
+    );
     let admins = a
         .list_users()
         .await

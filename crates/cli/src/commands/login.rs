@@ -1,5 +1,6 @@
 //! `tether login`: checks a control plane URL and API token and saves them to the CLI's config
-//! file (mode 0600), so later commands need neither flag.
+//! file (mode 0600), so later commands need neither flag. `tether logout` revokes that token and
+//! deletes the file.
 
 use anyhow::{bail, Context};
 use tether_client::Client;
@@ -35,4 +36,46 @@ pub async fn run(global: &Global, args: LoginArgs) -> anyhow::Result<()> {
         path.display()
     );
     Ok(())
+}
+
+/// Revokes the token in use on the control plane, then deletes the saved login (whatever the
+/// control plane said: a logout must not leave the token on disk).
+pub async fn logout(global: &Global) -> anyhow::Result<()> {
+    let revoked = match super::client(global) {
+        Ok(client) => revoke_own(&client).await,
+        Err(e) => Err(e),
+    };
+    let forgotten = config::forget()?;
+    match (revoked, forgotten) {
+        (Ok(Some(id)), _) => {
+            println!("Revoked API token {id} and logged out.");
+            Ok(())
+        }
+        (Ok(None), _) => {
+            println!("The API token no longer worked; logged out.");
+            Ok(())
+        }
+        (Err(e), Some(path)) => bail!(
+            "deleted {}, but the token may still work: revoking it failed: {e:#}",
+            path.display()
+        ),
+        (Err(e), None) => Err(e),
+    }
+}
+
+/// Revokes the token the client uses; `None` if it was not valid any more.
+async fn revoke_own(client: &Client) -> anyhow::Result<Option<String>> {
+    let me = match client.me().await {
+        Ok(me) => me,
+        Err(tether_client::ClientError::Api { status: 401, .. }) => return Ok(None),
+        Err(e) => return Err(e).context("checking the token"),
+    };
+    let Some(id) = me.token_id else {
+        bail!("the control plane did not say which token this is; revoke it with `tether tokens revoke`");
+    };
+    client
+        .revoke_token(&me.username, &id)
+        .await
+        .context("revoking the token")?;
+    Ok(Some(id))
 }

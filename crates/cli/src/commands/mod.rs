@@ -22,6 +22,7 @@ use crate::config;
 pub async fn dispatch(global: &Global, command: Command) -> anyhow::Result<()> {
     match command {
         Command::Login(args) => login::run(global, args).await,
+        Command::Logout => login::logout(global).await,
         Command::Runners(c) => runners::run(&client(global)?, global.output, c).await,
         Command::Users(c) => users::run(&client(global)?, global.output, c).await,
         Command::Tokens(c) => users::tokens(&client(global)?, global.output, c).await,

@@ -224,10 +224,132 @@ fn users_tokens_and_audit() {
         stderr(&as_carol)
     );
 
+    // Listed without its value, revoked by id, and then refused.
+    let list = run(&s, &["tokens", "list", "--user", "carol"]);
+    assert!(list.status.success(), "{}", stderr(&list));
+    let listed = stdout(&list);
+    assert!(
+        listed.contains("LAST USED") && listed.contains("laptop") && !listed.contains("tpat_"),
+        "{listed}"
+    );
+    let id = listed
+        .lines()
+        .find(|l| l.contains("laptop"))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("token id")
+        .to_owned();
+    let revoked = run(&s, &["tokens", "revoke", &id, "--user", "carol"]);
+    assert!(revoked.status.success(), "{}", stderr(&revoked));
+    let after = tether(
+        &["runners", "list"],
+        &[("TETHER_URL", &s.url), ("TETHER_TOKEN", &token)],
+    );
+    assert_eq!(after.status.code(), Some(1));
+    assert!(
+        stderr(&after).contains("invalid_token"),
+        "{}",
+        stderr(&after)
+    );
+    let again = run(&s, &["tokens", "revoke", &id, "--user", "carol"]);
+    assert_eq!(again.status.code(), Some(1));
+    assert_eq!(
+        stderr(&again).trim().lines().count(),
+        1,
+        "{}",
+        stderr(&again)
+    );
+
+    // Users: listed, deleted (confirmed with --yes), the last admin kept.
+    let users = stdout(&run(&s, &["users", "list"]));
+    assert!(
+        users.contains("carol") && users.contains("viewer"),
+        "{users}"
+    );
+    let unconfirmed = run(&s, &["users", "delete", "carol"]);
+    assert_eq!(
+        unconfirmed.status.code(),
+        Some(1),
+        "needs --yes without a terminal"
+    );
+    assert!(run(&s, &["users", "delete", "carol", "--yes"])
+        .status
+        .success());
+    assert!(!stdout(&run(&s, &["users", "list"])).contains("carol"));
+    let last = run(&s, &["users", "delete", "admin", "--yes"]);
+    assert_eq!(last.status.code(), Some(1));
+    assert!(stderr(&last).contains("only admin"), "{}", stderr(&last));
+
     let audit = stdout(&run(&s, &["audit", "list"]));
     assert!(
-        audit.contains("user.created") && audit.contains("token.created"),
+        audit.contains("user.created")
+            && audit.contains("token.created")
+            && audit.contains("token.revoked")
+            && audit.contains("user.deleted"),
         "{audit}"
+    );
+}
+
+#[test]
+fn logout_revokes_the_saved_token_and_forgets_it() {
+    let s = ServerProc::start();
+    let config = tempfile::tempdir().expect("dir");
+    let dir = config.path().to_str().expect("utf-8 path").to_owned();
+    let t = run(
+        &s,
+        &[
+            "tokens",
+            "create",
+            "--name",
+            "session",
+            "--expires-in",
+            "1h",
+        ],
+    );
+    assert!(t.status.success(), "{}", stderr(&t));
+    assert!(stderr(&t).contains("valid until"), "{}", stderr(&t));
+    let token = stdout(&t).trim().to_owned();
+    let mut child = Command::new(BIN)
+        .args(["login", "--url", &s.url, "--token-stdin"])
+        .env_clear()
+        .env("TETHER_CONFIG_DIR", &dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(format!("{token}\n").as_bytes())
+        .expect("write");
+    assert!(child.wait_with_output().expect("login").status.success());
+
+    let out = tether(&["logout"], &[("TETHER_CONFIG_DIR", &dir)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("Revoked API token"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        !config.path().join("config.json").exists(),
+        "the login is forgotten"
+    );
+    let used = tether(
+        &["runners", "list"],
+        &[("TETHER_URL", &s.url), ("TETHER_TOKEN", &token)],
+    );
+    assert_eq!(used.status.code(), Some(1), "the token stopped working");
+    // Nothing left to log out of: one line, non-zero.
+    let again = tether(&["logout"], &[("TETHER_CONFIG_DIR", &dir)]);
+    assert_eq!(again.status.code(), Some(1));
+    assert_eq!(
+        stderr(&again).trim().lines().count(),
+        1,
+        "{}",
+        stderr(&again)
     );
 }
 
@@ -246,8 +368,13 @@ fn every_command_has_help() {
         vec!["runners", "resume", "--help"],
         vec!["runners", "restart", "--help"],
         vec!["runners", "delete", "--help"],
+        vec!["logout", "--help"],
+        vec!["users", "list", "--help"],
         vec!["users", "create", "--help"],
+        vec!["users", "delete", "--help"],
         vec!["tokens", "create", "--help"],
+        vec!["tokens", "list", "--help"],
+        vec!["tokens", "revoke", "--help"],
         vec!["audit", "list", "--help"],
     ] {
         assert_help(&args);

@@ -55,17 +55,18 @@ impl FromRequestParts<AppState> for Caller {
             .ok()
             .and_then(bearer)
             .ok_or(ApiError::InvalidToken)?;
-        let (user_id, username, role) = resolve_api_token(state, presented)
+        let owner = resolve_api_token(state, presented)
             .await?
             .ok_or(ApiError::InvalidToken)?;
         let ClientIp(source_ip) = ClientIp::from_request_parts(parts, state)
             .await
             .unwrap_or(ClientIp(None));
         Ok(Caller {
-            user_id,
-            username,
-            role,
+            user_id: owner.user_id,
+            username: owner.username,
+            role: owner.role,
             source_ip,
+            token_id: Some(owner.token_id),
         })
     }
 }

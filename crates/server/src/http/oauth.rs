@@ -274,7 +274,7 @@ async fn introspect(
     let (headers, form) = read_form(state, req).await?;
     let who = if let Some(api_token) = bearer {
         match resolve_api_token(state, &api_token).await {
-            Ok(Some((_, _, role))) if role.allows(Role::Admin) => Introspector::Admin,
+            Ok(Some(owner)) if owner.role.allows(Role::Admin) => Introspector::Admin,
             Ok(Some(_)) => {
                 return Err(OAuthReply {
                     status: StatusCode::FORBIDDEN,

@@ -1,6 +1,7 @@
 //! Token traffic kept in memory and written in aggregate: refused token requests are counted per
-//! client and flushed as one audit event per client and interval ("a burst"), and credential
-//! last-use times are flushed in one batch. One row per request would make /oauth/token write-bound.
+//! client and flushed as one audit event per client and interval ("a burst"), and credential and
+//! API-token last-use times are flushed in one batch. One row per request would make
+//! /oauth/token (and every API call) write-bound.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -26,6 +27,9 @@ pub struct Burst {
 #[derive(Debug, Default)]
 pub struct UsageTracker {
     refused: Mutex<HashMap<String, Burst>>,
+    /// The latest use of each API token since the last flush. Only tokens that resolved are
+    /// noted, so it holds at most one entry per stored token.
+    token_uses: Mutex<HashMap<tether_domain::ApiTokenId, OffsetDateTime>>,
 }
 
 impl UsageTracker {
@@ -60,6 +64,19 @@ impl UsageTracker {
         if source_ip.is_some() {
             burst.source_ip = source_ip;
         }
+    }
+
+    /// Notes that an API token was used at `at`.
+    pub fn token_used(&self, token: tether_domain::ApiTokenId, at: OffsetDateTime) {
+        let mut map = self.token_uses.lock().unwrap_or_else(|p| p.into_inner());
+        let last = map.entry(token).or_insert(at);
+        *last = (*last).max(at);
+    }
+
+    /// The token uses since the last call.
+    pub fn take_token_uses(&self) -> Vec<(tether_domain::ApiTokenId, OffsetDateTime)> {
+        let mut map = self.token_uses.lock().unwrap_or_else(|p| p.into_inner());
+        map.drain().collect()
     }
 
     /// The bursts since the last call, by presented client id.

@@ -1,6 +1,6 @@
 //! Who is calling the API: a human's personal API token resolved to its user and role.
 
-use tether_domain::{ApiToken, Role, UserId, Username};
+use tether_domain::{ApiToken, ApiTokenId, Role, UserId, Username};
 
 use super::ServiceError;
 use crate::services::StoreContext as _;
@@ -12,6 +12,8 @@ pub struct Caller {
     pub username: Username,
     pub role: Role,
     pub source_ip: Option<String>,
+    /// The API token the call came with; `None` for the web UI (a session cookie).
+    pub token_id: Option<ApiTokenId>,
 }
 
 impl Caller {
@@ -34,19 +36,38 @@ impl Caller {
     }
 }
 
-/// Resolves a presented bearer token; `None` if it is malformed or unknown.
+/// The owner of a presented API token.
+#[derive(Debug, Clone)]
+pub struct TokenOwner {
+    pub user_id: UserId,
+    pub username: Username,
+    pub role: Role,
+    pub token_id: ApiTokenId,
+}
+
+/// Resolves a presented bearer token; `None` if it is malformed, unknown, revoked or expired.
+/// A use is noted in memory (`memory::usage`) and written with the next flush.
 pub async fn resolve_api_token(
     state: &AppState,
     presented: &str,
-) -> Result<Option<(UserId, Username, Role)>, ServiceError> {
+) -> Result<Option<TokenOwner>, ServiceError> {
     let Ok(token) = ApiToken::parse(presented) else {
         return Ok(None);
     };
     let verifier = state.pepper.verifier(token.expose());
-    let user = state
+    let now = time::OffsetDateTime::now_utc();
+    let found = state
         .store
-        .user_by_token(&verifier)
+        .user_by_token(&verifier, now)
         .await
         .op("user_by_token")?;
-    Ok(user.map(|u| (u.id, u.username, u.role)))
+    Ok(found.map(|(u, token_id)| {
+        state.usage.token_used(token_id, now);
+        TokenOwner {
+            user_id: u.id,
+            username: u.username,
+            role: u.role,
+            token_id,
+        }
+    }))
 }

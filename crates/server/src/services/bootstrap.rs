@@ -46,10 +46,12 @@ pub async fn ensure_admin(state: &AppState) -> anyhow::Result<Option<Bootstrappe
         created_at: now,
     };
     let api_token = NewApiToken {
+        id: tether_domain::ApiTokenId::new(),
         user_id: admin_id,
         name: "bootstrap".to_owned(),
         verifier: state.pepper.verifier(token.expose()),
         created_at: now,
+        expires_at: None,
     };
     let ev = audit::event("system", "admin.bootstrapped");
     if state

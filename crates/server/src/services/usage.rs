@@ -48,5 +48,6 @@ pub async fn flush(
             }
         }
     }
-    store.record_credential_use(&uses).await
+    store.record_credential_use(&uses).await?;
+    store.record_api_token_use(&usage.take_token_uses()).await
 }

@@ -1,16 +1,20 @@
 //! Users, API tokens and web UI sessions in PostgreSQL. The first admin is created under a table
-//! lock (two replicas starting on an empty database create one admin); a role change locks every
-//! admin row first (two demotions cannot each count the other as the remaining admin).
+//! lock (two replicas starting on an empty database create one admin); a role change or a user
+//! deletion locks every admin row first (two of them cannot each count the other as the
+//! remaining admin).
 
 use async_trait::async_trait;
-use tether_domain::{Role, UserId, Username, Verifier};
+use tether_domain::{ApiTokenId, Role, UserId, Username, Verifier};
 use time::OffsetDateTime;
 
 use super::{backend, insert_audit, PostgresStore};
-use crate::rows::{UserRow, WebSessionRow, USER_COLUMNS, WEB_SESSION_SELECT};
+use crate::rows::{
+    ApiTokenRow, TokenUserRow, UserRow, WebSessionRow, API_TOKENS_SELECT, API_TOKEN_USED,
+    TOKEN_USER_SELECT, USER_COLUMNS, WEB_SESSION_SELECT,
+};
 use crate::{
-    to_ms, NewApiToken, NewAuditEvent, NewUser, NewWebSession, RoleChange, StoreResult, UserRecord,
-    UserStore, WebSessionRecord, WebSessionStore,
+    to_ms, ApiTokenRecord, NewApiToken, NewAuditEvent, NewUser, NewWebSession, RoleChange,
+    StoreResult, UserDeletion, UserRecord, UserStore, WebSessionRecord, WebSessionStore,
 };
 
 async fn insert_user<'c, E>(exec: E, new: &NewUser) -> StoreResult<()>
@@ -36,13 +40,14 @@ where
     E: sqlx::Executor<'c, Database = sqlx::Postgres>,
 {
     sqlx::query(
-        "INSERT INTO api_tokens (id, user_id, name, verifier, created_at) VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO api_tokens (id, user_id, name, verifier, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6)",
     )
-    .bind(UserId::new().to_string())
+    .bind(new.id.to_string())
     .bind(new.user_id.to_string())
     .bind(&new.name)
     .bind(new.verifier.as_bytes().as_slice())
     .bind(to_ms(new.created_at))
+    .bind(new.expires_at.map(to_ms))
     .execute(exec)
     .await
     .map_err(backend)?;
@@ -110,15 +115,111 @@ impl UserStore for PostgresStore {
         Ok(())
     }
 
-    async fn user_by_token(&self, verifier: &Verifier) -> StoreResult<Option<UserRecord>> {
-        let row: Option<UserRow> = sqlx::query_as(&format!(
-            "SELECT {USER_COLUMNS} FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.verifier = $1"
-        ))
-        .bind(verifier.as_bytes().as_slice())
-        .fetch_optional(&self.pool)
+    async fn user_by_token(
+        &self,
+        verifier: &Verifier,
+        now: OffsetDateTime,
+    ) -> StoreResult<Option<(UserRecord, ApiTokenId)>> {
+        let row: Option<TokenUserRow> = sqlx::query_as(TOKEN_USER_SELECT)
+            .bind(verifier.as_bytes().as_slice())
+            .bind(to_ms(now))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        row.map(TryInto::try_into).transpose()
+    }
+
+    async fn list_api_tokens(&self, user: UserId) -> StoreResult<Vec<ApiTokenRecord>> {
+        let rows: Vec<ApiTokenRow> = sqlx::query_as(API_TOKENS_SELECT)
+            .bind(user.to_string())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        rows.into_iter().map(TryInto::try_into).collect()
+    }
+
+    async fn revoke_api_token(
+        &self,
+        user: UserId,
+        token: ApiTokenId,
+        audit: NewAuditEvent,
+    ) -> StoreResult<bool> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let gone = sqlx::query("DELETE FROM api_tokens WHERE id = $1 AND user_id = $2")
+            .bind(token.to_string())
+            .bind(user.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?
+            .rows_affected();
+        if gone == 0 {
+            tx.rollback().await.map_err(backend)?;
+            return Ok(false);
+        }
+        insert_audit(&mut *tx, &audit).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(true)
+    }
+
+    async fn record_api_token_use(&self, uses: &[(ApiTokenId, OffsetDateTime)]) -> StoreResult<()> {
+        if uses.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        for (token, at) in uses {
+            sqlx::query(API_TOKEN_USED)
+                .bind(to_ms(*at))
+                .bind(token.to_string())
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(())
+    }
+
+    async fn delete_user(
+        &self,
+        username: &Username,
+        audit: NewAuditEvent,
+    ) -> StoreResult<UserDeletion> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        // Every admin row first, in one order: two deletions (or a deletion and a demotion) at
+        // once cannot each count the other as the remaining admin.
+        let admins: Vec<String> = sqlx::query_scalar(
+            "SELECT username FROM users WHERE role = 'admin' ORDER BY id FOR UPDATE",
+        )
+        .fetch_all(&mut *tx)
         .await
         .map_err(backend)?;
-        row.map(UserRecord::try_from).transpose()
+        let found: Option<(String, String)> =
+            sqlx::query_as("SELECT id, role FROM users WHERE username = $1 FOR UPDATE")
+                .bind(username.as_str())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(backend)?;
+        let Some((id, role)) = found else {
+            tx.rollback().await.map_err(backend)?;
+            return Ok(UserDeletion::NoSuchUser);
+        };
+        if role == Role::Admin.as_str() && admins.len() <= 1 {
+            tx.rollback().await.map_err(backend)?;
+            return Ok(UserDeletion::LastAdmin);
+        }
+        for sql in [
+            "DELETE FROM api_tokens WHERE user_id = $1",
+            "DELETE FROM web_sessions WHERE user_id = $1",
+            "DELETE FROM users WHERE id = $1",
+        ] {
+            sqlx::query(sql)
+                .bind(&id)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+        }
+        insert_audit(&mut *tx, &audit).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(UserDeletion::Deleted)
     }
 
     async fn list_users(&self) -> StoreResult<Vec<UserRecord>> {
@@ -185,11 +286,16 @@ impl UserStore for PostgresStore {
         let Some(user) = user else {
             return Ok(false);
         };
-        sqlx::query("DELETE FROM web_sessions WHERE user_id = $1")
-            .bind(user)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
+        for sql in [
+            "DELETE FROM web_sessions WHERE user_id = $1",
+            "DELETE FROM api_tokens WHERE user_id = $1",
+        ] {
+            sqlx::query(sql)
+                .bind(&user)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+        }
         insert_audit(&mut *tx, &audit).await?;
         tx.commit().await.map_err(backend)?;
         Ok(true)

@@ -77,6 +77,7 @@ impl FromRequestParts<AppState> for Visitor {
                 username: record.user.username,
                 role: record.user.role,
                 source_ip,
+                token_id: None,
             },
             csrf,
             expires_at: record.expires_at,

@@ -1,5 +1,5 @@
-//! Users (admins only): create a user, change a role, reset a password. Each calls the same user
-//! service as the API, which enforces the admin role again.
+//! Users (admins only): create a user, change a role, reset a password, see and revoke API tokens.
+//! Each calls the same user service as the API, which enforces the admin role again.
 
 use askama::Template;
 use axum::extract::{Path, State};
@@ -20,6 +20,17 @@ pub fn router() -> Router<AppState> {
         .route("/users", get(list_users).post(create_user))
         .route("/users/{username}/role", post(set_user_role))
         .route("/users/{username}/password", post(reset_user_password))
+        .route("/users/{username}/tokens/{id}/revoke", post(revoke_token))
+}
+
+#[derive(Debug)]
+struct TokenRow {
+    username: String,
+    id: String,
+    name: String,
+    created: String,
+    expires: String,
+    last_used: String,
 }
 
 #[derive(Debug)]
@@ -34,6 +45,7 @@ struct UserRow {
 struct UsersPage {
     chrome: Chrome,
     users: Vec<UserRow>,
+    tokens: Vec<TokenRow>,
     roles: [&'static str; 3],
     notice: Option<&'static str>,
     error: Option<String>,
@@ -46,8 +58,21 @@ async fn users_page(
     notice: Option<&'static str>,
     error: Option<String>,
 ) -> Result<Response, WebError> {
-    let users = users::list(state, &visitor.caller)
-        .await?
+    let records = users::list(state, &visitor.caller).await?;
+    let mut tokens = Vec::new();
+    for u in &records {
+        for t in users::list_tokens(state, &visitor.caller, u.username.as_str()).await? {
+            tokens.push(TokenRow {
+                username: u.username.as_str().to_owned(),
+                id: t.id.to_string(),
+                name: t.name,
+                created: when(t.created_at),
+                expires: t.expires_at.map_or_else(|| "never".to_owned(), when),
+                last_used: t.last_used_at.map_or_else(|| "never".to_owned(), when),
+            });
+        }
+    }
+    let users = records
         .into_iter()
         .map(|u| UserRow {
             username: u.username.as_str().to_owned(),
@@ -58,6 +83,7 @@ async fn users_page(
     let body = UsersPage {
         chrome: Chrome::new(visitor, "users"),
         users,
+        tokens,
         roles: ["viewer", "operator", "admin"],
         notice,
         error,
@@ -73,7 +99,10 @@ async fn list_users(
     let notice = match query.get("done") {
         Some("created") => Some("User created."),
         Some("role") => Some("Role changed."),
-        Some("password") => Some("Password reset; the user's browser sessions were ended."),
+        Some("password") => {
+            Some("Password reset; the user's browser sessions and API tokens were ended.")
+        }
+        Some("revoked") => Some("API token revoked; it stopped working at once."),
         _ => None,
     };
     users_page(&state, &visitor, StatusCode::OK, notice, None).await
@@ -145,4 +174,16 @@ async fn reset_user_password(
     }
     .await;
     or_again(&state, &post, result, "password").await
+}
+
+async fn revoke_token(
+    State(state): State<AppState>,
+    Path((username, id)): Path<(String, String)>,
+    post: PostForm,
+) -> Result<Response, WebError> {
+    post.visitor.caller.require(Role::Admin)?;
+    let result = users::revoke_token(&state, &post.visitor.caller, &username, &id)
+        .await
+        .map_err(WebError::from);
+    or_again(&state, &post, result, "revoked").await
 }

@@ -274,7 +274,19 @@ async fn the_users_page_is_for_admins_only() {
     assert_eq!(r.status, 303, "{}", r.body);
     assert!(vic.get("/runners").await.body.contains("(operator)"));
 
-    // A reset password works at once; the old one and the user's sessions end.
+    // A reset password works at once; the old one, the user's sessions and API tokens end.
+    let vics_token = app
+        .post(
+            "/api/v1/users/vic/tokens",
+            Some(&app.admin_token),
+            &serde_json::json!({"name": "laptop"}),
+        )
+        .await
+        .json()["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    assert_eq!(app.get("/api/v1/me", Some(&vics_token)).await.status, 200);
     let r = a
         .post(
             "/users/vic/password",
@@ -283,6 +295,11 @@ async fn the_users_page_is_for_admins_only() {
         .await;
     assert_eq!(r.status, 303, "{}", r.body);
     assert_eq!(vic.get("/runners").await.status, 303, "session ended");
+    assert_eq!(
+        app.get("/api/v1/me", Some(&vics_token)).await.status,
+        401,
+        "API token ended"
+    );
     assert_eq!(
         Browser::new(&app)
             .try_login("vic", PASSWORD, None)
@@ -308,4 +325,40 @@ async fn the_users_page_is_for_admins_only() {
             .status,
         404
     );
+}
+
+#[tokio::test]
+async fn an_admin_revokes_a_users_api_token_from_the_users_page() {
+    let app = spawn_app().await;
+    user(&app, "wes", "operator").await;
+    user(&app, "ada", "admin").await;
+    let created = app
+        .post(
+            "/api/v1/users/wes/tokens",
+            Some(&app.admin_token),
+            &serde_json::json!({"name": "leaked-laptop"}),
+        )
+        .await
+        .json();
+    let (token, id) = (
+        created["token"].as_str().expect("token"),
+        created["id"].as_str().expect("id"),
+    );
+    let a = Browser::login(&app, "ada", PASSWORD).await;
+    let page = a.get("/users").await;
+    assert!(
+        page.body.contains(&format!("data-token=\"{id}\"")) && page.body.contains("leaked-laptop"),
+        "{}",
+        page.body
+    );
+    assert!(
+        !page.body.contains(token),
+        "the page never shows a token's value"
+    );
+    let r = a.post(&format!("/users/wes/tokens/{id}/revoke"), &[]).await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(app.get("/api/v1/me", Some(token)).await.status, 401);
+    let after = a.get("/users?done=revoked").await;
+    assert!(after.body.contains("API token revoked"), "{}", after.body);
+    assert!(!after.body.contains(&format!("data-token=\"{id}\"")));
 }
