@@ -213,6 +213,9 @@ pub struct ServerConfig {
     pub connections: crate::http::serve::ConnectionSettings,
     /// Bytes of output one run's log keeps (`--max-log-bytes-per-run`).
     pub max_log_bytes_per_run: u64,
+    /// How often a web UI event stream checks that its session still stands (not logged out,
+    /// reset, deleted or given another role); it ends at most this long after.
+    pub web_session_recheck: Duration,
 }
 
 /// 0.1 to 60 seconds.
@@ -249,6 +252,7 @@ impl ServerConfig {
             max_sessions_per_runner: 100,
             connections: Default::default(),
             max_log_bytes_per_run: 64 * 1024 * 1024,
+            web_session_recheck: Duration::from_secs(5),
         }
     }
 }
@@ -312,6 +316,7 @@ impl ServerArgs {
                 idle_timeout: Duration::from_secs(self.idle_timeout_seconds),
             },
             max_log_bytes_per_run: self.max_log_bytes_per_run,
+            web_session_recheck: Duration::from_secs(5),
         })
     }
 }

@@ -1,7 +1,10 @@
 //! `GET /ui/events`: runner status changes as server-sent events, so the Runners list and a
 //! runner's pages update without a reload. On connect, one event per runner with its status now
 //! (so nothing is missed between loading the page and connecting, or across a reconnect); then one
-//! per change. The stream ends when the session expires or the server shuts down.
+//! per change. The stream ends when the server shuts down, and when its session ends or changes:
+//! at its expiry, and within `web_session_recheck` (5 s) of a logout, a password reset, the
+//! user's deletion or a role change, on whichever replica that happened (each stream re-reads
+//! its session from the store).
 
 use std::convert::Infallible;
 
@@ -53,19 +56,29 @@ async fn stream_events(
         .try_into()
         .unwrap_or_default();
     let deadline = tokio::time::Instant::now() + left;
+    let mut recheck = tokio::time::interval(state.config.web_session_recheck);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    recheck.reset();
     let changes = stream::unfold(
-        (rx, state.stopping.clone()),
-        move |(mut rx, mut stopping)| async move {
+        (rx, state.stopping.clone(), recheck, state, visitor),
+        move |(mut rx, mut stopping, mut recheck, state, visitor)| async move {
             loop {
                 let got = tokio::select! {
-                    got = rx.recv() => got,
+                    got = rx.recv() => Some(got),
                     _ = stopping.wait_for(|s| *s) => return None,
                     () = tokio::time::sleep_until(deadline) => return None,
+                    _ = recheck.tick() => None,
+                };
+                let Some(got) = got else {
+                    if visitor.still_current(&state).await {
+                        continue;
+                    }
+                    return None;
                 };
                 match got {
                     Ok(ev) => {
                         let event = runner_event(&ev.name, ev.status.as_str(), &ev.reason);
-                        return Some((Ok(event), (rx, stopping)));
+                        return Some((Ok(event), (rx, stopping, recheck, state, visitor)));
                     }
                     // Fell behind: later events still arrive; a reload shows the rest.
                     Err(RecvError::Lagged(_)) => continue,

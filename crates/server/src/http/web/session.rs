@@ -38,6 +38,22 @@ pub struct Visitor {
     verifier: Verifier,
 }
 
+impl Visitor {
+    /// Whether the session this visitor came with still stands as it was: not ended (logout, a
+    /// password reset, the user deleted, expiry) and its user's role unchanged. When the store
+    /// cannot be read it counts as standing; the next check decides.
+    pub async fn still_current(&self, state: &AppState) -> bool {
+        match web_sessions::find(state, &self.verifier).await {
+            Ok(Some(record)) => record.user.role == self.caller.role,
+            Ok(None) => false,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not re-check a web session; keeping its stream");
+                true
+            }
+        }
+    }
+}
+
 impl FromRequestParts<AppState> for Visitor {
     type Rejection = WebError;
 

@@ -101,3 +101,65 @@ async fn the_event_stream_needs_a_session_and_ends_at_shutdown() {
         .expect("shutdown with an open event stream");
     drop(events);
 }
+
+/// Reads the stream until the server ends it; panics if it is still open after 10 s.
+async fn until_ended(resp: &mut reqwest::Response) {
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(Some(_)) = resp.chunk().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the event stream outlived its session");
+}
+
+#[tokio::test]
+async fn the_stream_ends_with_its_session_whatever_ends_it() {
+    let app = tether_testkit::spawn_app_with(|c| {
+        c.web_session_recheck = Duration::from_millis(200);
+    })
+    .await;
+    user(&app, "ada", "admin").await;
+    let admin = Browser::login(&app, "ada", PASSWORD).await;
+    let causes: [(&str, &str); 4] = [
+        ("logout", "lou"),
+        ("password reset", "pam"),
+        ("role change", "rob"),
+        ("deletion", "dee"),
+    ];
+    for (cause, name) in causes {
+        user(&app, name, "viewer").await;
+        let v = Browser::login(&app, name, PASSWORD).await;
+        let mut events = v.stream("/ui/events").await;
+        assert_eq!(events.status(), 200, "{cause}");
+        // Still open well past a re-check while nothing changed.
+        let early = tokio::time::timeout(Duration::from_millis(600), async {
+            while let Ok(Some(_)) = events.chunk().await {}
+        })
+        .await;
+        assert!(early.is_err(), "{cause}: the stream ended on its own");
+        let r = match cause {
+            "logout" => v.post("/logout", &[]).await.status,
+            "password reset" => {
+                admin
+                    .post(
+                        &format!("/users/{name}/password"),
+                        &[("password", "another long password")],
+                    )
+                    .await
+                    .status
+            }
+            "role change" => {
+                admin
+                    .post(&format!("/users/{name}/role"), &[("role", "operator")])
+                    .await
+                    .status
+            }
+            _ => {
+                app.delete(&format!("/api/v1/users/{name}"), Some(&app.admin_token))
+                    .await
+                    .status
+            }
+        };
+        assert!(r == 303 || r == 204, "{cause}: {r}");
+        until_ended(&mut events).await;
+    }
+}
