@@ -7,7 +7,7 @@ use std::fmt;
 use anyhow::bail;
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
-use tether_protocol::api::{PipelineTask, PutPipelineRequest};
+use tether_protocol::api::{EnvValue, PipelineTask, PutPipelineRequest, SecretValue};
 
 #[derive(Deserialize)]
 #[serde(
@@ -29,9 +29,32 @@ struct TaskFile {
     name: String,
     run: Scalar,
     #[serde(default)]
-    env: BTreeMap<String, Scalar>,
+    env: BTreeMap<String, FileEnv>,
     #[serde(default)]
     timeout_seconds: Option<u64>,
+}
+
+/// An environment value: a scalar, or `{secret: <value>}` for one the control plane keeps
+/// encrypted, never shows again and masks in the task's log.
+#[derive(Deserialize)]
+#[serde(
+    untagged,
+    expecting = "a string, an integer or a boolean (quote other values), or {secret: <value>}"
+)]
+enum FileEnv {
+    Plain(Scalar),
+    Secret { secret: Scalar },
+}
+
+impl From<FileEnv> for EnvValue {
+    fn from(v: FileEnv) -> Self {
+        match v {
+            FileEnv::Plain(p) => EnvValue::Plain(p.0),
+            FileEnv::Secret { secret } => EnvValue::Secret {
+                secret: SecretValue::Value(secret.0),
+            },
+        }
+    }
 }
 
 /// A command or environment value. YAML reads `PORT: 8080` and `run: true` as a number and a
@@ -93,7 +116,7 @@ pub fn parse(text: &str, source: &str, name: Option<&str>) -> anyhow::Result<Par
         .map(|t| PipelineTask {
             name: t.name,
             run: t.run.0,
-            env: t.env.into_iter().map(|(k, v)| (k, v.0)).collect(),
+            env: t.env.into_iter().map(|(k, v)| (k, v.into())).collect(),
             timeout_seconds: t.timeout_seconds,
         })
         .collect();
@@ -129,7 +152,7 @@ mod tests {
     #[test]
     fn a_full_file() {
         let p = parse(
-            "name: nightly\ntasks:\n  - name: build\n    run: make\n    env:\n      PORT: 8080\n      DEBUG: true\n      TARGET: s3://b\n    timeout_seconds: 60\n  - name: ship\n    run: ./ship.sh\n",
+            "name: nightly\ntasks:\n  - name: build\n    run: make\n    env:\n      PORT: 8080\n      DEBUG: true\n      TARGET: s3://b\n      API_KEY: {secret: hunter2}\n    timeout_seconds: 60\n  - name: ship\n    run: ./ship.sh\n",
             "p.yaml",
             None,
         )
@@ -138,9 +161,15 @@ mod tests {
         let t = &p.request.tasks;
         assert_eq!(t.len(), 2);
         assert_eq!((t[0].name.as_str(), t[0].run.as_str()), ("build", "make"));
-        assert_eq!(t[0].env["PORT"], "8080");
-        assert_eq!(t[0].env["DEBUG"], "true");
-        assert_eq!(t[0].env["TARGET"], "s3://b");
+        assert_eq!(t[0].env["PORT"], EnvValue::plain("8080"));
+        assert_eq!(t[0].env["DEBUG"], EnvValue::plain("true"));
+        assert_eq!(t[0].env["TARGET"], EnvValue::plain("s3://b"));
+        assert_eq!(
+            t[0].env["API_KEY"],
+            EnvValue::Secret {
+                secret: SecretValue::Value("hunter2".into())
+            }
+        );
         assert_eq!(t[0].timeout_seconds, Some(60));
         assert!(t[1].env.is_empty() && t[1].timeout_seconds.is_none());
         // `run: true` is the shell's `true`, not a YAML boolean.
@@ -157,7 +186,7 @@ mod tests {
         )
         .expect("parses");
         assert_eq!(p.name, "j");
-        assert_eq!(p.request.tasks[0].env["K"], "v");
+        assert_eq!(p.request.tasks[0].env["K"], EnvValue::plain("v"));
     }
 
     #[test]

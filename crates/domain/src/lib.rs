@@ -19,7 +19,7 @@ pub use credential::{
 };
 pub use ids::{ApiTokenId, RotationId, RunId, RunnerId, RunnerRef, TaskId, UserId};
 pub use names::{Description, Password, RunnerName, TokenName, Username};
-pub use pipeline::{PipelineName, RunEnd, RunState, TaskEnd, TaskName, TaskSpec};
+pub use pipeline::{EnvValue, PipelineName, RunEnd, RunState, TaskEnd, TaskName, TaskSpec};
 pub use platform::Platform;
 pub use role::Role;
 pub use secret::{ApiToken, ClientId, ClientSecret, Pepper, Verifier};

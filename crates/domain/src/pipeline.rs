@@ -66,12 +66,37 @@ impl fmt::Display for TaskName {
     }
 }
 
+/// A task's environment value: given in the clear, or a secret, kept only sealed (encrypted with
+/// the control plane's master key) and opened only to hand the task to its runner. `Debug` never
+/// shows either.
+#[derive(Clone, PartialEq, Eq)]
+pub enum EnvValue {
+    Plain(String),
+    /// The sealed value, base64.
+    Sealed(String),
+}
+
+impl EnvValue {
+    pub fn is_secret(&self) -> bool {
+        matches!(self, Self::Sealed(_))
+    }
+}
+
+impl fmt::Debug for EnvValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Plain(_) => "Plain(..)",
+            Self::Sealed(_) => "Sealed(..)",
+        })
+    }
+}
+
 /// One validated task. `env` values are never printed by `Debug`: they may be credentials.
 #[derive(Clone, PartialEq, Eq)]
 pub struct TaskSpec {
     pub name: TaskName,
     pub run: String,
-    pub env: BTreeMap<String, String>,
+    pub env: BTreeMap<String, EnvValue>,
     pub timeout_seconds: Option<u64>,
 }
 
@@ -91,7 +116,7 @@ impl fmt::Debug for TaskSpec {
 pub struct RawTask<'a> {
     pub name: &'a str,
     pub run: &'a str,
-    pub env: &'a BTreeMap<String, String>,
+    pub env: &'a BTreeMap<String, EnvValue>,
     pub timeout_seconds: Option<u64>,
 }
 
@@ -157,7 +182,11 @@ pub fn parse_tasks(raw: &[RawTask<'_>]) -> Result<Vec<TaskSpec>, FieldError> {
                     "is not a valid environment variable name ([A-Za-z_][A-Za-z0-9_]*)",
                 ));
             }
-            if v.contains('\0') {
+            let bad = match v {
+                EnvValue::Plain(v) => v.contains('\0'),
+                EnvValue::Sealed(v) => v.is_empty(),
+            };
+            if bad {
                 return Err(FieldError::new(
                     format!("tasks[{i}].env.{k}"),
                     "must not contain a NUL character",
@@ -340,7 +369,7 @@ impl RunEnd {
 mod tests {
     use super::*;
 
-    fn raw<'a>(name: &'a str, run: &'a str, env: &'a BTreeMap<String, String>) -> RawTask<'a> {
+    fn raw<'a>(name: &'a str, run: &'a str, env: &'a BTreeMap<String, EnvValue>) -> RawTask<'a> {
         RawTask {
             name,
             run,
@@ -369,7 +398,8 @@ mod tests {
             parse_tasks(&[raw("a", "  ", &env)]).expect_err("run").field,
             "tasks[0].run"
         );
-        let bad_env: BTreeMap<String, String> = [("1X".to_owned(), "v".to_owned())].into();
+        let bad_env: BTreeMap<String, EnvValue> =
+            [("1X".to_owned(), EnvValue::Plain("v".to_owned()))].into();
         assert_eq!(
             parse_tasks(&[raw("a", "true", &bad_env)])
                 .expect_err("env")
@@ -386,11 +416,18 @@ mod tests {
 
     #[test]
     fn env_values_are_not_debug_printed() {
-        let env: BTreeMap<String, String> = [("TOKEN".to_owned(), "hunter2".to_owned())].into();
+        let env: BTreeMap<String, EnvValue> = [
+            ("TOKEN".to_owned(), EnvValue::Plain("hunter2".to_owned())),
+            (
+                "KEY".to_owned(),
+                EnvValue::Sealed("c2VhbGVkLWh1bnRlcjI=".to_owned()),
+            ),
+        ]
+        .into();
         let t = parse_tasks(&[raw("a", "true", &env)]).expect("valid");
         let shown = format!("{t:?}");
         assert!(
-            shown.contains("TOKEN") && !shown.contains("hunter2"),
+            shown.contains("TOKEN") && !shown.contains("hunter2") && !shown.contains("c2VhbGVk"),
             "{shown}"
         );
     }

@@ -259,9 +259,50 @@ pub struct PipelineTask {
     pub name: String,
     pub run: String,
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub env: std::collections::BTreeMap<String, String>,
+    pub env: std::collections::BTreeMap<String, EnvValue>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_seconds: Option<u64>,
+}
+
+/// A task's environment value: a string, or a secret. A secret is given as
+/// `{"secret": "<value>"}`, kept encrypted, passed only to the task, and shown back as
+/// `{"secret": true}`: its value never leaves the control plane again except to the runner.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum EnvValue {
+    Plain(String),
+    Secret { secret: SecretValue },
+}
+
+/// What a secret environment entry carries: its value (in a request), or `true` (in an answer).
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum SecretValue {
+    Value(String),
+    Hidden(bool),
+}
+
+/// Values may be credentials: `Debug` shows only which kind.
+impl std::fmt::Debug for EnvValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Plain(_) => "Plain(..)",
+            Self::Secret { .. } => "Secret(..)",
+        })
+    }
+}
+
+impl std::fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretValue(..)")
+    }
+}
+
+impl EnvValue {
+    /// A plain value.
+    pub fn plain(v: impl Into<String>) -> Self {
+        Self::Plain(v.into())
+    }
 }
 
 /// Environment values may be credentials of the customer's systems: `Debug` shows only the keys.

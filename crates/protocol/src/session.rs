@@ -129,6 +129,10 @@ pub struct TaskAssignment {
     pub run: String,
     #[serde(default)]
     pub env: std::collections::BTreeMap<String, String>,
+    /// The names of `env` entries that are secrets: the runner masks their values in the task's
+    /// log (`***`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secret_env: Vec<String>,
     /// Killed (process group) and failed after this long.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_seconds: Option<u64>,
@@ -272,6 +276,7 @@ mod tests {
                 name: "build".into(),
                 run: "make".into(),
                 env: [("TOKEN".to_owned(), "hunter2".to_owned())].into(),
+                secret_env: vec!["TOKEN".to_owned()],
                 timeout_seconds: Some(5),
             },
         };

@@ -6,7 +6,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use tether_domain::{RunnerId, TaskId};
+use tether_domain::{EnvValue, RunState, RunnerId, TaskId};
 use tether_protocol::session::{ServerMessage, TaskAssignment};
 use tether_store::ReadyTask;
 use time::OffsetDateTime;
@@ -112,10 +112,11 @@ async fn dispatch(state: &AppState, runner: RunnerId) -> anyhow::Result<()> {
         }
         *slots -= 1;
         let (task_id, run_id) = (task.task_id, task.run_id);
-        if state
-            .link
-            .send_to_instance(runner, instance, assignment(task))
-        {
+        let Some(message) = assignment_or_fail(state, task).await? else {
+            *slots += 1;
+            continue;
+        };
+        if state.link.send_to_instance(runner, instance, message) {
             state.metrics.tasks_assigned.inc();
             tracing::info!(runner.id = %runner, run.id = %run_id, task.id = %task_id, instance.id = %instance, "task assigned");
         } else {
@@ -131,18 +132,56 @@ async fn dispatch(state: &AppState, runner: RunnerId) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn assignment(task: ReadyTask) -> ServerMessage {
-    ServerMessage::Assign {
+/// The `assign` message for `task`, its secret environment values opened. A secret that does
+/// not open (sealed under another master key, or altered) fails the task, saying so: it cannot
+/// run as defined, and no secret is sent in any other form.
+async fn assignment_or_fail(
+    state: &AppState,
+    task: ReadyTask,
+) -> anyhow::Result<Option<ServerMessage>> {
+    let mut env = std::collections::BTreeMap::new();
+    let mut secret_env = Vec::new();
+    for (name, value) in task.spec.env {
+        let plain = match value {
+            EnvValue::Plain(v) => v,
+            EnvValue::Sealed(sealed) => match state.sealer.open_env(&name, &sealed) {
+                Some(v) => {
+                    secret_env.push(name.clone());
+                    v
+                }
+                None => {
+                    let reason = format!(
+                        "the secret environment value {name} could not be decrypted (was the master key changed?); define it again"
+                    );
+                    tracing::error!(task.id = %task.task_id, env = %name, "{reason}");
+                    state
+                        .store
+                        .end_task(
+                            task.task_id,
+                            RunState::Failed,
+                            &reason,
+                            OffsetDateTime::now_utc(),
+                        )
+                        .await
+                        .op("end_task")?;
+                    return Ok(None);
+                }
+            },
+        };
+        env.insert(name, plain);
+    }
+    Ok(Some(ServerMessage::Assign {
         task: TaskAssignment {
             task_id: task.task_id.to_string(),
             run_id: task.run_id.to_string(),
             pipeline: task.pipeline,
             name: task.spec.name.as_str().to_owned(),
             run: task.spec.run,
-            env: task.spec.env,
+            env,
+            secret_env,
             timeout_seconds: task.spec.timeout_seconds,
         },
-    }
+    }))
 }
 
 /// A reconnected instance may have missed an assignment sent just before its connection dropped:
@@ -167,9 +206,9 @@ pub async fn instance_connected(
             .await
             .op("task_assignment")?
         {
-            state
-                .link
-                .send_to_instance(runner, instance_id, assignment(task));
+            if let Some(message) = assignment_or_fail(state, task).await? {
+                state.link.send_to_instance(runner, instance_id, message);
+            }
         }
     }
     state.events.publish(Event::WorkQueued { runner }).await;

@@ -88,3 +88,46 @@ mod tests {
         );
     }
 }
+
+/// Associated data of a sealed task environment value: the variable's name, so a sealed value
+/// cannot be moved to another variable.
+fn env_aad(name: &str) -> Vec<u8> {
+    format!("tether:task-env:{name}").into_bytes()
+}
+
+impl Sealer {
+    /// A secret task environment value, sealed for storage (base64).
+    pub fn seal_env(&self, name: &str, value: &str) -> String {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD
+            .encode(self.seal(value.as_bytes(), &env_aad(name)))
+    }
+
+    /// The value [`Sealer::seal_env`] sealed; `None` if it does not open (altered, or sealed under
+    /// another master key).
+    pub fn open_env(&self, name: &str, sealed: &str) -> Option<String> {
+        use base64::Engine as _;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(sealed)
+            .ok()?;
+        String::from_utf8(self.open(&bytes, &env_aad(name))?).ok()
+    }
+}
+
+#[cfg(test)]
+mod env_tests {
+    use super::*;
+
+    #[test]
+    fn a_sealed_env_value_opens_only_for_its_own_name_and_key() {
+        let sealer = Sealer::new(&[7; 32]);
+        let sealed = sealer.seal_env("API_KEY", "hunter2");
+        assert!(!sealed.contains("hunter2"));
+        assert_eq!(
+            sealer.open_env("API_KEY", &sealed).as_deref(),
+            Some("hunter2")
+        );
+        assert_eq!(sealer.open_env("OTHER", &sealed), None);
+        assert_eq!(Sealer::new(&[8; 32]).open_env("API_KEY", &sealed), None);
+    }
+}

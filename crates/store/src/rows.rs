@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use serde_json::{json, Value};
 use tether_domain::pipeline::{parse_tasks, RawTask};
 use tether_domain::{
-    ClientId, CredentialState, CredentialsVersion, Description, Generation, PipelineName, Platform,
-    Role, RunState, RunnerName, RunnerStatus, TaskSpec, Username, Verifier,
+    ClientId, CredentialState, CredentialsVersion, Description, EnvValue, Generation, PipelineName,
+    Platform, Role, RunState, RunnerName, RunnerStatus, TaskSpec, Username, Verifier,
 };
 
 use crate::{
@@ -334,7 +334,7 @@ pub(crate) fn tasks_to_json(tasks: &[TaskSpec]) -> String {
         tasks
             .iter()
             .map(|t| {
-                json!({"name": t.name.as_str(), "run": t.run, "env": t.env, "timeout_seconds": t.timeout_seconds})
+                json!({"name": t.name.as_str(), "run": t.run, "env": env_value(&t.env), "timeout_seconds": t.timeout_seconds})
             })
             .collect(),
     )
@@ -347,17 +347,20 @@ fn tasks_from_json(text: &str) -> StoreResult<Vec<TaskSpec>> {
         name: String,
         run: String,
         #[serde(default)]
-        env: BTreeMap<String, String>,
+        env: BTreeMap<String, StoredEnv>,
         timeout_seconds: Option<u64>,
     }
     let stored: Vec<Stored> =
         serde_json::from_str(text).map_err(|e| corrupt("pipelines.tasks", e))?;
+    let envs: Vec<BTreeMap<String, EnvValue>> =
+        stored.iter().map(|t| env_from_stored(&t.env)).collect();
     let raw: Vec<RawTask<'_>> = stored
         .iter()
-        .map(|t| RawTask {
+        .zip(&envs)
+        .map(|(t, env)| RawTask {
             name: &t.name,
             run: &t.run,
-            env: &t.env,
+            env,
             timeout_seconds: t.timeout_seconds,
         })
         .collect();
@@ -521,8 +524,9 @@ pub(crate) struct ReadyRow {
 impl TryFrom<ReadyRow> for ReadyTask {
     type Error = StoreError;
     fn try_from(r: ReadyRow) -> StoreResult<Self> {
-        let env: BTreeMap<String, String> =
+        let stored: BTreeMap<String, StoredEnv> =
             serde_json::from_str(&r.env).map_err(|e| corrupt("run_tasks.env", e))?;
+        let env = env_from_stored(&stored);
         let spec = parse_tasks(&[RawTask {
             name: &r.name,
             run: &r.command,
@@ -542,8 +546,44 @@ impl TryFrom<ReadyRow> for ReadyTask {
 }
 
 /// A task's env as stored (a JSON object).
-pub(crate) fn env_to_json(env: &BTreeMap<String, String>) -> String {
-    json!(env).to_string()
+pub(crate) fn env_to_json(env: &BTreeMap<String, EnvValue>) -> String {
+    env_value(env).to_string()
+}
+
+/// An env map as stored: a plain value as a string, a secret as `{"sealed": "<base64>"}` (rows
+/// from before secrets are all strings, and read the same).
+fn env_value(env: &BTreeMap<String, EnvValue>) -> Value {
+    Value::Object(
+        env.iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    EnvValue::Plain(p) => Value::String(p.clone()),
+                    EnvValue::Sealed(s) => json!({ "sealed": s }),
+                };
+                (k.clone(), v)
+            })
+            .collect(),
+    )
+}
+
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum StoredEnv {
+    Plain(String),
+    Sealed { sealed: String },
+}
+
+fn env_from_stored(stored: &BTreeMap<String, StoredEnv>) -> BTreeMap<String, EnvValue> {
+    stored
+        .iter()
+        .map(|(k, v)| {
+            let v = match v {
+                StoredEnv::Plain(p) => EnvValue::Plain(p.clone()),
+                StoredEnv::Sealed { sealed } => EnvValue::Sealed(sealed.clone()),
+            };
+            (k.clone(), v)
+        })
+        .collect()
 }
 
 /// What an update needs to know about its task and run before it applies.

@@ -4,6 +4,7 @@
 //! task's process is run and reported lives in `process`.
 
 mod logbuf;
+mod mask;
 mod process;
 #[cfg(test)]
 mod tests;

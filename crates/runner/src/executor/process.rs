@@ -19,6 +19,7 @@ use tokio::sync::oneshot;
 use tokio::time::{sleep_until, Instant};
 
 use super::logbuf::LogBuffer;
+use super::mask::Masker;
 use crate::outbox::Outbox;
 
 pub const CANCEL_REASON: &str = "cancelled by the control plane";
@@ -74,6 +75,8 @@ struct Reporter<'a> {
     outbox: &'a Outbox,
     task_id: String,
     seq: u64,
+    /// The task's secret env values, masked in its log.
+    mask: Masker,
 }
 
 impl Reporter<'_> {
@@ -97,6 +100,15 @@ impl Reporter<'_> {
     }
 
     fn log(&mut self, chunk: Option<String>) {
+        let chunk = self.mask.mask(chunk, false);
+        if chunk.is_some() {
+            self.publish(TaskUpdateState::Running, chunk, None);
+        }
+    }
+
+    /// The last of the output: nothing is held back any more.
+    fn log_end(&mut self, chunk: Option<String>) {
+        let chunk = self.mask.mask(chunk, true);
         if chunk.is_some() {
             self.publish(TaskUpdateState::Running, chunk, None);
         }
@@ -113,10 +125,15 @@ pub(crate) async fn run(
     cancel: oneshot::Receiver<()>,
 ) {
     let started = Instant::now();
+    let secrets = task
+        .secret_env
+        .iter()
+        .filter_map(|name| task.env.get(name).cloned());
     let mut report = Reporter {
         outbox,
         task_id: task.task_id.clone(),
         seq: 0,
+        mask: Masker::new(secrets),
     };
     report.publish(TaskUpdateState::Running, None, None);
     tracing::info!(task.id = %task.task_id, run.id = %task.run_id, task.name = %task.name,
@@ -238,7 +255,7 @@ async fn supervise(
         }
     }
     // All output goes out before the final update.
-    report.log(log.finish());
+    report.log_end(log.finish());
     outcome(ending, status)
 }
 
@@ -292,6 +309,7 @@ mod tests {
             name: "n".into(),
             run: "true".into(),
             env: [("A".to_owned(), "1".to_owned())].into(),
+            secret_env: Vec::new(),
             timeout_seconds: None,
         };
         let command = command(&task, Path::new("/tmp"));

@@ -60,6 +60,7 @@ fn task(id: &str, run: &str) -> TaskAssignment {
         name: "step".into(),
         run: run.into(),
         env: BTreeMap::new(),
+        secret_env: Vec::new(),
         timeout_seconds: None,
     }
 }
@@ -346,4 +347,25 @@ async fn a_task_that_cannot_start_fails_with_the_reason() {
             .is_some_and(|r| r.starts_with("could not start the task")),
         "{fin:?}"
     );
+}
+
+#[tokio::test]
+async fn secret_env_values_reach_the_task_but_not_its_log() {
+    let mut h = harness(2);
+    let mut t = task(
+        "sec",
+        // The value printed whole, split by the shell over two writes, and next to text.
+        "echo \"key=$API_KEY\"; printf 'hunter'; sleep 0.3; printf '2-value!\\n'; echo plain=$MODE",
+    );
+    t.env.insert("API_KEY".into(), "hunter2-value".into());
+    t.env.insert("MODE".into(), "release".into());
+    t.secret_env = vec!["API_KEY".into()];
+    assert_eq!(h.executor.start(t), Admission::Started);
+    let updates = until_final(&mut h, "sec").await;
+    assert_eq!(last(&updates).state, TaskUpdateState::Succeeded);
+    let text = log(&updates);
+    assert_eq!(text, "key=***\n***!\nplain=release\n");
+    let spooled =
+        std::fs::read_to_string(h.dir.path().join("spool").join("sec.jsonl")).expect("spooled");
+    assert!(!spooled.contains("hunter2"), "{spooled}");
 }

@@ -375,6 +375,7 @@ fn assign(task_id: &str, run: &str) -> ServerMessage {
             name: "step".into(),
             run: run.into(),
             env: Default::default(),
+            secret_env: Vec::new(),
             timeout_seconds: Some(10),
         },
     }

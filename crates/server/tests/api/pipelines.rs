@@ -781,3 +781,57 @@ async fn the_log_endpoint_pages_by_offset_and_limit() {
         assert_eq!(p["field"], "limit", "{bad}");
     }
 }
+
+#[tokio::test]
+async fn a_secret_env_entry_is_never_shown_and_reaches_only_the_task() {
+    let app = app().await;
+    let r = put(
+        &app,
+        "deploy",
+        json!([{"name": "ship", "run": "./ship.sh",
+                "env": {"MODE": "prod", "API_KEY": {"secret": "hunter2-value"}}}]),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(!r.body.contains("hunter2"), "{}", r.body);
+    assert_eq!(
+        r.json()["tasks"][0]["env"]["API_KEY"],
+        json!({"secret": true})
+    );
+    assert_eq!(r.json()["tasks"][0]["env"]["MODE"], "prod");
+    let viewer = app.user_token("vera", "viewer").await;
+    let seen = app.get("/api/v1/pipelines/deploy", Some(&viewer)).await;
+    assert_eq!(seen.status, 200);
+    assert!(!seen.body.contains("hunter2"), "{}", seen.body);
+    // At rest it is sealed, not the value.
+    let stored = app
+        .server()
+        .state()
+        .store
+        .pipeline_by_name(&tether_domain::PipelineName::parse("deploy").expect("name"))
+        .await
+        .expect("read")
+        .expect("stored");
+    assert!(!format!("{:?}", stored.tasks).contains("hunter2"));
+    match &stored.tasks[0].env["API_KEY"] {
+        tether_domain::EnvValue::Sealed(s) => assert!(!s.contains("hunter2")),
+        other => panic!("stored in the clear: {other:?}"),
+    }
+    // Putting back what GET shows cannot keep a secret it does not carry.
+    let p = put(
+        &app,
+        "deploy",
+        json!([{"name": "ship", "run": "./ship.sh", "env": {"API_KEY": {"secret": true}}}]),
+    )
+    .await
+    .assert_problem(422, "invalid_field");
+    assert_eq!(p["field"], "tasks[0].env.API_KEY");
+
+    // The task gets the value, and which entries to mask.
+    let (id, secret) = runner(&app, "shipper").await;
+    let mut ws = connect(&app, &id, &secret, "i1").await;
+    start_run(&app, "deploy", "shipper").await;
+    let assign = expect(&mut ws, "assign").await;
+    assert_eq!(assign["task"]["env"]["API_KEY"], "hunter2-value");
+    assert_eq!(assign["task"]["secret_env"], json!(["API_KEY"]));
+}

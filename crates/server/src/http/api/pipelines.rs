@@ -1,13 +1,16 @@
 //! `/api/v1/pipelines`: define pipelines and queue runs of them.
 
+use std::collections::BTreeMap;
+
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use tether_domain::pipeline::{parse_tasks, RawTask};
-use tether_domain::{PipelineName, Role};
+use tether_domain::{EnvValue as DomainEnv, PipelineName, Role};
 use tether_protocol::api::{
-    CreateRunRequest, Pipeline, PipelineList, PipelineTask, PutPipelineRequest, Run,
+    CreateRunRequest, EnvValue, Pipeline, PipelineList, PipelineTask, PutPipelineRequest, Run,
+    SecretValue,
 };
 use tether_store::PipelineRecord;
 
@@ -37,13 +40,20 @@ async fn put_pipeline(
 ) -> Result<Json<Pipeline>, ApiError> {
     caller.require(Role::Operator)?;
     let name = PipelineName::parse(&name).map_err(|e| ApiError::invalid_field("name", e))?;
+    let envs = req
+        .tasks
+        .iter()
+        .enumerate()
+        .map(|(i, t)| sealed_env(&state, i, &t.env))
+        .collect::<Result<Vec<_>, _>>()?;
     let raw: Vec<RawTask<'_>> = req
         .tasks
         .iter()
-        .map(|t| RawTask {
+        .zip(&envs)
+        .map(|(t, env)| RawTask {
             name: &t.name,
             run: &t.run,
-            env: &t.env,
+            env,
             timeout_seconds: t.timeout_seconds,
         })
         .collect();
@@ -94,6 +104,33 @@ async fn create_run(
     Ok((StatusCode::CREATED, Json(run_view(&state, record))))
 }
 
+/// A task's env as submitted, its secrets sealed: they are never stored in the clear.
+fn sealed_env(
+    state: &AppState,
+    task: usize,
+    env: &BTreeMap<String, EnvValue>,
+) -> Result<BTreeMap<String, DomainEnv>, ApiError> {
+    env.iter()
+        .map(|(k, v)| {
+            let value = match v {
+                EnvValue::Plain(p) => DomainEnv::Plain(p.clone()),
+                EnvValue::Secret {
+                    secret: SecretValue::Value(secret),
+                } if !secret.is_empty() && !secret.contains('\0') => {
+                    DomainEnv::Sealed(state.sealer.seal_env(k, secret))
+                }
+                EnvValue::Secret { .. } => {
+                    return Err(ApiError::invalid_field(
+                        format!("tasks[{task}].env.{k}"),
+                        "a secret needs its value: {\"secret\": \"<value>\"} (a non-empty string without NUL); secrets are never shown, so give it again to redefine the task",
+                    ))
+                }
+            };
+            Ok((k.clone(), value))
+        })
+        .collect()
+}
+
 fn view(p: PipelineRecord) -> Pipeline {
     Pipeline {
         name: p.name.as_str().to_owned(),
@@ -103,7 +140,19 @@ fn view(p: PipelineRecord) -> Pipeline {
             .map(|t| PipelineTask {
                 name: t.name.as_str().to_owned(),
                 run: t.run,
-                env: t.env,
+                env: t
+                    .env
+                    .into_iter()
+                    .map(|(k, v)| {
+                        let shown = match v {
+                            DomainEnv::Plain(p) => EnvValue::Plain(p),
+                            DomainEnv::Sealed(_) => EnvValue::Secret {
+                                secret: SecretValue::Hidden(true),
+                            },
+                        };
+                        (k, shown)
+                    })
+                    .collect(),
                 timeout_seconds: t.timeout_seconds,
             })
             .collect(),
