@@ -59,6 +59,11 @@ pub enum ApiError {
     Busy(String),
     /// This replica is shutting down and takes no new runner session (503, with `Retry-After`).
     Draining,
+    /// A path segment that does not decode (400).
+    InvalidPath(String),
+    /// A request to the runner session endpoint that is not a WebSocket upgrade (its status, 400
+    /// or 426, and why).
+    NotAnUpgrade(StatusCode, String),
     Internal(anyhow::Error),
 }
 
@@ -201,6 +206,20 @@ impl IntoResponse for ApiError {
                 "draining",
                 "Draining",
                 "this control-plane replica is shutting down; connect again (through the load balancer, to another replica)".to_owned(),
+                None,
+            ),
+            ApiError::InvalidPath(why) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_path",
+                "Invalid path",
+                format!("a path segment is not usable: {why}"),
+                None,
+            ),
+            ApiError::NotAnUpgrade(status, why) => (
+                status,
+                "websocket_upgrade_required",
+                "WebSocket upgrade required",
+                format!("this is the runner session endpoint, a WebSocket: {why}"),
                 None,
             ),
             ApiError::Internal(e) => {

@@ -14,6 +14,22 @@ use super::error::ApiError;
 use crate::services::auth::{resolve_api_token, Caller};
 use crate::state::AppState;
 
+/// Path parameters; a segment that does not decode (invalid UTF-8 after percent-decoding) is a
+/// problem+json 400 `invalid_path`, not axum's plain text.
+#[derive(Debug)]
+pub struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(Self(value)),
+            Err(rejection) => Err(ApiError::InvalidPath(rejection.body_text())),
+        }
+    }
+}
+
 /// The peer address of the connection, as the audit log records it.
 #[derive(Debug, Clone)]
 pub struct ClientIp(pub Option<String>);

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::http::header::AUTHORIZATION;
@@ -42,7 +43,7 @@ pub async fn connect_runner(
     State(state): State<AppState>,
     headers: HeaderMap,
     idle: Option<Extension<IdleExemption>>,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     if state.draining.load(std::sync::atomic::Ordering::Acquire) {
         return ApiError::Draining.into_response();
@@ -59,6 +60,11 @@ pub async fn connect_runner(
         Ok(None) => return ApiError::AccessTokenInvalid.into_response(),
         // Cannot tell right now: 503, and the runner tries again.
         Err(e) => return ApiError::from(e).into_response(),
+    };
+    // Checked after the token: a request without one is 401 whatever else it lacks.
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(not) => return ApiError::NotAnUpgrade(not.status(), not.body_text()).into_response(),
     };
     // From here on the heartbeat decides how long the connection may stay quiet.
     if let Some(Extension(idle)) = idle {

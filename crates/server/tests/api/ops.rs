@@ -160,3 +160,50 @@ async fn made_up_methods_and_unmatched_paths_share_one_label() {
         "{text}"
     );
 }
+
+/// Found by schemathesis against the document: these answered plain text or refused what the
+/// document allows.
+#[tokio::test]
+async fn odd_requests_get_problem_documents_and_what_the_document_allows_works() {
+    let app = spawn_app().await;
+    // Not a WebSocket upgrade on the session endpoint: without a token 401, with one 400.
+    app.get("/runner/v1/connect", None)
+        .await
+        .assert_problem(401, "unauthenticated");
+    let c = app.create_runner("ws", "local").await;
+    let token = app
+        .access_token(
+            c["credentials"]["client_id"].as_str().expect("id"),
+            c["credentials"]["client_secret"].as_str().expect("secret"),
+        )
+        .await;
+    let r = app.get("/runner/v1/connect", Some(&token)).await;
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/problem+json"),
+        "{}",
+        r.body
+    );
+    r.assert_problem(400, "websocket_upgrade_required");
+    // A path segment that is not UTF-8 once decoded.
+    let r = app
+        .get("/api/v1/runners/%FF%FE", Some(&app.admin_token))
+        .await;
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/problem+json"),
+        "{}",
+        r.body
+    );
+    r.assert_problem(400, "invalid_path");
+    // An empty cursor is the first page.
+    let r = app
+        .get("/api/v1/runners?cursor=", Some(&app.admin_token))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["runners"][0]["name"], "ws");
+    let r = app
+        .get("/api/v1/audit?cursor=", Some(&app.admin_token))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+}

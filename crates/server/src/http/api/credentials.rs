@@ -1,6 +1,6 @@
 //! `/api/v1/runners/{runner}/credentials`: refresh, reveal, inspect, end an overlap.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -14,6 +14,7 @@ use tether_store::RunnerRecord;
 use super::runners::rollout_view;
 use super::runs::view as run_view;
 use crate::http::error::ApiError;
+use crate::http::extract::ApiPath as Path;
 use crate::http::extract::{ApiJson, OptionalJson};
 use crate::services::auth::Caller;
 use crate::services::credentials::{self, Mode};

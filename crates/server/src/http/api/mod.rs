@@ -32,8 +32,11 @@ mod cursor {
         B64.encode(key)
     }
 
+    /// An absent or empty `cursor` is the first page.
     pub fn decode<T: std::str::FromStr>(cursor: Option<&str>) -> Result<Option<T>, ApiError> {
-        let Some(c) = cursor else { return Ok(None) };
+        let Some(c) = cursor.filter(|c| !c.is_empty()) else {
+            return Ok(None);
+        };
         B64.decode(c)
             .ok()
             .and_then(|b| String::from_utf8(b).ok())

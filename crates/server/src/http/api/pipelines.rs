@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -17,6 +17,7 @@ use tether_store::PipelineRecord;
 use super::runs::view as run_view;
 use crate::http::error::ApiError;
 use crate::http::extract::ApiJson;
+use crate::http::extract::ApiPath as Path;
 use crate::services::auth::Caller;
 use crate::services::runners::parse_ref;
 use crate::services::{pipelines, runs};

@@ -2,7 +2,7 @@
 //! Each handler parses the path and body, then calls `services::runners`; the runner view merges
 //! the stored record with its live sessions (`services::runners::live`).
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -15,6 +15,7 @@ use tether_store::RunnerRecord;
 
 use super::cursor;
 use crate::http::error::ApiError;
+use crate::http::extract::ApiPath as Path;
 use crate::http::extract::{ApiJson, QueryParams};
 use crate::services::auth::Caller;
 use crate::services::runners::parse_ref;

@@ -1,6 +1,6 @@
 //! `/api/v1/runs` and a runner's runs: state, logs, cancel.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderName, StatusCode};
 use axum::response::IntoResponse;
@@ -11,6 +11,7 @@ use tether_protocol::api::{Run, RunList, RunTask};
 use tether_store::RunRecord;
 
 use crate::http::error::ApiError;
+use crate::http::extract::ApiPath as Path;
 use crate::http::extract::QueryParams;
 use crate::services::auth::Caller;
 use crate::services::runners::parse_ref;

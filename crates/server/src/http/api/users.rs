@@ -2,7 +2,7 @@
 //! deleting users (admins only), and creating, listing and revoking tokens (admins for anyone,
 //! others their own); the rules are `services::users`'.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{delete, get};
 use axum::{Json, Router};
@@ -15,6 +15,7 @@ use tether_store::{ApiTokenRecord, UserRecord};
 
 use crate::http::error::ApiError;
 use crate::http::extract::ApiJson;
+use crate::http::extract::ApiPath as Path;
 use crate::services::auth::Caller;
 use crate::services::users;
 use crate::state::AppState;
