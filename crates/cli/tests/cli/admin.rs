@@ -5,7 +5,9 @@ use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
-use crate::procs::{assert_help, stderr, stdout, tether, ServerProc, ADMIN_TOKEN, BIN};
+use crate::procs::{
+    assert_help, login_with_stdin, stderr, stdout, tether, ServerProc, ADMIN_TOKEN, BIN,
+};
 
 fn env(s: &ServerProc) -> Vec<(&'static str, String)> {
     s.env()
@@ -134,25 +136,7 @@ fn errors_are_one_line_and_non_zero() {
 fn login_saves_a_private_config_that_later_commands_use() {
     let s = ServerProc::start();
     let config = tempfile::tempdir().expect("dir");
-    let login = |token: &str| {
-        let mut child = Command::new(BIN)
-            .args(["login", "--url", &s.url, "--token-stdin"])
-            .env_clear()
-            .env("TETHER_CONFIG_DIR", config.path())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn");
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(format!("{token}\n").as_bytes())
-            .expect("write");
-        child.wait_with_output().expect("output")
-    };
+    let login = |token: &str| login_with_stdin(&s.url, config.path(), token);
     let bad = login("tpat_not_valid");
     assert_eq!(bad.status.code(), Some(1));
     assert!(
@@ -308,23 +292,8 @@ fn logout_revokes_the_saved_token_and_forgets_it() {
     assert!(t.status.success(), "{}", stderr(&t));
     assert!(stderr(&t).contains("valid until"), "{}", stderr(&t));
     let token = stdout(&t).trim().to_owned();
-    let mut child = Command::new(BIN)
-        .args(["login", "--url", &s.url, "--token-stdin"])
-        .env_clear()
-        .env("TETHER_CONFIG_DIR", &dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(format!("{token}\n").as_bytes())
-        .expect("write");
-    assert!(child.wait_with_output().expect("login").status.success());
+    let login = login_with_stdin(&s.url, config.path(), &token);
+    assert!(login.status.success(), "{}", stderr(&login));
 
     let out = tether(&["logout"], &[("TETHER_CONFIG_DIR", &dir)]);
     assert!(out.status.success(), "{}", stderr(&out));

@@ -45,6 +45,28 @@ pub fn admin_command(s: &ServerProc) -> Command {
     cmd
 }
 
+/// `tether login --url <url> --token-stdin` with `token` typed on standard input and the login
+/// saved under `config_dir`.
+pub fn login_with_stdin(url: &str, config_dir: &Path, token: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(BIN)
+        .args(["login", "--url", url, "--token-stdin"])
+        .env_clear()
+        .env("TETHER_CONFIG_DIR", config_dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(format!("{token}\n").as_bytes())
+        .expect("write");
+    child.wait_with_output().expect("output")
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
